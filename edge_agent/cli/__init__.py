@@ -1,0 +1,47 @@
+"""`edge-agent` command line. Each subcommand lives in its own module and imports what it
+needs only when it runs, so `--help` and short commands start fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge_agent import __version__
+from edge_agent.cli import bench, infer
+from edge_agent.errors import UserError
+
+USAGE_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="Run quantized TFLite models on edge devices."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    infer.add_parser(commands)
+    bench.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="edge-agent: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+        return code
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130

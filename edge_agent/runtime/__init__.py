@@ -1,0 +1,1 @@
+"""Inference runtime: interpreter package, delegates, quantization, pre- and post-processing."""

@@ -1,0 +1,193 @@
+"""Reads a model's dequantized outputs for one input into a result a person can use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import UserError
+from edge_agent.runtime.manifest import DecodeSpec, Task
+from edge_agent.runtime.preprocess import Geometry
+
+Floats = npt.NDArray[np.float32]
+
+
+class Decoder(Protocol):
+    def __call__(
+        self, outputs: Sequence[Floats], geometry: Geometry | None = None
+    ) -> dict[str, Any]: ...
+
+
+class ClassificationDecoder:
+    def __init__(self, spec: DecodeSpec, labels: list[str]) -> None:
+        self.top_k = spec.top_k
+        self.labels = labels
+
+    def __call__(
+        self, outputs: Sequence[Floats], geometry: Geometry | None = None
+    ) -> dict[str, Any]:
+        scores = outputs[0].reshape(-1)
+        k = min(self.top_k, scores.size)
+        # argpartition then sort the k: cheaper than a full sort of 1,000 classes.
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return {
+            "top": [
+                {"index": int(i), "label": self._label(int(i)), "score": round(float(scores[i]), 6)}
+                for i in top
+            ]
+        }
+
+    def _label(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else str(index)
+
+
+class DetectionDecoder:
+    """SSD-style outputs (boxes, classes, scores, count) found by shape and meaning, since
+    exports order them differently. Boxes are [ymin, xmin, ymax, xmax] normalised to the
+    model input; results are [x1, y1, x2, y2] in source-image pixels."""
+
+    def __init__(
+        self, spec: DecodeSpec, labels: list[str], input_size: tuple[int, int], names: list[str]
+    ) -> None:
+        self.threshold = spec.score_threshold
+        self.max_detections = spec.max_detections
+        self.labels = labels
+        self.input_width, self.input_height = input_size
+        self.names = names
+        self._roles: tuple[int, int, int, int | None] | None = None
+
+    def __call__(
+        self, outputs: Sequence[Floats], geometry: Geometry | None = None
+    ) -> dict[str, Any]:
+        boxes_i, classes_i, scores_i, count_i = self._roles or self._find_roles(outputs)
+        boxes = outputs[boxes_i].reshape(-1, 4)
+        classes = outputs[classes_i].reshape(-1)
+        scores = outputs[scores_i].reshape(-1)
+        n = boxes.shape[0]
+        if count_i is not None:
+            n = min(n, max(0, round(float(outputs[count_i].reshape(-1)[0]))))
+        keep = np.nonzero(scores[:n] >= self.threshold)[0]
+        keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_detections]
+        detections = []
+        for i in keep:
+            class_id = round(float(classes[i]))
+            detections.append(
+                {
+                    "class_id": class_id,
+                    "label": self.labels[class_id]
+                    if 0 <= class_id < len(self.labels)
+                    else str(class_id),
+                    "score": round(float(scores[i]), 6),
+                    "box": self._to_source(boxes[i], geometry),
+                }
+            )
+        return {"detections": detections}
+
+    def _to_source(self, box: Floats, geometry: Geometry | None) -> list[float]:
+        ymin, xmin, ymax, xmax = (float(v) for v in box)
+        x1, y1 = xmin * self.input_width, ymin * self.input_height
+        x2, y2 = xmax * self.input_width, ymax * self.input_height
+        if geometry is not None:
+            x1, y1 = geometry.to_source(x1, y1)
+            x2, y2 = geometry.to_source(x2, y2)
+        return [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]
+
+    def _find_roles(self, outputs: Sequence[Floats]) -> tuple[int, int, int, int | None]:
+        boxes = [i for i, o in enumerate(outputs) if o.ndim >= 2 and o.shape[-1] == 4]
+        if len(boxes) != 1:
+            raise UserError(
+                "detection model: expected exactly one output shaped [..., N, 4] (boxes)"
+            )
+        n = outputs[boxes[0]].reshape(-1, 4).shape[0]
+        per_box = [i for i, o in enumerate(outputs) if i != boxes[0] and o.size == n]
+        if len(per_box) == 3:
+            # One detection: count, classes and scores all hold one value; count is the
+            # one without the detections dimension.
+            per_box.sort(key=lambda i: outputs[i].ndim)
+            if outputs[per_box[0]].ndim < outputs[per_box[1]].ndim:
+                per_box = per_box[1:]
+        counts = [i for i, o in enumerate(outputs) if o.size == 1 and i not in per_box]
+        if len(per_box) != 2:
+            raise UserError(
+                f"detection model: expected two outputs of {n} values (classes, scores), "
+                f"found {len(per_box)}"
+            )
+        classes_i, scores_i, certain = self._classes_and_scores(outputs, per_box)
+        roles = (boxes[0], classes_i, scores_i, counts[0] if counts else None)
+        if certain:
+            self._roles = roles
+        return roles
+
+    def _classes_and_scores(
+        self, outputs: Sequence[Floats], pair: list[int]
+    ) -> tuple[int, int, bool]:
+        """Classes are whole numbers; scores are fractions in [0, 1]. When the values
+        cannot tell (all 0s and 1s, say), the tensor names decide, for this frame only."""
+        a, b = pair
+        a_whole, b_whole = _whole(outputs[a]), _whole(outputs[b])
+        if a_whole != b_whole:
+            return (a, b, True) if a_whole else (b, a, True)
+        if a_whole:
+            a_big, b_big = bool(np.any(outputs[a] > 1)), bool(np.any(outputs[b] > 1))
+            if a_big != b_big:
+                return (a, b, True) if a_big else (b, a, True)
+        a_name, b_name = self.names[a].lower(), self.names[b].lower()
+        if "score" in a_name or "class" in b_name:
+            return b, a, False
+        return a, b, False
+
+
+def _whole(values: Floats) -> bool:
+    # Tolerant: int8-quantized class ids dequantize to 1.004 and the like.
+    return bool(np.all(np.abs(values - np.round(values)) < 0.05))
+
+
+class AnomalyDecoder:
+    def __init__(self, spec: DecodeSpec) -> None:
+        self.threshold = spec.threshold
+
+    def __call__(
+        self, outputs: Sequence[Floats], geometry: Geometry | None = None
+    ) -> dict[str, Any]:
+        score = float(outputs[0].reshape(-1)[0])
+        result: dict[str, Any] = {"score": round(score, 6)}
+        if self.threshold is not None:
+            result["threshold"] = self.threshold
+            result["anomalous"] = score > self.threshold
+        return result
+
+
+class RegressionDecoder:
+    def __call__(
+        self, outputs: Sequence[Floats], geometry: Geometry | None = None
+    ) -> dict[str, Any]:
+        return {"values": [round(float(v), 6) for v in outputs[0].reshape(-1)]}
+
+
+class RawDecoder:
+    def __call__(
+        self, outputs: Sequence[Floats], geometry: Geometry | None = None
+    ) -> dict[str, Any]:
+        return {}
+
+
+def make_decoder(
+    task: Task,
+    spec: DecodeSpec,
+    labels: list[str],
+    input_size: tuple[int, int],
+    output_names: list[str],
+) -> Decoder:
+    if task == "classification":
+        return ClassificationDecoder(spec, labels)
+    if task == "detection":
+        return DetectionDecoder(spec, labels, input_size, output_names)
+    if task == "anomaly":
+        return AnomalyDecoder(spec)
+    if task == "regression":
+        return RegressionDecoder()
+    return RawDecoder()

@@ -1,0 +1,288 @@
+"""Loads a model along the delegate chain: each entry is tried in order, each failure is
+caught and recorded with its reason, and the CPU always remains."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from edge_agent.errors import UserError
+from edge_agent.runtime.backend import Backend
+from edge_agent.runtime.delegates import CpuConfig, DelegateConfig
+from edge_agent.runtime.delegates.external import ExternalConfig
+from edge_agent.runtime.manifest import (
+    ModelManifest,
+    load_manifest,
+    manifest_path,
+    verify_sha256,
+)
+from edge_agent.runtime.model import DelegateAttempt, LoadedModel, ModelInfo
+from edge_agent.runtime.model_file import read_model_file
+
+log = logging.getLogger(__name__)
+
+_CUSTOM_OP_MARK = "unresolved custom op"
+
+
+class _Opened(NamedTuple):
+    interpreter: Any
+    note: str  # how it runs, when that is worth saying
+    first_invoke_s: float
+
+
+class _Skip(Exception):
+    """This chain entry cannot run the model; the message says why."""
+
+
+def load_model(
+    path: Path,
+    backend: Backend,
+    delegates: Sequence[DelegateConfig] = (),
+    threads: int | None = None,
+) -> LoadedModel:
+    manifest, labels = load_manifest(path)
+    content = read_model_file(path)
+    sha256 = verify_sha256(content, manifest, path)
+    threads = threads or os.cpu_count() or 1
+    chain = _with_cpu_last(delegates)
+    attempts: list[DelegateAttempt] = []
+
+    for entry in chain:
+        label = _label(entry)
+        try:
+            with _native_stderr_to_debug_log():
+                opened = _open(backend, entry, content, threads)
+        except _Skip as skip:
+            reason = str(skip)
+            if isinstance(entry, CpuConfig) and _CUSTOM_OP_MARK in reason and manifest.cpu_twin:
+                _log_skipped(path, attempts)
+                return _load_twin(
+                    path, manifest, labels, sha256, backend, threads, attempts, reason
+                )
+            attempts.append(DelegateAttempt(label, used=False, reason=reason))
+            continue
+        _log_skipped(path, attempts)
+        attempts.append(DelegateAttempt(label, used=True, reason=opened.note))
+        info = ModelInfo(manifest.name, manifest.version, sha256, path, path)
+        return LoadedModel(
+            opened.interpreter,
+            first_invoke_s=opened.first_invoke_s,
+            info=info,
+            manifest=manifest,
+            labels=labels,
+            backend=backend.name,
+            delegate=label,
+            attempts=attempts,
+            threads=threads,
+        )
+    *others, cpu = attempts
+    tried = (
+        f" (also tried {'; '.join(f'{a.delegate}: {a.reason}' for a in others)})" if others else ""
+    )
+    raise UserError(f"{path}: cannot run on the CPU: {cpu.reason}{tried}")
+
+
+def _log_skipped(path: Path, attempts: list[DelegateAttempt]) -> None:
+    for attempt in attempts:
+        log.warning("%s: delegate %s skipped: %s", path.name, attempt.delegate, attempt.reason)
+
+
+def _load_twin(
+    path: Path,
+    manifest: ModelManifest,
+    labels: list[str],
+    sha256: str,
+    backend: Backend,
+    threads: int,
+    attempts: list[DelegateAttempt],
+    reason: str,
+) -> LoadedModel:
+    """A model compiled for an accelerator (Edge TPU custom op) runs as its CPU twin."""
+    assert manifest.cpu_twin is not None
+    twin_path = path.parent / manifest.cpu_twin
+    twin_content = read_model_file(twin_path)
+    if manifest_path(twin_path).exists():
+        verify_sha256(twin_content, load_manifest(twin_path)[0], twin_path)
+    cpu = CpuConfig()
+    try:
+        with _native_stderr_to_debug_log():
+            opened = _open(backend, cpu, twin_content, threads)
+    except _Skip as skip:
+        raise UserError(f"{twin_path}: CPU twin of {path.name} cannot run: {skip}") from None
+    log.warning("%s: %s; running its CPU twin %s", path.name, reason, twin_path.name)
+    attempts.append(
+        DelegateAttempt(
+            "cpu",
+            used=True,
+            reason=f"{reason}; running CPU twin {twin_path.name}"
+            + (f"; {opened.note}" if opened.note else ""),
+        )
+    )
+    return LoadedModel(
+        opened.interpreter,
+        first_invoke_s=opened.first_invoke_s,
+        info=ModelInfo(manifest.name, manifest.version, sha256, path, twin_path),
+        manifest=manifest,
+        labels=labels,
+        backend=backend.name,
+        delegate="cpu",
+        attempts=attempts,
+        threads=threads,
+    )
+
+
+def _with_cpu_last(delegates: Sequence[DelegateConfig]) -> list[DelegateConfig]:
+    chain = list(delegates)
+    if not chain or not isinstance(chain[-1], CpuConfig):
+        chain = [d for d in chain if not isinstance(d, CpuConfig)] + [
+            next((d for d in chain if isinstance(d, CpuConfig)), CpuConfig())
+        ]
+    return chain
+
+
+def _label(entry: DelegateConfig) -> str:
+    if isinstance(entry, ExternalConfig):
+        return entry.label or Path(entry.library).name
+    return entry.name
+
+
+def _open(backend: Backend, entry: DelegateConfig, content: bytes, threads: int) -> _Opened:
+    """An allocated interpreter that has run once, and a note on how it runs."""
+    if isinstance(entry, CpuConfig):
+        return _open_cpu(backend, entry, content, threads)
+    with _quiet_delegate_teardown():
+        delegate = _load_delegate(backend, entry)
+        # Without XNNPACK, every DELEGATE node in the graph is this delegate's: a way to
+        # see that it took something. What it leaves runs on the built-in kernels.
+        opened = _build(
+            backend,
+            content,
+            threads,
+            delegates=[delegate],
+            resolver=backend.without_default_delegates,
+        )
+        if _delegated_nodes(opened.interpreter) == 0:
+            raise _Skip("delegate took no operation of this model")
+        return opened
+
+
+def _load_delegate(backend: Backend, entry: DelegateConfig) -> Any:
+    # The reason is raised outside the except blocks so that no traceback keeps the
+    # half-built Delegate alive past _quiet_delegate_teardown.
+    try:
+        return backend.load_delegate(entry.library, entry.options())
+    except OSError as exc:
+        reason = f"library not loaded: {_one_line(exc)}"
+    except AttributeError:
+        reason = f"{entry.library} is not a TFLite delegate (no tflite_plugin_create_delegate)"
+    except ValueError as exc:
+        reason = f"delegate refused to start: {_one_line(exc)}"
+    raise _Skip(reason)
+
+
+def _open_cpu(backend: Backend, entry: CpuConfig, content: bytes, threads: int) -> _Opened:
+    resolver = backend.without_default_delegates
+    if not entry.xnnpack:
+        return _build(backend, content, threads, resolver=resolver, note="XNNPACK off by config")
+    try:
+        return _build(backend, content, threads)
+    except _Skip as skip:
+        if _CUSTOM_OP_MARK in str(skip):
+            raise
+        # XNNPACK refuses some valid graphs; the built-in kernels run them.
+        note = f"XNNPACK refused the graph ({skip}); running on built-in kernels"
+        return _build(backend, content, threads, resolver=resolver, note=note)
+
+
+def _build(
+    backend: Backend,
+    content: bytes,
+    threads: int,
+    delegates: list[Any] | None = None,
+    resolver: Any = None,
+    note: str = "",
+) -> _Opened:
+    kwargs: dict[str, Any] = {"model_content": content, "num_threads": threads}
+    if delegates:
+        kwargs["experimental_delegates"] = delegates
+    if resolver is not None:
+        kwargs["experimental_op_resolver_type"] = resolver
+    try:
+        interpreter = backend.interpreter_class(**kwargs)
+    except (ValueError, RuntimeError) as exc:
+        raise _Skip(f"cannot apply to the graph: {_one_line(exc)}") from None
+    try:
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise _Skip(f"cannot prepare the graph: {_one_line(exc)}") from None
+    started = time.perf_counter()
+    try:
+        _first_invoke(interpreter)
+    except (ValueError, RuntimeError) as exc:
+        raise _Skip(f"first invoke failed: {_one_line(exc)}") from None
+    return _Opened(interpreter, note, time.perf_counter() - started)
+
+
+def _first_invoke(interpreter: Any) -> None:
+    # Some delegates only fail once they run: a trial on zeros finds out at load time.
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    interpreter.invoke()
+
+
+def _delegated_nodes(interpreter: Any) -> int:
+    """Nodes a delegate replaced: each shows as a DELEGATE node in the graph."""
+    return sum(1 for op in interpreter._get_ops_details() if op.get("op_name") == "DELEGATE")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return ": ".join(lines) if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_delegate_teardown() -> Iterator[None]:
+    """A failed `load_delegate` leaves a half-built Delegate whose __del__ raises
+    'Exception ignored in Delegate.__del__' onto the terminal. Collect it here, quietly."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if getattr(unraisable.object, "__qualname__", "") != "Delegate.__del__":
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
+@contextlib.contextmanager
+def _native_stderr_to_debug_log() -> Iterator[None]:
+    """The runtime's C++ logger writes INFO lines and error details straight to file
+    descriptor 2. While a model loads they go to the debug log instead: every failure
+    is reported with its reason anyway."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.debug("runtime: %s", line)

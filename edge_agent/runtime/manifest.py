@@ -1,0 +1,152 @@
+"""The manifest shipped next to a model (`<model>.json`): what it is, what it eats,
+and how to read what it says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_agent.errors import UserError, validation_lines
+
+Task = Literal["classification", "detection", "anomaly", "regression", "raw"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageInput(_Strict):
+    """Camera frames and image files. Pixels 0..255 map to `range`, or to (p - mean) / std."""
+
+    kind: Literal["image"] = "image"
+    color: Literal["RGB", "BGR", "GRAY"] = Field(
+        "RGB", description="Channel order the model wants."
+    )
+    resize: Literal["stretch", "letterbox"] = Field(
+        "stretch", description="stretch: ignore aspect ratio; letterbox: keep it and pad."
+    )
+    letterbox_fill: int = Field(0, ge=0, le=255, description="Pixel value of the padding.")
+    range: tuple[float, float] | None = Field(
+        None, description="Pixel 0 maps to the first value, 255 to the second."
+    )
+    mean: list[float] | None = Field(None, description="Per-channel mean on the 0..255 scale.")
+    std: list[float] | None = Field(None, description="Per-channel std on the 0..255 scale.")
+
+    @model_validator(mode="after")
+    def _one_normalisation(self) -> ImageInput:
+        if self.range is not None and (self.mean is not None or self.std is not None):
+            raise ValueError("give either range or mean/std, not both")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together")
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise ValueError("std must not be 0")
+        return self
+
+    def affine(self, channels: int) -> tuple[list[float], list[float]]:
+        """Per-channel gain and offset taking a 0..255 pixel to the model's float value."""
+        if self.mean is not None and self.std is not None:
+            mean = _per_channel(self.mean, channels, "mean")
+            std = _per_channel(self.std, channels, "std")
+            return [1.0 / s for s in std], [-m / s for m, s in zip(mean, std, strict=True)]
+        lo, hi = self.range if self.range is not None else (0.0, 255.0)
+        return [(hi - lo) / 255.0] * channels, [lo] * channels
+
+
+def _per_channel(values: list[float], channels: int, what: str) -> list[float]:
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise UserError(f"manifest input.{what}: {len(values)} values for {channels} channels")
+    return values
+
+
+class SensorInput(_Strict):
+    """Windows of `window` samples by `channels` values."""
+
+    kind: Literal["sensor"] = "sensor"
+    window: int = Field(gt=0, description="Samples per window.")
+    channels: int = Field(gt=0, description="Values per sample.")
+    mean: list[float] | None = Field(None, description="Per-channel mean subtracted first.")
+    std: list[float] | None = Field(None, description="Per-channel std divided by next.")
+
+
+class TensorInput(_Strict):
+    """Tensors given as they are (`.npy`)."""
+
+    kind: Literal["tensor"] = "tensor"
+
+
+InputSpec = Annotated[ImageInput | SensorInput | TensorInput, Field(discriminator="kind")]
+
+
+class DecodeSpec(_Strict):
+    """Task-specific reading of the outputs; each task uses its own fields."""
+
+    top_k: int = Field(5, gt=0, description="classification: how many classes to report.")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="detection: lowest score reported.")
+    max_detections: int = Field(20, gt=0, description="detection: most boxes reported.")
+    threshold: float | None = Field(None, description="anomaly: a score above this is anomalous.")
+
+
+class ModelManifest(_Strict):
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    version: str = Field("0.0.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+    file: str = Field(description="Model file, relative to the manifest.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    task: Task = "raw"
+    description: str = ""
+    input: InputSpec = Field(default_factory=TensorInput)
+    labels: list[str] | str | None = None
+    cpu_twin: str | None = Field(None, description="CPU-only model to run when this one cannot.")
+    decode: DecodeSpec = Field(default_factory=DecodeSpec)
+
+
+def manifest_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def load_manifest(model_path: Path) -> tuple[ModelManifest, list[str]]:
+    """The model's manifest and labels; a bare model gets a `raw` manifest of its own."""
+    path = manifest_path(model_path)
+    if not path.exists():
+        return ModelManifest(name=_safe_name(model_path.stem), file=model_path.name), []
+    try:
+        manifest = ModelManifest.model_validate(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValidationError as exc:
+        raise UserError(validation_lines(exc, str(path))[0]) from None
+    return manifest, _labels(manifest, path.parent)
+
+
+def _labels(manifest: ModelManifest, folder: Path) -> list[str]:
+    if isinstance(manifest.labels, list):
+        return manifest.labels
+    if isinstance(manifest.labels, str):
+        labels_file = folder / manifest.labels
+        try:
+            return [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise UserError(f"{labels_file}: cannot read labels: {exc.strerror}") from None
+    return []
+
+
+def _safe_name(stem: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem.lower())
+    return cleaned[:64] or "model"
+
+
+def verify_sha256(content: bytes, manifest: ModelManifest, model_path: Path) -> str:
+    """The file's digest; refuses a file that does not match what its manifest promises."""
+    digest = hashlib.sha256(content).hexdigest()
+    if manifest.sha256 and manifest.sha256 != digest:
+        raise UserError(
+            f"{model_path}: sha256 {digest[:12]}... does not match its manifest "
+            f"({manifest.sha256[:12]}...): the file was changed or is corrupt"
+        )
+    return digest

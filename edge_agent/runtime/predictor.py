@@ -1,0 +1,104 @@
+"""A loaded model with its preprocessing and decoder: inputs in, results out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.errors import UserError
+from edge_agent.runtime.decoders import Decoder, make_decoder
+from edge_agent.runtime.manifest import ImageInput, SensorInput
+from edge_agent.runtime.model import LoadedModel
+from edge_agent.runtime.preprocess import Geometry, ImagePreprocessor, SensorPreprocessor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    result: dict[str, Any]
+    outputs: dict[str, npt.NDArray[np.float32]]
+
+
+class Predictor:
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        spec = model.manifest.input
+        self.image = ImagePreprocessor(spec, model.input) if isinstance(spec, ImageInput) else None
+        self.sensor = (
+            SensorPreprocessor(spec, model.input) if isinstance(spec, SensorInput) else None
+        )
+        shape = model.input.sample_shape
+        input_size = (shape[1], shape[0]) if len(shape) == 3 else (1, 1)
+        self.decoder: Decoder = make_decoder(
+            model.manifest.task,
+            model.manifest.decode,
+            model.labels,
+            input_size,
+            [o.name for o in model.outputs],
+        )
+
+    def load_input(self, path: Path) -> tuple[npt.NDArray[Any], Geometry | None]:
+        """One input sample from a file: a `.npy` tensor, else an image."""
+        if path.suffix.lower() == ".npy":
+            return self.tensor_sample(_load_npy(path), str(path)), None
+        if self.image is None:
+            raise UserError(
+                f"{path}: model {self.model.info.name} takes {self.model.manifest.input.kind} "
+                "input; give a .npy tensor"
+            )
+        if not path.is_file():
+            raise UserError(f"{path}: input file not found")
+        return self.image(self.image.decode_file(str(path)))
+
+    def tensor_sample(self, array: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:
+        """A float tensor is quantized with the model's input parameters; an integer one
+        must already be in the model's dtype and is passed as it is."""
+        spec = self.model.input
+        shape = spec.sample_shape
+        if array.shape not in (shape, (1, *shape)):
+            raise UserError(
+                f"{source}: shape {list(array.shape)} does not fit model input {list(spec.shape)}"
+            )
+        array = array.reshape(shape)
+        if np.issubdtype(array.dtype, np.floating):
+            return spec.quant.quantize(array)
+        if array.dtype != spec.dtype:
+            raise UserError(
+                f"{source}: dtype {array.dtype} does not fit model input dtype {spec.dtype} "
+                "(give float values to have them quantized)"
+            )
+        return array
+
+    def predict(
+        self, samples: list[npt.NDArray[Any]], geometries: list[Geometry | None]
+    ) -> list[Prediction]:
+        raw = self.model.run(np.stack(samples))
+        floats = self.model.dequantize(raw)
+        names = [o.name for o in self.model.outputs]
+        predictions = []
+        for i, geometry in enumerate(geometries):
+            per_input = [out[i] for out in floats]
+            predictions.append(
+                Prediction(
+                    result=self.decoder(per_input, geometry),
+                    outputs=dict(zip(names, per_input, strict=True)),
+                )
+            )
+        return predictions
+
+
+def _load_npy(path: Path) -> npt.NDArray[Any]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: input file not found") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise UserError(f"{path}: not a single .npy array")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise UserError(f"{path}: dtype {array.dtype} is not numeric")
+    return array

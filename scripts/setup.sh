@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the virtual environments the README commands use.
+#   scripts/setup.sh          .venv        : LiteRT, NumPy 2, dev tools
+#   scripts/setup.sh legacy   .venv-legacy : tflite-runtime 2.14, NumPy 1 (Python <= 3.11)
+# A stamp of the dependency files makes a second run a no-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+kind=${1:-main}
+python=${PYTHON:-python3}
+case "$kind" in
+  main)   venv=.venv;        deps=(pyproject.toml) ;;
+  legacy) venv=.venv-legacy; deps=(pyproject.toml requirements-legacy.txt) ;;
+  *) echo "setup.sh: unknown environment '$kind' (main or legacy)" >&2; exit 2 ;;
+esac
+
+stamp="$venv/.edge-agent-stamp"
+want=$(cat "${deps[@]}" | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+echo "setting up $venv ..." >&2
+"$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+if [ "$kind" = main ]; then
+  "$venv/bin/python" -m pip install -q -e '.[dev]'
+else
+  "$venv/bin/python" -m pip install -q -r requirements-legacy.txt
+  "$venv/bin/python" -m pip install -q --no-deps -e .
+fi
+echo "$want" > "$stamp"

@@ -1,0 +1,51 @@
+"""Shared fixtures: the runtime under test (LiteRT, or tflite-runtime in the legacy
+environment), the shipped models, and the CLI run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.runtime.backend import Backend, select_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+BACKEND = os.environ.get("EDGE_AGENT_TEST_BACKEND", "litert")
+
+
+@pytest.fixture(scope="session")
+def backend() -> Backend:
+    return select_backend(BACKEND)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def models() -> Path:
+    return MODELS
+
+
+def raw_interpreter(backend: Backend, path: Path, threads: int = 2) -> Any:
+    """The runtime's own interpreter, used the plain way, as the reference."""
+    interpreter = backend.interpreter_class(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    if "--runtime" not in args and args and args[0] in ("infer", "bench"):
+        args = (args[0], "--runtime", BACKEND, *args[1:])
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
