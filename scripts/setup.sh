@@ -25,6 +25,10 @@ echo "setting up $venv ..." >&2
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 if [ "$kind" = main ]; then
   "$venv/bin/python" -m pip install -q -e '.[dev]'
+  # tflite-runtime beside NumPy 2, without its dependencies: the tests check that the
+  # agent names this mismatch plainly. Skipped where no wheel exists (Python 3.12+).
+  "$venv/bin/python" -m pip install -q --no-deps 'tflite-runtime==2.14.0' 2>/dev/null \
+    || echo "no tflite-runtime wheel for this Python; that check will be skipped" >&2
 else
   "$venv/bin/python" -m pip install -q -r requirements-legacy.txt
   "$venv/bin/python" -m pip install -q --no-deps -e .

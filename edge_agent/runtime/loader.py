@@ -8,7 +8,6 @@ import gc
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from edge_agent.runtime.manifest import (
 )
 from edge_agent.runtime.model import DelegateAttempt, LoadedModel, ModelInfo
 from edge_agent.runtime.model_file import read_model_file
+from edge_agent.runtime.native_log import native_stderr_to_debug_log
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def load_model(
     for entry in chain:
         label = _label(entry)
         try:
-            with _native_stderr_to_debug_log():
+            with native_stderr_to_debug_log(log):
                 opened = _open(backend, entry, content, threads)
         except _Skip as skip:
             reason = str(skip)
@@ -115,7 +115,7 @@ def _load_twin(
         verify_sha256(twin_content, load_manifest(twin_path)[0], twin_path)
     cpu = CpuConfig()
     try:
-        with _native_stderr_to_debug_log():
+        with native_stderr_to_debug_log(log):
             opened = _open(backend, cpu, twin_content, threads)
     except _Skip as skip:
         raise UserError(f"{twin_path}: CPU twin of {path.name} cannot run: {skip}") from None
@@ -266,23 +266,3 @@ def _quiet_delegate_teardown() -> Iterator[None]:
     finally:
         gc.collect()
         sys.unraisablehook = previous
-
-
-@contextlib.contextmanager
-def _native_stderr_to_debug_log() -> Iterator[None]:
-    """The runtime's C++ logger writes INFO lines and error details straight to file
-    descriptor 2. While a model loads they go to the debug log instead: every failure
-    is reported with its reason anyway."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            for line in sink.read().decode(errors="replace").splitlines():
-                if line.strip():
-                    log.debug("runtime: %s", line)

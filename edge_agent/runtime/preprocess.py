@@ -5,6 +5,7 @@ normalisation and quantization together, straight into the input dtype."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,9 @@ import numpy.typing as npt
 from edge_agent.errors import UserError
 from edge_agent.runtime.manifest import ImageInput, SensorInput
 from edge_agent.runtime.model import TensorSpec
+from edge_agent.runtime.native_log import native_stderr_to_debug_log
+
+log = logging.getLogger(__name__)
 
 # OpenCV's stubs type most results loosely; a frame is any uint8 HxW(xC) array.
 Image = npt.NDArray[Any]
@@ -62,7 +66,8 @@ class ImagePreprocessor:
 
     def decode_file(self, path: str) -> Image:
         flags = cv2.IMREAD_GRAYSCALE if self.channels == 1 else cv2.IMREAD_COLOR
-        image = cv2.imread(path, flags)
+        with native_stderr_to_debug_log(log):
+            image = cv2.imread(path, flags)
         if image is None:
             raise UserError(f"{path}: cannot decode image (not an image, or truncated)")
         return np.asarray(image, dtype=np.uint8)
