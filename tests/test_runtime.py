@@ -107,3 +107,25 @@ def test_anomaly_model_flags_anomalous_windows(backend: Backend, models: Path) -
         flags = [p.result["anomalous"] for p in predictor.predict(samples, [None] * len(samples))]
         share = sum(f == expected for f in flags) / len(flags)
         assert share >= 0.9, f"{kind}: only {share:.0%} classified right"
+
+
+@pytest.mark.parametrize("name", ["detector_int8.tflite", "detector_int8_reordered.tflite"])
+def test_detector_finds_the_scene_boxes_in_source_pixels_whatever_the_output_order(
+    backend: Backend, models: Path, name: str
+) -> None:
+    """The scene is 160x120, letterboxed into 96x96; the model reports whole grid cells."""
+    predictor = Predictor(load_model(models / name, backend))
+    sample, geometry = predictor.load_input(models / "samples" / "detector_scene.png")
+    [prediction] = predictor.predict([sample], [geometry])
+    found = sorted((d["label"], *d["box"]) for d in prediction.result["detections"])
+    expected = sorted(
+        [
+            ("red", 0, 20, 40, 60),
+            ("red", 40, 20, 80, 60),
+            ("green", 120, 20, 160, 60),
+            ("green", 120, 60, 160, 100),
+        ]
+    )
+    assert [f[0] for f in found] == [e[0] for e in expected]
+    for got, want in zip(found, expected, strict=True):
+        assert got[1:] == pytest.approx(want[1:], abs=1.0)

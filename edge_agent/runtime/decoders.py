@@ -131,10 +131,10 @@ class DetectionDecoder:
         a_whole, b_whole = _whole(outputs[a]), _whole(outputs[b])
         if a_whole != b_whole:
             return (a, b, True) if a_whole else (b, a, True)
-        if a_whole:
-            a_big, b_big = bool(np.any(outputs[a] > 1)), bool(np.any(outputs[b] > 1))
-            if a_big != b_big:
-                return (a, b, True) if a_big else (b, a, True)
+        # Scores never exceed 1; class ids often do.
+        a_big, b_big = bool(np.any(outputs[a] > 1.001)), bool(np.any(outputs[b] > 1.001))
+        if a_big != b_big:
+            return (a, b, True) if a_big else (b, a, True)
         a_name, b_name = self.names[a].lower(), self.names[b].lower()
         if "score" in a_name or "class" in b_name:
             return b, a, False
@@ -142,8 +142,8 @@ class DetectionDecoder:
 
 
 def _whole(values: Floats) -> bool:
-    # Tolerant: int8-quantized class ids dequantize to 1.004 and the like.
-    return bool(np.all(np.abs(values - np.round(values)) < 0.05))
+    # Tight: a saturated score (0.996, 0.0039) must not pass for a class id.
+    return bool(np.all(np.abs(values - np.round(values)) < 1e-3))
 
 
 class AnomalyDecoder:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import UserError, validation_lines
 
@@ -103,7 +103,10 @@ class ModelManifest(_Strict):
     input: InputSpec = Field(default_factory=TensorInput)
     labels: list[str] | str | None = None
     cpu_twin: str | None = Field(None, description="CPU-only model to run when this one cannot.")
-    decode: DecodeSpec = Field(default_factory=DecodeSpec)
+    # null reads as "the defaults", as people write it by hand.
+    decode: Annotated[DecodeSpec, BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=DecodeSpec
+    )
 
 
 def manifest_path(model_path: Path) -> Path:

@@ -60,8 +60,16 @@ class QuantParams:
     def dequantize(self, q: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         if not self.is_quantized:
             return q.astype(np.float32, copy=False)
+        # float32 in place: this runs on every output of every frame.
+        real = q.astype(np.float32)
+        if self.scales.size == 1:
+            real -= float(self.zero_points[0])
+            real *= float(self.scales[0])
+            return real
         scales, zero_points = self._broadcast(q.ndim)
-        return ((q.astype(np.float32) - zero_points) * scales).astype(np.float32)
+        real -= zero_points.astype(np.float32)
+        real *= scales
+        return real
 
     def pixel_lut(self, gain: npt.ArrayLike, offset: npt.ArrayLike) -> npt.NDArray[Any]:
         """A 256-entry table per channel mapping a uint8 pixel p to the model's input value

@@ -1,0 +1,1 @@
+"""Pipelines: source -> preprocess -> infer -> decode -> hand-off, on a few named threads."""
