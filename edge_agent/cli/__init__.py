@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
-from edge_agent.cli import bench, infer
+from edge_agent.cli import bench, config, infer, run
 from edge_agent.errors import UserError
 
 USAGE_ERROR = 2
@@ -22,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.add_parser(commands)
     infer.add_parser(commands)
     bench.add_parser(commands)
+    config.add_parser(commands)
     return parser
 
 
@@ -32,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
-        format="edge-agent: %(message)s",
+        format="%(asctime)s %(levelname)s %(message)s"
+        if args.command == "run"
+        else "edge-agent: %(message)s",
         stream=sys.stderr,
     )
     try:

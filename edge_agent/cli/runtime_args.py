@@ -8,12 +8,13 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from edge_agent.config.load import load_settings
+from edge_agent.config.settings import RuntimeSettings
 from edge_agent.errors import UserError, validation_lines
 from edge_agent.runtime.backend import select_backend
 from edge_agent.runtime.delegates import REGISTRY, DelegateConfig, DelegateEntry
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.settings import RuntimeSettings, load_settings
 
 _ENTRY = TypeAdapter(DelegateEntry)
 

@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from edge_agent.errors import UserError
 from edge_agent.runtime.decoders import Decoder, make_decoder
-from edge_agent.runtime.manifest import ImageInput, SensorInput
+from edge_agent.runtime.manifest import DecodeSpec, ImageInput, SensorInput
 from edge_agent.runtime.model import LoadedModel
 from edge_agent.runtime.preprocess import Geometry, ImagePreprocessor, SensorPreprocessor
 
@@ -23,7 +23,9 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: LoadedModel) -> None:
+    """Preprocessing and decoding for one loaded model; `decode` overrides the manifest's."""
+
+    def __init__(self, model: LoadedModel, decode: DecodeSpec | None = None) -> None:
         self.model = model
         spec = model.manifest.input
         self.image = ImagePreprocessor(spec, model.input) if isinstance(spec, ImageInput) else None
@@ -34,7 +36,7 @@ class Predictor:
         input_size = (shape[1], shape[0]) if len(shape) == 3 else (1, 1)
         self.decoder: Decoder = make_decoder(
             model.manifest.task,
-            model.manifest.decode,
+            decode or model.manifest.decode,
             model.labels,
             input_size,
             [o.name for o in model.outputs],
@@ -52,6 +54,15 @@ class Predictor:
         if not path.is_file():
             raise UserError(f"{path}: input file not found")
         return self.image(self.image.decode_file(str(path)))
+
+    def prepare(self, data: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], Geometry | None]:
+        """One input sample from an in-memory frame: a uint8 image (BGR or gray) for image
+        models, a (window, channels) array for sensor models, else a tensor."""
+        if self.image is not None and data.dtype == np.uint8:
+            return self.image(data)
+        if self.sensor is not None:
+            return self.sensor(data), None
+        return self.tensor_sample(data, "frame"), None
 
     def tensor_sample(self, array: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:
         """A float tensor is quantized with the model's input parameters; an integer one

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BeforeValidator, Field
 
 from edge_agent.runtime.delegates.base import DelegateConfig
+
+
+def _scalar(value: Any) -> Any:
+    # One plain message instead of one per member of a str | int | float | bool union.
+    if not isinstance(value, str | int | float | bool):
+        raise ValueError("must be a string, a number or a boolean")
+    return value
+
+
+OptionValue = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
 
 
 class ExternalConfig(DelegateConfig):
     name: Literal["external"] = "external"
     library: str = Field(description="Path of the delegate library.")
     label: str = Field("", description="Name shown in reports; defaults to the library's name.")
-    options_: dict[str, StrictStr | StrictInt | StrictFloat | StrictBool] = Field(
+    options_: dict[str, OptionValue] = Field(
         default_factory=dict, alias="options", description="Options passed to the library."
     )
 

@@ -1,0 +1,291 @@
+"""The running agent: models loaded once each, one inference thread per model, one
+thread per source fanning frames out to its pipelines, and a sink for the results.
+It is built from settings, and rebuilt piece by piece when the settings change."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config.settings import AgentSettings, ModelSettings
+from edge_agent.errors import UserError
+from edge_agent.payloads import Envelope
+from edge_agent.pipeline.pipeline import Pipeline
+from edge_agent.pipeline.worker import InferenceWorker
+from edge_agent.runtime.backend import Backend, select_backend
+from edge_agent.runtime.loader import load_model
+from edge_agent.runtime.model import LoadedModel
+from edge_agent.sinks import JsonlSink, NullSink, ResultSink
+from edge_agent.sources import create_source
+from edge_agent.sources.base import Frame, Source
+from edge_agent.sources.runner import SourceRunner
+
+log = logging.getLogger(__name__)
+
+
+class SourceHub:
+    """One source, read once, feeding every pipeline that names it."""
+
+    def __init__(self, name: str, source: Source) -> None:
+        self.name = name
+        self.pipelines: tuple[Pipeline, ...] = ()  # replaced whole: the reader needs no lock
+        self.runner = SourceRunner(source, self._dispatch)
+
+    def replace(self, source: Source) -> None:
+        self.runner.stop()
+        self.runner = SourceRunner(source, self._dispatch)
+        self.runner.start()
+
+    def _dispatch(self, frame: Frame) -> None:
+        for pipeline in self.pipelines:
+            pipeline.on_frame(frame)
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        sink: ResultSink | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.settings = settings
+        self.envelope = Envelope(settings.device.id)
+        self.backend = backend or select_backend(settings.runtime.backend)
+        self.sink = sink or _make_sink(settings)
+        self.workers: dict[str, InferenceWorker] = {}
+        self.hubs: dict[str, SourceHub] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.last_error = ""  # the latest reload or model problem, for status
+        self._lock = threading.Lock()
+
+    # Start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Loads the models and starts everything; a model that cannot load stops start-up."""
+        self.settings.device.state_dir.mkdir(parents=True, exist_ok=True)
+        for name in self._needed_models(self.settings):
+            self._start_worker(name, self._load(name, self.settings), self.settings)
+        for name, pipeline_settings in self.settings.pipelines.items():
+            if pipeline_settings.enabled:
+                self._add_pipeline(name, self.settings)
+        for hub in self.hubs.values():
+            hub.runner.start()
+
+    def stop(self, timeout: float = 4.0) -> None:
+        """Sources stop, frames in flight finish, the sink flushes."""
+        runners = [hub.runner for hub in self.hubs.values()]
+        stoppers = [threading.Thread(target=r.stop, args=(timeout / 2,)) for r in runners]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        for worker in self.workers.values():
+            worker.stop(timeout / 2)
+        self.sink.close(timeout / 2)
+
+    # Building blocks ---------------------------------------------------------------------
+
+    @staticmethod
+    def _needed_models(settings: AgentSettings) -> list[str]:
+        return sorted({p.model for p in settings.pipelines.values() if p.enabled})
+
+    def _load(self, name: str, settings: AgentSettings) -> LoadedModel:
+        model_settings: ModelSettings = settings.models[name]
+        delegates = model_settings.delegates or settings.runtime.delegates
+        threads = model_settings.threads or settings.runtime.threads
+        model = load_model(model_settings.path, self.backend, delegates, threads)
+        log.info(
+            "model %s: %s %s on %s (%s)",
+            name,
+            model.info.name,
+            model.info.version,
+            model.delegate,
+            model.info.file_run.name,
+        )
+        return model
+
+    def _start_worker(self, name: str, model: LoadedModel, settings: AgentSettings) -> None:
+        worker = InferenceWorker(name, model, settings.models[name].batch)
+        self.workers[name] = worker
+        worker.start()
+
+    def _add_pipeline(self, name: str, settings: AgentSettings) -> Pipeline:
+        pipeline_settings = settings.pipelines[name]
+        worker = self.workers[pipeline_settings.model]
+        pipeline = Pipeline(name, pipeline_settings, worker, self.sink, self.envelope)
+        pipeline.attach(worker)
+        hub = self.hubs.get(pipeline_settings.source)
+        if hub is None:
+            source_settings = settings.sources[pipeline_settings.source]
+            source = create_source(
+                pipeline_settings.source, source_settings, settings.device.state_dir
+            )
+            hub = self.hubs[pipeline_settings.source] = SourceHub(pipeline_settings.source, source)
+        hub.pipelines = (*hub.pipelines, pipeline)
+        self.pipelines[name] = pipeline
+        return pipeline
+
+    def _remove_pipeline(self, name: str) -> None:
+        pipeline = self.pipelines.pop(name)
+        hub = self.hubs[pipeline.settings.source]
+        hub.pipelines = tuple(p for p in hub.pipelines if p is not pipeline)
+        pipeline.detach()
+        if not hub.pipelines:
+            hub.runner.stop()
+            del self.hubs[hub.name]
+
+    # Live changes --------------------------------------------------------------------------
+
+    def reload(self, new: AgentSettings) -> list[str]:
+        """Applies only what changed; returns what it did. A model that fails to load
+        keeps the old one running and is reported."""
+        with self._lock:
+            return _Reload(self, new).apply()
+
+    def reload_model_file(self, name: str) -> bool:
+        """The model's file changed on disk: load it and swap it in, or keep the old."""
+        with self._lock:
+            try:
+                model = self._load(name, self.settings)
+            except UserError as exc:
+                self.report(f"model {name}: new file not used, old model keeps running: {exc}")
+                return False
+            self.workers[name].swap(model)
+            return True
+
+    def report(self, problem: str) -> None:
+        self.last_error = problem
+        log.error("%s", problem)
+
+    def model_paths(self) -> dict[str, Path]:
+        return {name: self.settings.models[name].path for name in self.workers}
+
+    # Status --------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pipelines": {name: p.snapshot() for name, p in self.pipelines.items()},
+            "sources": {name: hub.runner.snapshot() for name, hub in self.hubs.items()},
+            "models": {
+                name: {
+                    "name": w.model.info.name,
+                    "version": w.model.info.version,
+                    "delegate": w.model.delegate,
+                    "invokes": w.invokes,
+                }
+                for name, w in self.workers.items()
+            },
+            "last_error": self.last_error,
+        }
+
+    def status_line(self) -> str:
+        parts = []
+        for name, pipeline in self.pipelines.items():
+            s = pipeline.stats.snapshot()
+            total = s["latency_ms"]["total"].get("p50", 0.0)
+            hub = self.hubs.get(pipeline.settings.source)
+            state = hub.runner.state.value if hub else "?"
+            parts.append(
+                f"{name}: {s['fps']:.1f} fps, p50 {total:.1f} ms, {s['results']} results, "
+                f"{s['dropped']} dropped, {s['skipped']} skipped, {s['cache_hits']} cached"
+                + ("" if state == "running" else f", source {state}")
+            )
+        return " | ".join(parts) or "no pipeline running"
+
+
+class _Reload:
+    """The difference between the running settings and new ones, applied in an order that
+    never leaves a pipeline without its model or source."""
+
+    def __init__(self, agent: Agent, new: AgentSettings) -> None:
+        self.agent = agent
+        self.old = agent.settings
+        self.new = new
+        self.done: list[str] = []
+
+    def apply(self) -> list[str]:
+        agent, old, new = self.agent, self.old, self.new
+        runtime_changed = new.runtime != old.runtime
+        needed = Agent._needed_models(new)
+        # 1. Models: load new and changed ones first; on failure keep the old.
+        for name in needed:
+            if name not in agent.workers:
+                if not self._start(name):
+                    return self.done
+                self.done.append(f"model {name} loaded")
+            elif runtime_changed or _model_changed(old.models.get(name), new.models[name]):
+                self._swap(name)
+        agent.settings = new
+        # 2. Pipelines removed, or moved to another source or model: take them out.
+        for name in list(agent.pipelines):
+            p_old = old.pipelines.get(name)
+            p_new = new.pipelines.get(name)
+            if (
+                p_new is None
+                or not p_new.enabled
+                or p_old is None
+                or (p_new.source, p_new.model) != (p_old.source, p_old.model)
+            ):
+                agent._remove_pipeline(name)
+                if p_new is None or not p_new.enabled:
+                    self.done.append(f"pipeline {name} stopped")
+        # A changed source restarts alone; its pipelines stay as they are.
+        for name, hub in agent.hubs.items():
+            if new.sources[name] != old.sources.get(name):
+                hub.replace(create_source(name, new.sources[name], new.device.state_dir))
+                self.done.append(f"source {name} restarted")
+        # 3. Pipelines added or rebuilt; in-place settings for the others.
+        started: set[str] = set()
+        for name, p_new in new.pipelines.items():
+            if not p_new.enabled:
+                continue
+            if name in agent.pipelines:
+                if p_new != old.pipelines[name]:
+                    agent.pipelines[name].apply(p_new)
+                    self.done.append(f"pipeline {name} settings applied")
+                continue
+            hub_existed = p_new.source in agent.hubs
+            agent._add_pipeline(name, new)
+            if not hub_existed:
+                started.add(p_new.source)
+            self.done.append(f"pipeline {name} started")
+        for source in started:
+            agent.hubs[source].runner.start()
+        # 4. Models no pipeline uses any more.
+        for name in list(agent.workers):
+            if name not in needed:
+                agent.workers.pop(name).stop()
+                self.done.append(f"model {name} unloaded")
+        for name in needed:
+            agent.workers[name].batch = new.models[name].batch
+        return self.done
+
+    def _swap(self, name: str) -> None:
+        try:
+            model = self.agent._load(name, self.new)
+        except UserError as exc:
+            self.agent.report(f"model {name}: not changed, old model keeps running: {exc}")
+            return
+        self.agent.workers[name].swap(model)
+        self.done.append(f"model {name} swapped")
+
+    def _start(self, name: str) -> bool:
+        try:
+            self.agent._start_worker(name, self.agent._load(name, self.new), self.new)
+        except UserError as exc:
+            self.agent.report(f"model {name}: cannot load, settings not applied: {exc}")
+            return False
+        return True
+
+
+def _model_changed(old: ModelSettings | None, new: ModelSettings) -> bool:
+    if old is None:
+        return True
+    return old.model_dump(exclude={"batch"}) != new.model_dump(exclude={"batch"})
+
+
+def _make_sink(settings: AgentSettings) -> ResultSink:
+    target = settings.output.jsonl
+    return JsonlSink(target) if target else NullSink()

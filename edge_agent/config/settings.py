@@ -1,0 +1,206 @@
+"""Every section of the agent's settings. Unknown keys are errors; every field says what it
+is for, so `configs/agent.toml` and `config validate` can explain themselves."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge_agent.runtime.backend import BackendName
+from edge_agent.runtime.delegates import CpuConfig, DelegateEntry
+from edge_agent.sources import SourceEntry
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _cpu() -> DelegateEntry:
+    return CpuConfig()
+
+
+class DeviceSettings(Section):
+    id: Name = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0] or "edge",
+        description="Device id: MQTT client id and topic level. Default: the host name.",
+    )
+    groups: list[Name] = Field(default_factory=list, description="Fleet groups it belongs to.")
+    state_dir: Path = Field(
+        Path("../var"),
+        description="Where the agent keeps its state (outbox, models, journals); "
+        "relative paths are taken from the config file's folder.",
+    )
+
+
+class RuntimeSettings(Section):
+    backend: BackendName = Field(
+        "auto",
+        description="Interpreter package: auto (LiteRT, else tflite-runtime), litert or "
+        "tflite-runtime.",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=64, description="CPU threads per interpreter; empty: one per core."
+    )
+    delegates: list[DelegateEntry] = Field(
+        default_factory=lambda: [_cpu()],
+        description="Delegates to try in order; the CPU is always the last resort.",
+    )
+
+
+class BatchSettings(Section):
+    max_batch: int = Field(
+        1, ge=1, le=64, description="Most frames per invoke, across the pipelines of a model."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="Longest wait for a batch to fill after its first frame."
+    )
+
+
+class ModelSettings(Section):
+    path: Path = Field(description="The .tflite file; its manifest sits beside it.")
+    threads: int | None = Field(
+        None, ge=1, le=64, description="CPU threads for this model; empty: runtime.threads."
+    )
+    delegates: list[DelegateEntry] | None = Field(
+        None, description="Delegate chain for this model; empty: runtime.delegates."
+    )
+    batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")
+
+
+class DecodeOverrides(Section):
+    top_k: int | None = Field(None, gt=0, description="classification: classes reported.")
+    score_threshold: float | None = Field(
+        None, ge=0, le=1, description="detection: lowest score reported."
+    )
+    max_detections: int | None = Field(None, gt=0, description="detection: most boxes.")
+    threshold: float | None = Field(None, description="anomaly: score above which it is one.")
+
+
+class GateSettings(Section):
+    enabled: bool = Field(False, description="Skip frames too like the last inferred one.")
+    threshold: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Mean absolute difference (0..1) on a small gray copy below which a "
+        "frame counts as unchanged.",
+    )
+    size: int = Field(32, ge=4, le=256, description="Side of the gray copy compared.")
+    max_skip_s: float = Field(10.0, gt=0, description="Infer at least this often, changed or not.")
+
+
+class CacheSettings(Section):
+    enabled: bool = Field(False, description="Reuse the result of an identical input.")
+    size: int = Field(256, ge=1, le=100_000, description="Results kept, least recent dropped.")
+
+
+class PipelineSettings(Section):
+    source: Name = Field(description="Name of a [sources.NAME] entry.")
+    model: Name = Field(description="Name of a [models.NAME] entry.")
+    enabled: bool = Field(True, description="A disabled pipeline is configured but not run.")
+    queue_size: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="Frames waiting for inference; when full the oldest is dropped, so "
+        "latency stays bounded.",
+    )
+    decode: DecodeOverrides = Field(
+        default_factory=DecodeOverrides, description="Overrides of the manifest's decoding."
+    )
+    gate: GateSettings = Field(default_factory=GateSettings, description="Change gating.")
+    cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")
+
+
+class OutputSettings(Section):
+    jsonl: str | None = Field(
+        None,
+        description='Also write each result as a JSON line to this file ("-": stdout); '
+        "relative paths are taken from the config file's folder.",
+    )
+
+
+class LoggingSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["auto", "text", "journal", "json"] = Field(
+        "auto", description="auto: journal under systemd, else text."
+    )
+    status_interval_s: float = Field(
+        1.0, ge=0, description="Seconds between status lines on the terminal; 0: none."
+    )
+
+
+class OutboxSettings(Section):
+    durability: Literal["full", "normal"] = Field(
+        "full", description="full survives power loss; normal survives a crash."
+    )
+    max_bytes: int = Field(
+        1_000_000_000, ge=1_000_000, description="Most bytes the outbox file may hold."
+    )
+    ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Undelivered rows expire after this.")
+
+
+class MqttSettings(Section):
+    enabled: bool = Field(False, description="Connect to a broker.")
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    topic_prefix: Name = Field("edge", description="First topic level.")
+
+
+class TelemetrySettings(Section):
+    interval_s: float = Field(30.0, gt=0, description="Seconds between telemetry messages.")
+
+
+class UpdatesSettings(Section):
+    allow_unsigned: bool = Field(False, description="Accept model updates without signature.")
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    device: DeviceSettings = Field(default_factory=DeviceSettings, description="This device.")
+    runtime: RuntimeSettings = Field(
+        default_factory=RuntimeSettings, description="Interpreter and delegates."
+    )
+    models: dict[Name, ModelSettings] = Field(default_factory=dict, description="Models by name.")
+    sources: dict[Name, SourceEntry] = Field(default_factory=dict, description="Inputs by name.")
+    pipelines: dict[Name, PipelineSettings] = Field(
+        default_factory=dict, description="Pipelines by name: a source into a model."
+    )
+    output: OutputSettings = Field(default_factory=OutputSettings, description="Result copies.")
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Local outbox.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker link.")
+    telemetry: TelemetrySettings = Field(
+        default_factory=TelemetrySettings, description="Telemetry."
+    )
+    updates: UpdatesSettings = Field(default_factory=UpdatesSettings, description="Updates.")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> AgentSettings:
+        for name, pipeline in self.pipelines.items():
+            if pipeline.source not in self.sources:
+                raise ValueError(f"pipelines.{name}.source: no source named {pipeline.source!r}")
+            if pipeline.model not in self.models:
+                raise ValueError(f"pipelines.{name}.model: no model named {pipeline.model!r}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment wins over them.
+        return env_settings, init_settings

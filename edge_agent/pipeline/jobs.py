@@ -1,0 +1,107 @@
+"""What travels between a pipeline's source thread and its model's inference thread."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy.typing as npt
+
+from edge_agent.runtime.preprocess import Geometry
+from edge_agent.sources.base import Frame
+
+if TYPE_CHECKING:
+    from edge_agent.pipeline.pipeline import Pipeline
+
+
+@dataclass
+class Job:
+    pipeline: Pipeline
+    frame: Frame
+    sample: npt.NDArray[Any]
+    geometry: Geometry | None
+    model_generation: int  # which model the sample was prepared for
+    digest: bytes | None  # for the result cache
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, by stage
+    queued_at: float = 0.0
+
+
+class JobQueue:
+    """Jobs waiting for one model. Each pipeline may have at most its `queue_size` jobs
+    waiting: past that its oldest is dropped, so a slow model never builds up latency."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._waiting: dict[str, int] = {}
+        self._ready = threading.Condition()
+        self._closed = False
+        self._woken = False
+
+    def put(self, job: Job, capacity: int) -> Job | None:
+        """Queue `job`; returns the job dropped to make room, if any."""
+        name = job.pipeline.name
+        dropped = None
+        with self._ready:
+            if self._waiting.get(name, 0) >= capacity:
+                for queued in self._jobs:
+                    if queued.pipeline.name == name:
+                        dropped = queued
+                        break
+                if dropped is not None:
+                    self._jobs.remove(dropped)
+                    self._waiting[name] -= 1
+            self._jobs.append(job)
+            self._waiting[name] = self._waiting.get(name, 0) + 1
+            self._ready.notify()
+        return dropped
+
+    def take(self, max_items: int, max_wait: float, clock: Any) -> list[Job]:
+        """Blocks for the first job, then gathers up to `max_items` for at most `max_wait`
+        seconds. Empty once the queue is closed and drained."""
+        with self._ready:
+            while not self._jobs and not self._closed and not self._woken:
+                self._ready.wait()
+            self._woken = False
+            if max_items > 1 and max_wait > 0:
+                deadline = clock() + max_wait
+                while len(self._jobs) < max_items and not self._closed:
+                    remaining = deadline - clock()
+                    if remaining <= 0 or not self._ready.wait(remaining):
+                        break
+            batch: list[Job] = []
+            while self._jobs and len(batch) < max_items:
+                job = self._jobs.popleft()
+                self._waiting[job.pipeline.name] -= 1
+                batch.append(job)
+            return batch
+
+    def remove_pipeline(self, name: str) -> list[Job]:
+        """Takes a pipeline's waiting jobs out (it is being stopped or rebuilt)."""
+        with self._ready:
+            mine = [job for job in self._jobs if job.pipeline.name == name]
+            for job in mine:
+                self._jobs.remove(job)
+            self._waiting[name] = 0
+            return mine
+
+    def wake(self) -> None:
+        """Makes a blocked take() return, empty if nothing is queued (a model swap waits)."""
+        with self._ready:
+            self._woken = True
+            self._ready.notify_all()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self._ready:
+            return self._closed and not self._jobs
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._jobs)

@@ -1,0 +1,168 @@
+"""One pipeline: a source's frames, gated and preprocessed on the source's thread, inferred
+on the model's thread, decoded and handed off as results."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy.typing as npt
+
+from edge_agent.config.settings import PipelineSettings
+from edge_agent.payloads import Envelope, ModelRef, ResultPayload
+from edge_agent.pipeline.cache import ResultCache, digest
+from edge_agent.pipeline.gate import ChangeGate
+from edge_agent.pipeline.jobs import Job
+from edge_agent.pipeline.stats import PipelineStats
+from edge_agent.pipeline.worker import InferenceWorker
+from edge_agent.runtime.model import LoadedModel
+from edge_agent.runtime.predictor import Predictor
+from edge_agent.sinks import ResultSink
+from edge_agent.sources.base import Frame
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        name: str,
+        settings: PipelineSettings,
+        worker: InferenceWorker,
+        sink: ResultSink,
+        envelope: Envelope,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.worker = worker
+        self.sink = sink
+        self.envelope = envelope
+        self.stats = PipelineStats()
+        self.paused = threading.Event()
+        self._gate = ChangeGate(settings.gate) if settings.gate.enabled else None
+        self._cache = ResultCache(settings.cache.size) if settings.cache.enabled else None
+        # (predictor, generation): replaced whole, so a reader sees one or the other.
+        self._prepared: tuple[Predictor, int] | None = None
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    def attach(self, worker: InferenceWorker) -> None:
+        self.worker = worker
+        worker.attach(self)
+
+    def detach(self) -> None:
+        """Leaves the model's worker; frames still waiting are dropped and counted."""
+        dropped = self.worker.detach(self)
+        if dropped:
+            self.stats.count("dropped", len(dropped))
+
+    def apply(self, settings: PipelineSettings) -> None:
+        """Settings that change in place: thresholds, gate, cache, queue size."""
+        old, self.settings = self.settings, settings
+        if settings.gate != old.gate:
+            self._gate = ChangeGate(settings.gate) if settings.gate.enabled else None
+        if settings.cache != old.cache:
+            self._cache = ResultCache(settings.cache.size) if settings.cache.enabled else None
+        if settings.decode != old.decode and self._prepared is not None:
+            predictor, generation = self._prepared
+            self.use_model(predictor.model, generation)
+
+    def use_model(self, model: LoadedModel, generation: int) -> None:
+        overrides = {k: v for k, v in self.settings.decode.model_dump().items() if v is not None}
+        decode = model.manifest.decode.model_copy(update=overrides)
+        self._prepared = (Predictor(model, decode), generation)
+        if self._cache is not None:
+            self._cache.clear()
+
+    # The source's thread -----------------------------------------------------------------
+
+    def on_frame(self, frame: Frame) -> None:
+        self.stats.count("frames")
+        if self.paused.is_set():
+            return
+        now = time.perf_counter()
+        if self._gate is not None and not self._gate.should_infer(frame.data, now):
+            self.stats.count("skipped")
+            return
+        prepared = self._prepared
+        if prepared is None:
+            return
+        predictor, generation = prepared
+        sample, geometry = predictor.prepare(frame.data)
+        prepared_at = time.perf_counter()
+        key = digest(sample) if self._cache is not None else None
+        job = Job(self, frame, sample, geometry, generation, key)
+        job.timings["capture"] = frame.read_s
+        job.timings["preprocess"] = prepared_at - now
+        if key is not None and self._cache is not None:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self.stats.count("cache_hits")
+                job.timings["queue"] = job.timings["infer"] = 0.0
+                self._emit(job, cached, predictor.model, cached=True)
+                return
+        dropped = self.worker.submit(job, self.settings.queue_size)
+        if dropped is not None:
+            self.stats.count("dropped")
+
+    # The model's thread ------------------------------------------------------------------
+
+    def reprepare(self, job: Job, generation: int) -> None:
+        prepared = self._prepared
+        if prepared is not None:
+            job.sample, job.geometry = prepared[0].prepare(job.frame.data)
+            job.model_generation = generation
+
+    def finish(self, job: Job, outputs: list[npt.NDArray[Any]], model: LoadedModel) -> None:
+        started = time.perf_counter()
+        prepared = self._prepared
+        if prepared is None:
+            return
+        result = prepared[0].decoder(outputs, job.geometry)
+        job.timings["decode"] = time.perf_counter() - started
+        if job.digest is not None and self._cache is not None:
+            self._cache.put(job.digest, result)
+        self._emit(job, result, model, cached=False)
+
+    def _emit(self, job: Job, result: dict[str, Any], model: LoadedModel, cached: bool) -> None:
+        started = time.perf_counter()
+        frame = job.frame
+        payload = ResultPayload(
+            id=self.envelope.new_id(),
+            seq=self.envelope.next_seq(),
+            ts=frame.wall_time,
+            boot_id=self.envelope.boot_id,
+            device=self.envelope.device,
+            pipeline=self.name,
+            source={"name": self.settings.source, "index": frame.index, **frame.meta},
+            model=ModelRef(
+                name=model.info.name, version=model.info.version, sha256=model.info.sha256
+            ),
+            delegate=model.delegate,
+            cached=cached,
+            latency_ms={k: round(v * 1000, 3) for k, v in job.timings.items()},
+            result=result,
+        )
+        self.sink.put(payload)
+        job.timings["handoff"] = time.perf_counter() - started
+        read_started = _perf_from_monotonic(frame.captured, started) - frame.read_s
+        job.timings["total"] = time.perf_counter() - read_started
+        self.stats.record(job.timings)
+
+    def snapshot(self) -> dict[str, Any]:
+        prepared = self._prepared
+        model = prepared[0].model if prepared else None
+        return {
+            **self.stats.snapshot(),
+            "paused": self.paused.is_set(),
+            "source": self.settings.source,
+            "model": model.info.name if model else None,
+            "delegate": model.delegate if model else None,
+        }
+
+
+def _perf_from_monotonic(monotonic_ts: float, perf_now: float) -> float:
+    """A time.monotonic() stamp on the perf_counter() scale (both steady clocks)."""
+    return perf_now - (time.monotonic() - monotonic_ts)

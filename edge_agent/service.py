@@ -1,0 +1,139 @@
+"""Service glue: the main thread's loop. Signals, file watches and the status line all
+arrive here as events; reloads happen here, one at a time."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from edge_agent.agent import Agent
+from edge_agent.config.load import ConfigError, load_settings
+from edge_agent.watch import DirectoryWatcher
+
+log = logging.getLogger(__name__)
+
+# Files land in several writes (cp, editors): act once they have been quiet this long.
+_SETTLE_S = 0.3
+
+
+class Service:
+    def __init__(self, agent: Agent, config_path: Path | None) -> None:
+        self.agent = agent
+        self.config_path = config_path.resolve() if config_path else None
+        self.events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self._watchers: list[DirectoryWatcher] = []
+
+    def run(self) -> int:
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        }
+        try:
+            self.agent.start()
+            self._watch()
+            log.info("running %d pipeline(s)", len(self.agent.pipelines))
+            self._loop()
+        finally:
+            for watcher in self._watchers:
+                watcher.close()
+            self.agent.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.events.put(("reload", "SIGHUP"))
+        else:
+            self.events.put(("stop", signal.Signals(signum).name))
+
+    def _loop(self) -> None:
+        interval = self.agent.settings.logging.status_interval_s or None
+        while True:
+            try:
+                kind, detail = self.events.get(timeout=interval)
+            except queue.Empty:
+                log.info("%s", self.agent.status_line())
+                continue
+            if kind == "stop":
+                log.info("stopping (%s)", detail)
+                self.stopping.set()
+                return
+            pending = {(kind, detail), *self._settle()}
+            if any(k == "stop" for k, _ in pending):
+                self.stopping.set()
+                return
+            if any(k == "reload" for k, _ in pending):
+                self.reload(", ".join(d for k, d in pending if k == "reload"))
+            for name in sorted({d for k, d in pending if k == "model"}):
+                if name in self.agent.workers:
+                    self.agent.reload_model_file(name)
+
+    def _settle(self) -> set[tuple[str, str]]:
+        more = set()
+        while True:
+            try:
+                more.add(self.events.get(timeout=_SETTLE_S))
+            except queue.Empty:
+                return more
+
+    def reload(self, reason: str) -> None:
+        if self.config_path is None:
+            return
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            self.agent.report(
+                f"config not reloaded ({reason}), old settings kept: {'; '.join(exc.problems)}"
+            )
+            return
+        changes = self.agent.reload(new)
+        logging.getLogger().setLevel(new.logging.level.upper())
+        log.info("reloaded (%s): %s", reason, ", ".join(changes) or "nothing changed")
+        self.agent.last_error = ""
+        self._rewatch()
+
+    # File watches --------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        folders: dict[Path, None] = {}
+        if self.config_path is not None:
+            folders[self.config_path.parent] = None
+        for path in self.agent.model_paths().values():
+            folders[path.parent] = None
+        for folder in folders:
+            watcher = DirectoryWatcher(folder)
+            self._watchers.append(watcher)
+            threading.Thread(
+                target=self._watch_folder, args=(watcher, folder), name="watch", daemon=True
+            ).start()
+
+    def _rewatch(self) -> None:
+        watched = {w.directory for w in self._watchers}
+        wanted = {p.parent for p in self.agent.model_paths().values()}
+        if not wanted <= watched:
+            for watcher in self._watchers:
+                watcher.close()
+            self._watchers = []
+            self._watch()
+
+    def _watch_folder(self, watcher: DirectoryWatcher, folder: Path) -> None:
+        while not self.stopping.is_set():
+            names = watcher.wait(None)
+            if not names:
+                if watcher.closed:
+                    return
+                continue
+            config = self.config_path
+            if config is not None and folder == config.parent and config.name in names:
+                self.events.put(("reload", f"{config.name} changed"))
+            for model, path in self.agent.model_paths().items():
+                if path.parent == folder and (
+                    path.name in names or path.with_suffix(".json").name in names
+                ):
+                    self.events.put(("model", model))

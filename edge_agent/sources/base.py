@@ -1,0 +1,98 @@
+"""What every source is: a config model, and a blocking reader that a runner thread drives."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass
+class Frame:
+    """One unit of input: an image (H x W x 3 BGR or H x W gray, uint8) or a sensor window
+    (window x channels, float32)."""
+
+    data: npt.NDArray[Any]
+    captured: float  # time.monotonic() when it was read
+    wall_time: float  # time.time() at the same moment
+    index: int  # per-source count, from 0 at each start
+    meta: dict[str, Any] = field(default_factory=dict)
+    read_s: float = 0.0  # time spent reading it: the capture stage (set by the runner)
+
+    @property
+    def is_image(self) -> bool:
+        return self.data.dtype == np.uint8
+
+
+class SourceState(str, enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"  # open or read failed; retrying with backoff
+    ENDED = "ended"  # a finite input (file without loop) is done
+    STOPPED = "stopped"
+    FAILED = "failed"  # cannot work as configured (e.g. GStreamer missing); not retried
+
+
+class SourceError(Exception):
+    """Opening or reading failed; the runner closes the source and reconnects."""
+
+
+class SourceUnusable(Exception):
+    """The source cannot work as configured; retrying would not help."""
+
+
+class EndOfStream(Exception):
+    """A finite input has no more frames."""
+
+
+class SourceConfig(BaseModel):
+    """Fields every source kind has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    fps: float | None = Field(
+        None, gt=0, description="Most frames (or windows) per second; empty: as they come."
+    )
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+
+
+class Source(ABC):
+    """A blocking reader. The runner calls open(), read() until it raises, close(), and
+    open() again after a backoff. interrupt() may be called from another thread to make a
+    blocked read() return soon (by raising SourceError or EndOfStream)."""
+
+    # True when the input runs on its own clock (a camera, a socket, a sensor): under an fps
+    # cap the runner keeps reading and drops what comes early, since waiting would leave
+    # stale data queued in the device or the connection. Files and generated input wait.
+    live: bool = False
+
+    def __init__(self, name: str, config: SourceConfig, state_dir: Path) -> None:
+        self.name = name
+        self.config = config
+        self.state_dir = state_dir
+        # Things skipped or set aside, by reason ("corrupt_frames", "bad_lines", ...).
+        self.counters: dict[str, int] = {}
+
+    def count(self, reason: str, n: int = 1) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + n
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def read(self) -> Frame | None:
+        """The next frame; None when there was nothing usable this time (keep reading)."""
+
+    def close(self) -> None:  # noqa: B027 - most sources have something to close, not all
+        pass
+
+    def interrupt(self) -> None:  # noqa: B027
+        pass

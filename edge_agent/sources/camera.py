@@ -1,0 +1,188 @@
+"""Cameras and video through OpenCV: a V4L2 device, a video file (optionally looping), an
+RTSP or HTTP (MJPEG) stream through FFmpeg, or a GStreamer pipeline where OpenCV has it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+from pydantic import Field, field_validator
+
+from edge_agent.sources.base import (
+    EndOfStream,
+    Frame,
+    Source,
+    SourceConfig,
+    SourceError,
+    SourceUnusable,
+)
+
+log = logging.getLogger(__name__)
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# A corrupt frame in a file fails to read just like the end does; the end is only told
+# apart by nothing ever coming again, so this many failures in a row mean the end.
+_END_AFTER_FAILURES = 25
+NO_GSTREAMER = (
+    "OpenCV here has no GStreamer support; install the distribution's python3-opencv "
+    "or use a device/URL"
+)
+
+
+class CameraConfig(SourceConfig):
+    kind: Literal["camera"] = Field("camera", description="A camera or video through OpenCV.")
+    device: int | str = Field(
+        0,
+        description="A device index, /dev/videoN, a video file, an rtsp:// or http(s):// "
+        'URL, or a GStreamer pipeline (a string with "!").',
+    )
+    loop: bool = Field(False, description="Video file: start over at the end.")
+    width: int | None = Field(None, gt=0, description="Width to ask the device for.")
+    height: int | None = Field(None, gt=0, description="Height to ask the device for.")
+    fourcc: str | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description='Pixel format to ask a device for, e.g. "MJPG" (more frames over USB 2).',
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Stream URLs: open and read timeout.")
+
+    @field_validator("device")
+    @classmethod
+    def _index_as_int(cls, value: int | str) -> int | str:
+        # Environment overrides arrive as strings: "0" means the index.
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty device")
+        return value
+
+
+@functools.cache
+def gstreamer_available() -> bool:
+    """What OpenCV's own build report says (the PyPI wheels are built without it)."""
+    match = re.search(r"^\s*GStreamer:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    return match is not None and match.group(1).upper().startswith("YES")
+
+
+def device_kind(device: int | str) -> Literal["index", "v4l2", "url", "gstreamer", "file"]:
+    if isinstance(device, int):
+        return "index"
+    if "!" in device:
+        return "gstreamer"
+    if device.startswith("/dev/video"):
+        return "v4l2"
+    if _URL.match(device) and not device.startswith("file://"):
+        return "url"
+    return "file"
+
+
+class CameraSource(Source):
+    def __init__(self, name: str, config: CameraConfig, state_dir: Path) -> None:
+        super().__init__(name, config, state_dir)
+        self.cfg = config
+        self.kind = device_kind(config.device)
+        self.live = self.kind != "file"
+        self._interrupted = threading.Event()
+        self._cap: Any = None
+        self._index = 0
+        self._logged_size = False
+
+    @property
+    def label(self) -> str:
+        device = self.cfg.device
+        if self.kind == "url" and isinstance(device, str):
+            return re.sub(r"//[^/@]*@", "//***@", device)  # no passwords in logs
+        return str(device)
+
+    def open(self) -> None:
+        self._index = 0
+        self._cap = self._open_capture()
+
+    def _open_capture(self) -> Any:
+        cfg, kind = self.cfg, self.kind
+        device = cfg.device
+        if kind == "gstreamer":
+            if not gstreamer_available():
+                raise SourceUnusable(NO_GSTREAMER)
+            cap = cv2.VideoCapture(str(device), cv2.CAP_GSTREAMER)
+        elif kind in ("index", "v4l2"):
+            node = f"/dev/video{device}" if kind == "index" else str(device)
+            if sys.platform == "linux" and not Path(node).exists():
+                raise SourceError(f"camera {device}: {node} does not exist")
+            api = cv2.CAP_V4L2 if sys.platform == "linux" else cv2.CAP_ANY
+            cap = cv2.VideoCapture(device, api)
+        elif kind == "url":
+            ms = int(cfg.timeout_s * 1000)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            cap = cv2.VideoCapture(str(device), cv2.CAP_FFMPEG, params)
+        else:
+            path = Path(str(device).removeprefix("file://"))
+            if not path.is_file():
+                raise SourceError(f"{path}: no such file")
+            cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.label}: could not be opened")
+        if kind in ("index", "v4l2"):
+            if cfg.fourcc:
+                cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*cfg.fourcc))
+            if cfg.width:
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+            if cfg.height:
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        return cap
+
+    def read(self) -> Frame | None:
+        failures = 0
+        reopened = False
+        while True:
+            if self._interrupted.is_set():
+                raise SourceError("interrupted")
+            cap = self._cap
+            image = cap.retrieve()[1] if cap.grab() else None
+            if image is not None:
+                break
+            if self.live:
+                raise SourceError(f"{self.label}: no frame (unplugged, or the stream ended)")
+            failures += 1
+            if failures < _END_AFTER_FAILURES:
+                continue
+            if not self.cfg.loop:
+                raise EndOfStream(f"{self.label}: end of file")
+            if reopened:
+                raise SourceError(f"{self.label}: no frame could be read")
+            cap.release()
+            self._cap = self._open_capture()
+            reopened = True
+            failures = 0
+        if failures:
+            # Reading went on after these failures: they were corrupt frames, not the end.
+            self.count("corrupt_frames", failures)
+        meta: dict[str, Any] = {}
+        if not self.live:
+            meta["pos_ms"] = cap.get(cv2.CAP_PROP_POS_MSEC)
+        if not self._logged_size:
+            self._logged_size = True
+            log.info("source %s: %s gives %dx%d", self.name, self.label, *image.shape[1::-1])
+        frame = Frame(image, time.monotonic(), time.time(), self._index, meta)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        self._interrupted.clear()
+
+    def interrupt(self) -> None:
+        # OpenCV reads cannot be cut short from another thread; a stream read ends within
+        # timeout_s, a device read within a frame time.
+        self._interrupted.set()

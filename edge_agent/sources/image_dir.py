@@ -1,0 +1,280 @@
+"""Image files dropped into a directory, each processed once: the backlog in name order at
+start, then new files as they are completed. What was taken is journaled under the state
+directory, so a restart does not take it again; files that do not decode are moved aside."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Literal
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from edge_agent.sources.base import Frame, Source, SourceConfig, SourceError
+from edge_agent.watch import DirectoryWatcher
+
+log = logging.getLogger(__name__)
+
+_WAIT_S = 1.0  # how often an idle read looks at young files and at the directory itself
+
+
+class ImageDirConfig(SourceConfig):
+    kind: Literal["image_dir"] = Field("image_dir", description="Images dropped in a folder.")
+    path: Path = Field(description="The directory to watch (not its subdirectories).")
+    patterns: list[str] = Field(
+        ["*.jpg", "*.jpeg", "*.png", "*.bmp"],
+        min_length=1,
+        description="File name patterns to take, any case; names starting with . are skipped.",
+    )
+    rejected_dir: Path | None = Field(
+        None, description="Where undecodable files are moved; empty: <path>/.rejected."
+    )
+    settle_s: float = Field(
+        1.0,
+        ge=0,
+        description="Files found at start that changed less than this long ago may still be "
+        "written: they wait until they are this old.",
+    )
+    scan_interval_s: float = Field(
+        1.0, gt=0, description="Where inotify is missing: how often the directory is scanned."
+    )
+
+
+class ImageDirSource(Source):
+    def __init__(self, name: str, config: ImageDirConfig, state_dir: Path) -> None:
+        super().__init__(name, config, state_dir)
+        self.cfg = config
+        self.journal_path = state_dir / f"image_dir-{name}.processed"
+        self.rejected_dir = config.rejected_dir or config.path / ".rejected"
+        self._interrupted = threading.Event()
+        self._watcher: DirectoryWatcher | None = None
+        self._journal: IO[str] | None = None
+        self._journal_lines = 0
+        self._processed: set[str] = set()
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._young: set[str] = set()  # backlog files that may still be being written
+        self._index = 0
+
+    def open(self) -> None:
+        directory = self.cfg.path
+        if not directory.is_dir():
+            raise SourceError(f"{directory}: no such directory")
+        # Watch before listing, so a file arriving in between is not missed.
+        self._watcher = DirectoryWatcher(directory, fallback_interval=self.cfg.scan_interval_s)
+        try:
+            names = {entry.name for entry in os.scandir(directory) if entry.is_file()}
+            self._load_journal(names)
+        except OSError as err:
+            self.close()
+            raise SourceError(f"{directory}: {err.strerror or err}") from err
+        self._queue.clear()
+        self._queued.clear()
+        self._young.clear()
+        now = time.time()
+        for name in sorted(names):
+            if self._wanted(name):
+                try:
+                    young = now - (directory / name).stat().st_mtime < self.cfg.settle_s
+                except FileNotFoundError:
+                    continue
+                if young:
+                    self._young.add(name)
+                else:
+                    self._enqueue(name)
+        log.info(
+            "source %s: %s, %d waiting, %d taken before",
+            self.name,
+            directory,
+            len(self._queue) + len(self._young),
+            len(self._processed),
+        )
+
+    def read(self) -> Frame | None:
+        while True:
+            if self._interrupted.is_set() or self._watcher is None:
+                raise SourceError("interrupted")
+            if self._queue:
+                name = self._queue.popleft()
+                self._queued.discard(name)
+                frame = self._take(name)
+                if frame is not None:
+                    return frame
+                continue
+            changes = self._watcher.wait_changes(_WAIT_S if self._young else 5 * _WAIT_S)
+            if self._interrupted.is_set():
+                raise SourceError("interrupted")
+            for name in changes.removed:
+                self._young.discard(name)
+                self._processed.discard(name)  # a new file of that name is new
+            for name in sorted(changes.settled | self._linked(changes.names - changes.settled)):
+                self._young.discard(name)
+                self._enqueue(name)
+            self._ripen()
+            if not changes and not self.cfg.path.is_dir():
+                raise SourceError(f"{self.cfg.path}: the directory is gone")
+            if self._journal_lines > 2 * len(self._processed) + 1024:
+                try:
+                    self._compact(self._processed)
+                except OSError as err:
+                    raise SourceError(f"{self.journal_path}: {err.strerror or err}") from err
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._interrupted.clear()
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.close()  # wakes a read() waiting on it
+
+    def _wanted(self, name: str) -> bool:
+        if name.startswith("."):
+            return False
+        lower = name.lower()
+        return any(fnmatch.fnmatchcase(lower, p.lower()) for p in self.cfg.patterns)
+
+    def _enqueue(self, name: str) -> None:
+        if self._wanted(name) and name not in self._processed and name not in self._queued:
+            self._queue.append(name)
+            self._queued.add(name)
+
+    def _linked(self, names: set[str]) -> set[str]:
+        """Names that appeared as links, which no write will close: complete already."""
+        linked = set()
+        for name in names:
+            if self._wanted(name) and name not in self._processed:
+                try:
+                    st = (self.cfg.path / name).lstat()
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1:
+                    linked.add(name)
+        return linked
+
+    def _ripen(self) -> None:
+        now = time.time()
+        for name in sorted(self._young):
+            try:
+                mtime = (self.cfg.path / name).stat().st_mtime
+            except FileNotFoundError:
+                self._young.discard(name)
+                continue
+            if now - mtime >= self.cfg.settle_s:
+                self._young.discard(name)
+                self._enqueue(name)
+
+    def _take(self, name: str) -> Frame | None:
+        path = self.cfg.path / name
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except FileNotFoundError:
+            return None  # gone before its turn
+        except OSError as err:
+            self._reject(name, f"cannot be read ({err.strerror})")
+            return None
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if image is None:
+            self._reject(name, "does not decode as an image")
+            return None
+        self._remember(name)
+        frame = Frame(image, time.monotonic(), time.time(), self._index, {"file": str(path)})
+        self._index += 1
+        return frame
+
+    def _reject(self, name: str, why: str) -> None:
+        self.count("rejected_files")
+        target = self.rejected_dir / name
+        try:
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target = target.with_name(f"{target.stem}.{time.time_ns()}{target.suffix}")
+            shutil.move(self.cfg.path / name, target)
+        except OSError as err:
+            log.warning(
+                "source %s: %s %s; could not move it aside (%s), skipping it",
+                self.name,
+                self.cfg.path / name,
+                why,
+                err,
+            )
+            self._remember(name)  # so it is not tried again
+            return
+        log.warning("source %s: %s %s; moved to %s", self.name, self.cfg.path / name, why, target)
+
+    # -- the journal of names taken --------------------------------------------------------
+
+    def _load_journal(self, present: set[str]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        names: set[str] = set()
+        lines = 0
+        torn = False
+        try:
+            text = self.journal_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            text = ""
+        for line in text.splitlines():
+            lines += 1
+            try:
+                name = json.loads(line)
+            except ValueError:
+                torn = True  # a crash mid-write
+                continue
+            if isinstance(name, str):
+                names.add(name)
+        torn = torn or (bool(text) and not text.endswith("\n"))
+        self._processed = names & present
+        if torn or len(self._processed) < lines:
+            self._compact(self._processed)
+        else:
+            self._journal_lines = lines
+            self._journal = self.journal_path.open("a", encoding="utf-8")
+
+    def _remember(self, name: str) -> None:
+        self._processed.add(name)
+        if self._journal is None:
+            return
+        try:
+            self._journal.write(json.dumps(name) + "\n")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+        except OSError as err:
+            raise SourceError(f"{self.journal_path}: {err.strerror or err}") from err
+        self._journal_lines += 1
+
+    def _compact(self, names: set[str]) -> None:
+        """Rewrite the journal with `names` only: write aside, fsync, rename over."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        tmp = self.journal_path.with_name(self.journal_path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.writelines(json.dumps(name) + "\n" for name in sorted(names))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.journal_path)
+        with contextlib.suppress(OSError):  # not every file system lets a directory be synced
+            fd = os.open(self.journal_path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._journal_lines = len(names)
+        self._journal = self.journal_path.open("a", encoding="utf-8")

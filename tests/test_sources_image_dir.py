@@ -1,0 +1,165 @@
+"""The image directory source on real files: backlog, new files, the journal across
+restarts, undecodable files set aside."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge_agent.sources import create_source
+from edge_agent.sources.base import SourceState
+from edge_agent.sources.image_dir import ImageDirConfig, ImageDirSource
+from tests.sources_helpers import Collector, numbered_image, start_runner
+
+
+def put_image(folder: Path, name: str, i: int = 0, age: float = 0.0) -> Path:
+    """Write an image as an uploader would: aside first, then renamed in."""
+    path = folder / name
+    tmp = folder / f".{name}.part"
+    ok, data = cv2.imencode(path.suffix, numbered_image(i, 64, 48))
+    assert ok
+    tmp.write_bytes(data.tobytes())
+    if age:
+        past = time.time() - age
+        os.utime(tmp, (past, past))
+    os.replace(tmp, path)
+    return path
+
+
+def image_dir(folder: Path, state: Path, **fields: object) -> ImageDirSource:
+    config = ImageDirConfig.model_validate(
+        {
+            "kind": "image_dir",
+            "path": str(folder),
+            "settle_s": 0.2,
+            "scan_interval_s": 0.05,
+            "reconnect_min_s": 0.05,
+            "reconnect_max_s": 0.2,
+            **fields,
+        }
+    )
+    source = create_source("drop", config, state)
+    assert isinstance(source, ImageDirSource)
+    return source
+
+
+def names(collector: Collector) -> list[str]:
+    return [Path(f.meta["file"]).name for f in collector.frames]
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    folder, state = tmp_path / "in", tmp_path / "state"
+    folder.mkdir()
+    return folder, state
+
+
+def test_backlog_in_name_order_then_new_files_once(folders: tuple[Path, Path]) -> None:
+    folder, state = folders
+    for i, name in enumerate(["c.jpg", "a.png", "b.JPG"]):
+        put_image(folder, name, i, age=5)
+    (folder / "notes.txt").write_text("not an image pattern")
+    collector = Collector()
+    runner = start_runner(image_dir(folder, state), collector)
+    try:
+        assert collector.wait_frames(3)
+        assert names(collector) == ["a.png", "b.JPG", "c.jpg"]
+        assert collector.frames[0].data.shape == (48, 64, 3)
+        put_image(folder, "d.bmp", 3)
+        put_image(folder, "e.jpeg", 4)
+        assert collector.wait_frames(5)
+        # A hard link and a symbolic link: created, never written.
+        elsewhere = put_image(folder.parent, "f.jpg", 5)
+        os.link(elsewhere, folder / "f.jpg")
+        os.symlink(elsewhere, folder / "g.jpg")
+        assert collector.wait_frames(7)
+        # Touching a processed file is not a new file.
+        os.utime(folder / "a.png")
+        time.sleep(0.3)
+    finally:
+        runner.stop()
+    assert sorted(names(collector)[3:]) == ["d.bmp", "e.jpeg", "f.jpg", "g.jpg"]
+    assert len(collector.frames) == 7
+    assert [f.index for f in collector.frames] == list(range(7))
+
+
+def test_restart_remembers(folders: tuple[Path, Path]) -> None:
+    folder, state = folders
+    put_image(folder, "one.jpg", age=5)
+    put_image(folder, "two.jpg", age=5)
+    first = Collector()
+    runner = start_runner(image_dir(folder, state), first)
+    assert first.wait_frames(2)
+    runner.stop()
+    journal = state / "image_dir-drop.processed"
+    assert journal.read_text().splitlines() == ['"one.jpg"', '"two.jpg"']
+
+    (folder / "one.jpg").unlink()  # forgotten at the next compaction
+    put_image(folder, "three.jpg", age=5)
+    second = Collector()
+    runner = start_runner(image_dir(folder, state), second)
+    assert second.wait_frames(1)
+    time.sleep(0.3)
+    runner.stop()
+    assert names(second) == ["three.jpg"]
+    assert journal.read_text().splitlines() == ['"two.jpg"', '"three.jpg"']
+
+
+def test_undecodable_file_is_set_aside_and_counted(folders: tuple[Path, Path]) -> None:
+    folder, state = folders
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8 this is no jpeg")
+    past = time.time() - 5
+    os.utime(folder / "bad.jpg", (past, past))
+    put_image(folder, "good.jpg", age=5)
+    source = image_dir(folder, state)
+    collector = Collector()
+    runner = start_runner(source, collector)
+    try:
+        assert collector.wait_frames(1)
+        (folder / "empty.png").write_bytes(b"")
+        assert collector.wait(lambda: source.counters.get("rejected_files", 0) == 2)
+    finally:
+        runner.stop()
+    assert names(collector) == ["good.jpg"]
+    assert sorted(p.name for p in (folder / ".rejected").iterdir()) == ["bad.jpg", "empty.png"]
+    assert not (folder / "bad.jpg").exists()
+    assert runner.snapshot()["counters"] == {"rejected_files": 2}
+
+
+def test_file_being_written_waits_until_complete(folders: tuple[Path, Path]) -> None:
+    folder, state = folders
+    ok, data = cv2.imencode(".png", numbered_image(1, 64, 48))
+    assert ok
+    collector = Collector()
+    runner = start_runner(image_dir(folder, state), collector)
+    try:
+        assert collector.wait_state(SourceState.RUNNING)
+        with (folder / "slow.png").open("wb") as out:
+            out.write(data[:100].tobytes())
+            out.flush()
+            time.sleep(0.3)
+            assert collector.frames == []  # half a file: not taken, not rejected
+            out.write(data[100:].tobytes())
+        assert collector.wait_frames(1)
+    finally:
+        runner.stop()
+    assert collector.frames[0].data.shape == (48, 64, 3)
+    assert collector.frames[0].meta == {"file": str(folder / "slow.png")}
+
+
+def test_missing_directory_reconnects(tmp_path: Path) -> None:
+    folder = tmp_path / "later"
+    collector = Collector()
+    runner = start_runner(image_dir(folder, tmp_path / "state"), collector)
+    try:
+        assert collector.wait_state(SourceState.RECONNECTING)
+        folder.mkdir()
+        put_image(folder, "x.jpg", age=5)
+        assert collector.wait_frames(1)
+    finally:
+        runner.stop()
+    assert runner.reconnects >= 1
