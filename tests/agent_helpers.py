@@ -1,0 +1,55 @@
+"""Shared by the agent tests: a sink that keeps results in memory, configs written to real
+TOML files, and waiting for what a running agent does."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.payloads import ResultPayload
+from tests.conftest import MODELS
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.results: list[ResultPayload] = []
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def put(self, payload: ResultPayload) -> None:
+        with self._lock:
+            self.results.append(payload)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closed = True
+
+    def of(self, pipeline: str) -> list[ResultPayload]:
+        with self._lock:
+            return [r for r in self.results if r.pipeline == pipeline]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.02)
+
+
+def config_text(state_dir: Path, body: str) -> str:
+    return f"""
+[device]
+id = "test-device"
+state_dir = "{state_dir}"
+
+[models.digits]
+path = "{MODELS / "digits_int8.tflite"}"
+threads = 1
+
+[models.detector]
+path = "{MODELS / "detector_int8.tflite"}"
+threads = 1
+{body}
+"""

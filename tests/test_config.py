@@ -1,0 +1,126 @@
+"""Settings: every field documented, unknown keys refused, problems named by key and line,
+environment overrides, and `edge-agent config validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from edge_agent.config.load import ConfigError, load_settings
+from edge_agent.config.settings import AgentSettings
+from edge_agent.sources import CONFIGS
+from tests.agent_helpers import config_text
+from tests.conftest import ROOT, run_cli
+
+SOURCE = """
+[sources.pattern]
+kind = "synthetic"
+fps = 20
+
+[pipelines.boxes]
+source = "pattern"
+model = "detector"
+"""
+
+
+def all_models(model: type[BaseModel], seen: set[type[BaseModel]]) -> None:
+    if model in seen:
+        return
+    seen.add(model)
+    for field in model.model_fields.values():
+        for arg in [field.annotation, *getattr(field.annotation, "__args__", ())]:
+            for inner in [arg, *getattr(arg, "__args__", ())]:
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    all_models(inner, seen)
+
+
+def test_every_setting_has_a_description() -> None:
+    seen: set[type[BaseModel]] = set()
+    all_models(AgentSettings, seen)
+    for config in CONFIGS.values():
+        all_models(config, seen)
+    assert len(seen) > 15
+    missing = [
+        f"{model.__name__}.{name}"
+        for model in seen
+        for name, field in model.model_fields.items()
+        if not field.description and name not in ("kind", "name")
+    ]
+    assert not missing
+
+
+def test_shipped_config_and_examples_are_valid() -> None:
+    for path in [
+        ROOT / "configs" / "agent.toml",
+        *sorted((ROOT / "configs" / "examples").glob("*.toml")),
+    ]:
+        proc = run_cli("config", "validate", str(path))
+        assert proc.returncode == 0, proc.stderr
+        assert "valid" in proc.stdout
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    settings = load_settings(ROOT / "configs" / "agent.toml")
+    assert settings.models["detector"].path == ROOT / "models" / "detector_int8.tflite"
+    assert settings.device.state_dir == ROOT / "var"
+
+
+def test_unknown_keys_and_wrong_types_are_named_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        config_text(tmp_path / "state", SOURCE)
+        + "\n[pipelines.boxes.gate]\nenabled = true\nthreshhold = 0.1\n"
+        + '\n[runtime]\nthreads = "many"\n'
+    )
+    proc = run_cli("config", "validate", str(path))
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    text = path.read_text().splitlines()
+    by_key = {line.split(": ")[1]: line for line in lines}
+    typo = by_key["pipelines.boxes.gate.threshhold"]
+    assert "Extra inputs are not permitted" in typo
+    assert text[int(typo.split(":")[1]) - 1].startswith("threshhold")
+    threads = by_key["runtime.threads"]
+    assert text[int(threads.split(":")[1]) - 1].startswith("threads")
+
+
+def test_a_pipeline_naming_a_missing_source_or_model(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path, SOURCE.replace('model = "detector"', 'model = "nope"')))
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    [problem] = err.value.problems
+    assert "pipelines.boxes.model: no model named 'nope'" in problem
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text("[device\nid = 1\n")
+    proc = run_cli("config", "validate", str(path))
+    assert proc.returncode == 2 and "not valid TOML" in proc.stderr and "line 1" in proc.stderr
+    proc = run_cli("config", "validate", str(tmp_path / "missing.toml"))
+    assert proc.returncode == 2 and "config file not found" in proc.stderr
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path, SOURCE))
+    monkeypatch.setenv("EDGE_AGENT_DEVICE__ID", "cam-17")
+    monkeypatch.setenv("EDGE_AGENT_RUNTIME__BACKEND", "tflite-runtime")
+    monkeypatch.setenv("EDGE_AGENT_PIPELINES__BOXES__QUEUE_SIZE", "7")
+    settings = load_settings(path)
+    assert settings.device.id == "cam-17"
+    assert settings.runtime.backend == "tflite-runtime"
+    assert settings.pipelines["boxes"].queue_size == 7
+    assert settings.pipelines["boxes"].source == "pattern"
+
+
+def test_a_bad_environment_value_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path, SOURCE))
+    monkeypatch.setenv("EDGE_AGENT_MQTT__PORT", "99999")
+    with pytest.raises(ConfigError, match=r"mqtt\.port"):
+        load_settings(path)
