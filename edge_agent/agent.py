@@ -91,11 +91,16 @@ class Agent:
     def _needed_models(settings: AgentSettings) -> list[str]:
         return sorted({p.model for p in settings.pipelines.values() if p.enabled})
 
-    def _load(self, name: str, settings: AgentSettings) -> LoadedModel:
+    def _load(self, name: str, settings: AgentSettings) -> list[LoadedModel]:
+        """The model's replicas (one, unless configured otherwise)."""
         model_settings: ModelSettings = settings.models[name]
         delegates = model_settings.delegates or settings.runtime.delegates
         threads = model_settings.threads or settings.runtime.threads
-        model = load_model(model_settings.path, self.backend, delegates, threads)
+        replicas = [
+            load_model(model_settings.path, self.backend, delegates, threads)
+            for _ in range(model_settings.replicas)
+        ]
+        model = replicas[0]
         log.info(
             "model %s: %s %s on %s (%s)",
             name,
@@ -104,10 +109,12 @@ class Agent:
             model.delegate,
             model.info.file_run.name,
         )
-        return model
+        return replicas
 
-    def _start_worker(self, name: str, model: LoadedModel, settings: AgentSettings) -> None:
-        worker = InferenceWorker(name, model, settings.models[name].batch)
+    def _start_worker(
+        self, name: str, replicas: list[LoadedModel], settings: AgentSettings
+    ) -> None:
+        worker = InferenceWorker(name, replicas, settings.models[name].batch)
         self.workers[name] = worker
         worker.start()
 
@@ -148,11 +155,11 @@ class Agent:
         """The model's file changed on disk: load it and swap it in, or keep the old."""
         with self._lock:
             try:
-                model = self._load(name, self.settings)
+                replicas = self._load(name, self.settings)
             except UserError as exc:
                 self.report(f"model {name}: new file not used, old model keeps running: {exc}")
                 return False
-            self.workers[name].swap(model)
+            self.workers[name].swap(replicas)
             return True
 
     def report(self, problem: str) -> None:
@@ -263,13 +270,25 @@ class _Reload:
         return self.done
 
     def _swap(self, name: str) -> None:
+        agent = self.agent
         try:
-            model = self.agent._load(name, self.new)
+            replicas = agent._load(name, self.new)
         except UserError as exc:
-            self.agent.report(f"model {name}: not changed, old model keeps running: {exc}")
+            agent.report(f"model {name}: not changed, old model keeps running: {exc}")
             return
-        self.agent.workers[name].swap(model)
-        self.done.append(f"model {name} swapped")
+        old = agent.workers[name]
+        if len(replicas) == len(old.replicas):
+            old.swap(replicas)
+            self.done.append(f"model {name} swapped")
+            return
+        # Another number of replicas: a new worker takes over the pipelines.
+        agent._start_worker(name, replicas, self.new)
+        for pipeline in agent.pipelines.values():
+            if pipeline.worker is old:
+                pipeline.detach()
+                pipeline.attach(agent.workers[name])
+        old.stop()
+        self.done.append(f"model {name} now {len(replicas)} replica(s)")
 
     def _start(self, name: str) -> bool:
         try:

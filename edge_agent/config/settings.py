@@ -71,6 +71,14 @@ class ModelSettings(Section):
         None, description="Delegate chain for this model; empty: runtime.delegates."
     )
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Interpreters of this model, each on its own thread, taking frames from "
+        "one queue: more throughput where one interpreter cannot use the cores, at the cost "
+        "of memory and of results finishing out of order by a frame or so.",
+    )
 
 
 class DecodeOverrides(Section):

@@ -37,7 +37,7 @@ class JobQueue:
         self._waiting: dict[str, int] = {}
         self._ready = threading.Condition()
         self._closed = False
-        self._woken = False
+        self._wake_epoch = 0
 
     def put(self, job: Job, capacity: int) -> Job | None:
         """Queue `job`; returns the job dropped to make room, if any."""
@@ -61,9 +61,9 @@ class JobQueue:
         """Blocks for the first job, then gathers up to `max_items` for at most `max_wait`
         seconds. Empty once the queue is closed and drained."""
         with self._ready:
-            while not self._jobs and not self._closed and not self._woken:
+            epoch = self._wake_epoch
+            while not self._jobs and not self._closed and self._wake_epoch == epoch:
                 self._ready.wait()
-            self._woken = False
             if max_items > 1 and max_wait > 0:
                 deadline = clock() + max_wait
                 while len(self._jobs) < max_items and not self._closed:
@@ -89,7 +89,7 @@ class JobQueue:
     def wake(self) -> None:
         """Makes a blocked take() return, empty if nothing is queued (a model swap waits)."""
         with self._ready:
-            self._woken = True
+            self._wake_epoch += 1
             self._ready.notify_all()
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
-"""One inference thread per model, shared by every pipeline that uses the model: it
-batches their frames, invokes, decodes and hands results off. It alone touches the
-interpreter, so a model swap happens here, between two batches."""
+"""The inference threads of one model, shared by every pipeline that uses the model: they
+batch those pipelines' frames, invoke, decode and hand results off. Each replica is an
+interpreter of its own on a thread of its own; only that thread touches it, so a model
+swap waits until every replica is between two batches."""
 
 from __future__ import annotations
 
@@ -22,24 +23,38 @@ log = logging.getLogger(__name__)
 
 
 class InferenceWorker:
-    def __init__(self, name: str, model: LoadedModel, batch: BatchSettings) -> None:
+    def __init__(self, name: str, replicas: list[LoadedModel], batch: BatchSettings) -> None:
         self.name = name
-        self.model = model
+        self.replicas = replicas
         self.generation = 0
         self.batch = batch
         self.queue = JobQueue()
         self.invokes = 0
         self.errors = 0
         self._pipelines: dict[str, Pipeline] = {}
-        self._pending: LoadedModel | None = None
-        self._swapped = threading.Event()
+        self._pending: list[LoadedModel] | None = None
+        self._parked = 0
+        self._swap_done = threading.Condition()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name=f"infer-{name}", daemon=True)
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                args=(i,),
+                name=f"infer-{name}" + (f"-{i}" if len(replicas) > 1 else ""),
+                daemon=True,
+            )
+            for i in range(len(replicas))
+        ]
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.replicas[0]
 
     # Called from other threads ---------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def attach(self, pipeline: Pipeline) -> None:
         with self._lock:
@@ -56,55 +71,68 @@ class InferenceWorker:
         with self._lock:
             return list(self._pipelines)
 
-    def swap(self, model: LoadedModel, timeout: float = 10.0) -> bool:
-        """Replaces the model between two batches; True once the worker has taken it."""
-        with self._lock:
-            self._pending = model
-            self._swapped.clear()
-        self.queue.wake()
-        return self._swapped.wait(timeout)
+    def swap(self, replicas: list[LoadedModel], timeout: float = 10.0) -> bool:
+        """Replaces the model between batches; True once every replica has taken it."""
+        if len(replicas) != len(self.replicas):
+            raise ValueError("a swap keeps the number of replicas")
+        with self._swap_done:
+            self._pending = replicas
+            self.queue.wake()
+            return self._swap_done.wait_for(lambda: self._pending is None, timeout)
 
     def submit(self, job: Job, capacity: int) -> Job | None:
         job.queued_at = time.perf_counter()
         return self.queue.put(job, capacity)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Finishes what is queued, then ends the thread."""
+        """Finishes what is queued, then ends the threads."""
         self.queue.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
-    # The inference thread ----------------------------------------------------------------
+    # The inference threads -------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, replica: int) -> None:
         clock = time.perf_counter
         while True:
+            self._park_for_swap()
             jobs = self.queue.take(self.batch.max_batch, self.batch.max_wait_ms / 1000, clock)
-            self._apply_swap()
             if not jobs:
                 if self.queue.closed:
                     return
                 continue
             try:
-                self._process(jobs)
+                self._process(jobs, self.replicas[replica])
             except Exception:  # one bad batch must not end the thread
                 self.errors += 1
                 log.exception("model %s: inference failed on a batch of %d", self.name, len(jobs))
                 for job in jobs:
                     job.pipeline.stats.count("errors")
 
-    def _apply_swap(self) -> None:
-        with self._lock:
-            model, self._pending = self._pending, None
-            if model is None:
+    def _park_for_swap(self) -> None:
+        """Every replica stops here; the last to arrive swaps, then all go on."""
+        with self._swap_done:
+            if self._pending is None:
                 return
-            self.model = model
+            self._parked += 1
+            if self._parked == len(self.replicas):
+                self._apply_swap(self._pending)
+                self._pending = None
+                self._parked = 0
+                self._swap_done.notify_all()
+            else:
+                self._swap_done.wait_for(lambda: self._pending is None)
+
+    def _apply_swap(self, replicas: list[LoadedModel]) -> None:
+        with self._lock:
+            self.replicas = replicas
             self.generation += 1
             for pipeline in self._pipelines.values():
-                pipeline.use_model(model, self.generation)
-        self._swapped.set()
+                pipeline.use_model(self.model, self.generation)
 
-    def _process(self, jobs: list[Job]) -> None:
+    def _process(self, jobs: list[Job], model: LoadedModel) -> None:
         clock = time.perf_counter
         started = clock()
         for job in jobs:
@@ -114,11 +142,10 @@ class InferenceWorker:
                 job.pipeline.reprepare(job, self.generation)
         samples = [job.sample for job in jobs]
         batch = samples[0][None] if len(samples) == 1 else np.stack(samples)
-        raw = self.model.run(batch)
-        outputs = self.model.dequantize(raw)
-        done = clock()
+        raw = model.run(batch)
+        outputs = model.dequantize(raw)
+        infer_s = clock() - started
         self.invokes += 1
-        infer_s = done - started
         for i, job in enumerate(jobs):
             job.timings["infer"] = infer_s
-            job.pipeline.finish(job, [out[i] for out in outputs], self.model)
+            job.pipeline.finish(job, [out[i] for out in outputs], model)

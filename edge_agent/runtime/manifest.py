@@ -30,6 +30,11 @@ class ImageInput(_Strict):
         "stretch", description="stretch: ignore aspect ratio; letterbox: keep it and pad."
     )
     letterbox_fill: int = Field(0, ge=0, le=255, description="Pixel value of the padding.")
+    interpolation: Literal["auto", "area", "linear", "nearest"] = Field(
+        "auto",
+        description="Resize filter. auto: area for whole-number shrink factors (OpenCV has a "
+        "fast path for them), else linear, which costs a tenth of area at 640x480 -> 224.",
+    )
     range: tuple[float, float] | None = Field(
         None, description="Pixel 0 maps to the first value, 255 to the second."
     )

@@ -74,27 +74,31 @@ class ImagePreprocessor:
 
     def __call__(self, frame: Image) -> tuple[npt.NDArray[Any], Geometry]:
         """A BGR (or gray) uint8 frame to one input sample (no batch dimension)."""
-        image = self._convert_colour(frame)
-        src_h, src_w = image.shape[:2]
+        gray_in = frame.ndim == 2 or frame.shape[2] == 1
+        if self.channels == 1 and not gray_in:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)  # before resizing: a third the work
+        src_h, src_w = frame.shape[:2]
         if self.spec.resize == "letterbox":
-            resized, geometry = self._letterbox(image, src_w, src_h)
+            resized, geometry = self._letterbox(frame, src_w, src_h)
         else:
-            resized = cv2.resize(
-                image,
-                (self.width, self.height),
-                interpolation=_interp(image, self.width, self.height),
-            )
+            size = (self.width, self.height)
+            resized = cv2.resize(frame, size, interpolation=self._interp(frame, *size))
             geometry = Geometry(src_w, src_h, self.width / src_w, self.height / src_h, 0.0, 0.0)
+        if self.channels == 3:
+            if gray_in:
+                resized = cv2.cvtColor(resized, cv2.COLOR_GRAY2BGR)
+            if self.spec.color == "RGB":
+                resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)  # after resizing: smaller
         resized = resized.reshape(self.height, self.width, self.channels)
         return cv2.LUT(resized, self._lut).reshape(self.height, self.width, self.channels), geometry
 
-    def _convert_colour(self, frame: Image) -> Image:
-        gray_in = frame.ndim == 2 or frame.shape[2] == 1
-        if self.channels == 1:
-            return frame if gray_in else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        if gray_in:
-            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if self.spec.color == "RGB" else frame
+    def _interp(self, image: Image, width: int, height: int) -> int:
+        choice = self.spec.interpolation
+        if choice == "auto":
+            fx, fy = image.shape[1] / width, image.shape[0] / height
+            whole = fx >= 1 and fy >= 1 and fx.is_integer() and fy.is_integer()
+            choice = "area" if whole and (fx > 1 or fy > 1) else "linear"
+        return _INTERPOLATION[choice]
 
     def _letterbox(self, image: Image, src_w: int, src_h: int) -> tuple[Image, Geometry]:
         scale = min(self.width / src_w, self.height / src_h)
@@ -102,7 +106,7 @@ class ImagePreprocessor:
         new_h = max(1, round(src_h * scale))
         pad_x = (self.width - new_w) // 2
         pad_y = (self.height - new_h) // 2
-        resized = cv2.resize(image, (new_w, new_h), interpolation=_interp(image, new_w, new_h))
+        resized = cv2.resize(image, (new_w, new_h), interpolation=self._interp(image, new_w, new_h))
         canvas = cv2.copyMakeBorder(
             resized,
             pad_y,
@@ -116,10 +120,11 @@ class ImagePreprocessor:
         return canvas, geometry
 
 
-def _interp(image: npt.NDArray[Any], width: int, height: int) -> int:
-    # INTER_AREA avoids aliasing when shrinking; INTER_LINEAR is cheaper when growing.
-    shrinking = width < image.shape[1] or height < image.shape[0]
-    return int(cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+_INTERPOLATION = {
+    "area": int(cv2.INTER_AREA),
+    "linear": int(cv2.INTER_LINEAR),
+    "nearest": int(cv2.INTER_NEAREST),
+}
 
 
 class SensorPreprocessor:
