@@ -248,3 +248,35 @@ model = "digits"
         assert agent.workers["digits"].model.info.sha256 == sink.results[0].model.sha256
     finally:
         agent.stop()
+
+
+def test_a_missing_camera_reconnects_without_stopping_other_pipelines(
+    running, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    body = f"""
+[sources.gone]
+kind = "camera"
+device = "{tmp_path / "unplugged.avi"}"
+reconnect_min_s = 0.05
+reconnect_max_s = 0.2
+
+[sources.pattern]
+kind = "synthetic"
+pattern = "moving_box"
+fps = 30
+
+[pipelines.dead]
+source = "gone"
+model = "digits"
+
+[pipelines.alive]
+source = "pattern"
+model = "detector"
+"""
+    agent, sink = running(body)
+    wait_until(lambda: len(sink.of("alive")) > 10, what="results of the healthy pipeline")
+    gone = agent.snapshot()["sources"]["gone"]
+    assert gone["state"] == "reconnecting"
+    assert gone["last_error"]
+    wait_until(lambda: agent.hubs["gone"].runner.reconnects >= 2, what="retries")
+    assert not sink.of("dead")

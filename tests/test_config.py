@@ -124,3 +124,34 @@ def test_a_bad_environment_value_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("EDGE_AGENT_MQTT__PORT", "99999")
     with pytest.raises(ConfigError, match=r"mqtt\.port"):
         load_settings(path)
+
+
+def test_secrets_come_from_files_and_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("s3cret\n")
+    (creds / "tls-key").write_text("KEY")
+    path = tmp_path / "agent.toml"
+    mqtt = '\n[mqtt]\nusername = "dev"\npassword_file = "credential:mqtt-password"\n'
+    mqtt += 'tls = { key_file = "credential:tls-key" }\n'
+    path.write_text(config_text(tmp_path, SOURCE + mqtt))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = load_settings(path)
+    assert settings.mqtt.password is not None
+    assert settings.mqtt.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+    (creds / "mqtt-password").unlink()
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert "credential 'mqtt-password' not found" in str(err.value)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match=r"CREDENTIALS_DIRECTORY is not set"):
+        load_settings(path)
+
+    secret = tmp_path / "password.txt"
+    secret.write_text("from-a-file")
+    path.write_text(config_text(tmp_path, SOURCE + f'\n[mqtt]\npassword_file = "{secret}"\n'))
+    assert load_settings(path).mqtt.password.get_secret_value() == "from-a-file"  # type: ignore[union-attr]

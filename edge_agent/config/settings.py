@@ -7,9 +7,10 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge_agent.config.secrets import read_secret, secret_path
 from edge_agent.runtime.backend import BackendName
 from edge_agent.runtime.delegates import CpuConfig, DelegateEntry
 from edge_agent.sources import SourceEntry
@@ -154,11 +155,44 @@ class OutboxSettings(Section):
     ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Undelivered rows expire after this.")
 
 
+class TlsSettings(Section):
+    ca_file: Path | None = Field(None, description="CA certificate(s) to trust, PEM.")
+    cert_file: Path | None = Field(None, description="Client certificate, PEM.")
+    key_file: str | None = Field(
+        None, description="Client key: a file, or credential:NAME (systemd LoadCredential=)."
+    )
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            secret_path(value)
+        return value
+
+
 class MqttSettings(Section):
     enabled: bool = Field(False, description="Connect to a broker.")
     host: str = Field("127.0.0.1", description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port.")
     topic_prefix: Name = Field("edge", description="First topic level.")
+    username: str | None = Field(None, description="User name, when the broker wants one.")
+    password: SecretStr | None = Field(
+        None, description="Password; better kept in password_file than in this file."
+    )
+    password_file: str | None = Field(
+        None,
+        description="File holding the password, or credential:NAME for a systemd credential "
+        "in $CREDENTIALS_DIRECTORY. Read at load: a missing one is a config error.",
+    )
+    tls: TlsSettings | None = Field(None, description="TLS; none: plain TCP.")
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> MqttSettings:
+        if self.password_file is not None:
+            if self.password is not None:
+                raise ValueError("password_file: give password or password_file, not both")
+            self.password = SecretStr(read_secret(self.password_file))
+        return self
 
 
 class TelemetrySettings(Section):
