@@ -100,6 +100,10 @@ class Agent:
             load_model(model_settings.path, self.backend, delegates, threads)
             for _ in range(model_settings.replicas)
         ]
+        overrides = model_settings.input.model_dump(exclude_none=True)
+        if overrides:
+            for replica in replicas:
+                replica.override_input(overrides)
         model = replicas[0]
         log.info(
             "model %s: %s %s on %s (%s)",

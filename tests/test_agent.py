@@ -280,3 +280,26 @@ model = "detector"
     assert gone["last_error"]
     wait_until(lambda: agent.hubs["gone"].runner.reconnects >= 2, what="retries")
     assert not sink.of("dead")
+
+
+def test_config_overrides_the_manifest_preprocessing(running) -> None:  # type: ignore[no-untyped-def]
+    body = """
+[models.detector.input]
+resize = "stretch"
+
+[sources.pattern]
+kind = "synthetic"
+pattern = "moving_box"
+count = 3
+
+[pipelines.boxes]
+source = "pattern"
+model = "detector"
+queue_size = 10
+"""
+    agent, sink = running(body)
+    wait_until(lambda: len(sink.results) == 3, what="3 results")
+    assert agent.workers["detector"].model.manifest.input.resize == "stretch"
+    # Stretched 640x480 -> 96x96: grid cells map back to 160x120 source pixels.
+    boxes = [d["box"] for r in sink.results for d in r.result["detections"]]
+    assert boxes and all((b[2] - b[0], b[3] - b[1]) == (160.0, 120.0) for b in boxes)

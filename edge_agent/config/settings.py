@@ -63,6 +63,17 @@ class BatchSettings(Section):
     )
 
 
+class InputOverrides(Section):
+    """Image preprocessing that differs from what the model's manifest says."""
+
+    resize: Literal["stretch", "letterbox"] | None = Field(None, description="Resize mode.")
+    interpolation: Literal["auto", "area", "linear", "nearest"] | None = Field(
+        None, description="Resize filter."
+    )
+    letterbox_fill: int | None = Field(None, ge=0, le=255, description="Padding value.")
+    color: Literal["RGB", "BGR", "GRAY"] | None = Field(None, description="Channel order.")
+
+
 class ModelSettings(Section):
     path: Path = Field(description="The .tflite file; its manifest sits beside it.")
     threads: int | None = Field(
@@ -72,6 +83,9 @@ class ModelSettings(Section):
         None, description="Delegate chain for this model; empty: runtime.delegates."
     )
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")
+    input: InputOverrides = Field(
+        default_factory=InputOverrides, description="Overrides of the manifest's preprocessing."
+    )
     replicas: int = Field(
         1,
         ge=1,

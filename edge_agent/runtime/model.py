@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
-from edge_agent.runtime.manifest import ModelManifest
+from edge_agent.errors import UserError
+from edge_agent.runtime.manifest import ImageInput, ModelManifest
 from edge_agent.runtime.quantization import QuantParams
 
 
@@ -94,9 +96,18 @@ class LoadedModel:
         self.outputs = [TensorSpec.from_detail(d) for d in interpreter.get_output_details()]
         self._batch = self.input.shape[0] if self.input.shape else 1
 
-    @property
-    def max_batch_dynamic(self) -> bool:
-        return self.input.dynamic_batch
+    def override_input(self, overrides: dict[str, Any]) -> None:
+        """Preprocessing settings from the config over the manifest's (image input only)."""
+        spec = self.manifest.input
+        if not isinstance(spec, ImageInput):
+            raise UserError(f"model {self.info.name}: input overrides apply to image models")
+        try:
+            new_input = ImageInput.model_validate({**spec.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise UserError(
+                f"model {self.info.name}: input override: {exc.errors()[0]['msg']}"
+            ) from None
+        self.manifest = self.manifest.model_copy(update={"input": new_input})
 
     def run(self, batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Invoke on `batch` (already in the input dtype, leading batch dimension) and
