@@ -4,6 +4,7 @@ It is built from settings, and rebuilt piece by piece when the settings change."
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from pathlib import Path
@@ -70,6 +71,9 @@ class Agent:
         for name, pipeline_settings in self.settings.pipelines.items():
             if pipeline_settings.enabled:
                 self._add_pipeline(name, self.settings)
+        # Models, settings and modules live as long as the process: freezing them keeps the
+        # garbage collector from rescanning them on every collection in the frame loop.
+        gc.freeze()
         for hub in self.hubs.values():
             hub.runner.start()
 

@@ -129,7 +129,9 @@ class Pipeline:
     def _emit(self, job: Job, result: dict[str, Any], model: LoadedModel, cached: bool) -> None:
         started = time.perf_counter()
         frame = job.frame
-        payload = ResultPayload(
+        # Built from values this code made itself: construct without re-validating them,
+        # which would cost more than the rest of the hand-off.
+        payload = ResultPayload.model_construct(
             id=self.envelope.new_id(),
             seq=self.envelope.next_seq(),
             ts=frame.wall_time,
@@ -137,9 +139,7 @@ class Pipeline:
             device=self.envelope.device,
             pipeline=self.name,
             source={"name": self.settings.source, "index": frame.index, **frame.meta},
-            model=ModelRef(
-                name=model.info.name, version=model.info.version, sha256=model.info.sha256
-            ),
+            model=self._model_ref(model),
             delegate=model.delegate,
             cached=cached,
             latency_ms={k: round(v * 1000, 3) for k, v in job.timings.items()},
@@ -150,6 +150,11 @@ class Pipeline:
         read_started = _perf_from_monotonic(frame.captured, started) - frame.read_s
         job.timings["total"] = time.perf_counter() - read_started
         self.stats.record(job.timings)
+
+    @staticmethod
+    def _model_ref(model: LoadedModel) -> ModelRef:
+        info = model.info
+        return ModelRef.model_construct(name=info.name, version=info.version, sha256=info.sha256)
 
     def snapshot(self) -> dict[str, Any]:
         prepared = self._prepared
