@@ -90,12 +90,11 @@ queue_size = 2
     agent, sink = running(body)
     hub = agent.hubs["noise"]
     wait_until(lambda: hub.runner.state.value == "ended", timeout=30, what="source end")
-    worker = agent.workers["mobilenet"]
-    wait_until(lambda: len(worker.queue) == 0, what="queue drained")
     stats = agent.pipelines["slow"].stats
+    # Every frame is either inferred or dropped and counted: none vanishes.
+    wait_until(lambda: stats.results + stats.dropped == 400, what="every frame accounted for")
     assert stats.frames == 400
     assert stats.dropped > 0
-    assert stats.results + stats.dropped == 400
     # The newest frames are the ones kept: the last frame always gets its result.
     assert sink.results[-1].source["index"] == 399
 
