@@ -96,7 +96,7 @@ def bad_models(tmp_path: Path) -> dict[str, Path]:
     [
         ("missing", "model file not found"),
         ("empty", "model file is empty"),
-        ("truncated", "cannot"),
+        ("truncated", "truncated or corrupt"),
         ("not_tflite", "not a TFLite model"),
     ],
 )

@@ -129,3 +129,17 @@ def test_detector_finds_the_scene_boxes_in_source_pixels_whatever_the_output_ord
     assert [f[0] for f in found] == [e[0] for e in expected]
     for got, want in zip(found, expected, strict=True):
         assert got[1:] == pytest.approx(want[1:], abs=1.0)
+
+
+def test_a_model_cut_anywhere_is_refused_before_the_runtime_reads_it(
+    backend: Backend, models: Path, tmp_path: Path
+) -> None:
+    """tflite-runtime does not verify the flatbuffer and can crash on a truncated file."""
+    from edge_agent.errors import UserError
+
+    content = (models / "digits_int8.tflite").read_bytes()
+    path = tmp_path / "cut.tflite"
+    for cut in range(8, len(content), len(content) // 60):
+        path.write_bytes(content[:cut])
+        with pytest.raises(UserError, match="truncated or corrupt"):
+            load_model(path, backend)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_agent.errors import UserError
+from edge_agent.runtime.flatbuffer_check import FlatbufferError, check_model
 
 # A TFLite flatbuffer carries its file identifier at bytes 4..8.
 _IDENTIFIER = b"TFL3"
@@ -24,4 +25,8 @@ def read_model_file(path: Path) -> bytes:
         raise UserError(f"{path}: model file is empty")
     if len(content) < _MIN_SIZE or content[4:8] != _IDENTIFIER:
         raise UserError(f"{path}: not a TFLite model (no TFL3 identifier)")
+    try:
+        check_model(content)
+    except FlatbufferError as exc:
+        raise UserError(f"{path}: model file is truncated or corrupt ({exc})") from None
     return content
