@@ -12,13 +12,15 @@ from typing import Any
 
 from edge_agent.config.settings import AgentSettings, ModelSettings
 from edge_agent.errors import UserError
+from edge_agent.outbox.store import Outbox
+from edge_agent.outbox.writer import OutboxWriter
 from edge_agent.payloads import Envelope
 from edge_agent.pipeline.pipeline import Pipeline
 from edge_agent.pipeline.worker import InferenceWorker
 from edge_agent.runtime.backend import Backend, select_backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.sinks import JsonlSink, NullSink, ResultSink
+from edge_agent.sinks import FanOutSink, JsonlSink, ResultSink
 from edge_agent.sources import create_source
 from edge_agent.sources.base import Frame, Source
 from edge_agent.sources.runner import SourceRunner
@@ -54,11 +56,21 @@ class Agent:
         self.settings = settings
         self.envelope = Envelope(settings.device.id)
         self.backend = backend or select_backend(settings.runtime.backend)
-        self.sink = sink or _make_sink(settings)
+        settings.device.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(outbox_path(settings), settings.outbox)
+        if self.outbox.moved_aside is not None:
+            self.last_error = f"outbox was damaged, moved to {self.outbox.moved_aside}"
+        self.writer = OutboxWriter(self.outbox, settings.mqtt.topic_prefix, settings.device.id)
+        if sink is None:
+            copies: list[ResultSink] = [self.writer]
+            if settings.output.jsonl:
+                copies.append(JsonlSink(settings.output.jsonl))
+            sink = FanOutSink(copies)
+        self.sink = sink
+        self.last_error = ""  # the latest reload or model problem, for status
         self.workers: dict[str, InferenceWorker] = {}
         self.hubs: dict[str, SourceHub] = {}
         self.pipelines: dict[str, Pipeline] = {}
-        self.last_error = ""  # the latest reload or model problem, for status
         self._lock = threading.Lock()
 
     # Start and stop ----------------------------------------------------------------------
@@ -88,6 +100,8 @@ class Agent:
         for worker in self.workers.values():
             worker.stop(timeout / 2)
         self.sink.close(timeout / 2)
+        self.writer.close(timeout / 2)
+        self.outbox.close()
 
     # Building blocks ---------------------------------------------------------------------
 
@@ -192,6 +206,7 @@ class Agent:
                 }
                 for name, w in self.workers.items()
             },
+            "outbox": self.outbox.stats(),
             "last_error": self.last_error,
         }
 
@@ -313,6 +328,5 @@ def _model_changed(old: ModelSettings | None, new: ModelSettings) -> bool:
     return old.model_dump(exclude={"batch"}) != new.model_dump(exclude={"batch"})
 
 
-def _make_sink(settings: AgentSettings) -> ResultSink:
-    target = settings.output.jsonl
-    return JsonlSink(target) if target else NullSink()
+def outbox_path(settings: AgentSettings) -> Path:
+    return settings.device.state_dir / "outbox.db"

@@ -7,6 +7,7 @@ import logging
 import queue
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # Files land in several writes (cp, editors): act once they have been quiet this long.
 _SETTLE_S = 0.3
+# Expired and long-delivered outbox rows are removed this often.
+_HOUSEKEEPING_S = 60.0
 
 
 class Service:
@@ -53,12 +56,18 @@ class Service:
             self.events.put(("stop", signal.Signals(signum).name))
 
     def _loop(self) -> None:
-        interval = self.agent.settings.logging.status_interval_s or None
+        status_every = self.agent.settings.logging.status_interval_s
+        tick = min(status_every, _HOUSEKEEPING_S) if status_every else _HOUSEKEEPING_S
+        next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
         while True:
             try:
-                kind, detail = self.events.get(timeout=interval)
+                kind, detail = self.events.get(timeout=tick)
             except queue.Empty:
-                log.info("%s", self.agent.status_line())
+                if status_every:
+                    log.info("%s", self.agent.status_line())
+                if time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
+                    self.agent.outbox.expire()
                 continue
             if kind == "stop":
                 log.info("stopping (%s)", detail)

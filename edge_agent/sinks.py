@@ -76,6 +76,21 @@ class JsonlSink:
                 return
 
 
+class FanOutSink:
+    """Every result to each sink in turn: the outbox first, then any copies."""
+
+    def __init__(self, sinks: list[ResultSink]) -> None:
+        self.sinks = sinks
+
+    def put(self, payload: ResultPayload) -> None:
+        for sink in self.sinks:
+            sink.put(payload)
+
+    def close(self, timeout: float = 5.0) -> None:
+        for sink in self.sinks:
+            sink.close(timeout)
+
+
 class NullSink:
     """Keeps nothing: for benchmarks of the pipeline alone."""
 

@@ -130,3 +130,92 @@ def test_invalid_config_at_start_exits_2_with_each_problem(tmp_path: Path) -> No
     assert "sources.pattern.synthetic.fps" in proc.stderr
     assert "pipelines.boxes.decode.score_threshold" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_results_land_in_the_outbox_and_the_results_command_reads_them_live(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path / "agent.toml", tmp_path)
+    agent = AgentProcess(config)
+    try:
+        wait_until(lambda: len(results(tmp_path)) > 10, timeout=20, what="results")
+        stats = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_agent",
+                "results",
+                "stats",
+                "--json",
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        assert stats.returncode == 0, stats.stderr
+        pending = json.loads(stats.stdout)["result"]["pending"]["count"]
+        assert pending > 0
+        tail = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_agent",
+                "results",
+                "tail",
+                "-n",
+                "3",
+                "--json",
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        last = [json.loads(line) for line in tail.stdout.splitlines()]
+        assert len(last) == 3 and [r["seq"] for r in last] == sorted(r["seq"] for r in last)
+    finally:
+        code, _ = agent.stop()
+    assert code == 0
+    # Every result the JSON-lines copy saw is in the outbox, by id.
+    export = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "results",
+            "export",
+            "--since",
+            "1h",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    stored = {json.loads(line)["id"] for line in export.stdout.splitlines()}
+    assert {r["id"] for r in results(tmp_path)} <= stored
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "results",
+            "export",
+            "--since",
+            "soon",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "--since 'soon': not a time" in bad.stderr

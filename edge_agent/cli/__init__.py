@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
-from edge_agent.cli import bench, config, infer, run
+from edge_agent.cli import bench, config, infer, results, run
 from edge_agent.errors import UserError
 
 USAGE_ERROR = 2
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_parser(commands)
     bench.add_parser(commands)
     config.add_parser(commands)
+    results.add_parser(commands)
     return parser
 
 

@@ -159,14 +159,46 @@ class LoggingSettings(Section):
     )
 
 
+class ClassPolicy(Section):
+    when_full: Literal["reject_new", "drop_oldest"] = Field(
+        description="What gives when the outbox is full: new messages refused (counted and "
+        "reported), or the oldest undelivered ones dropped."
+    )
+    ttl_s: float | None = Field(
+        description="Undelivered messages expire after this many seconds; empty: never."
+    )
+
+
 class OutboxSettings(Section):
     durability: Literal["full", "normal"] = Field(
-        "full", description="full survives power loss; normal survives a crash."
+        "full",
+        description="full: every commit survives power loss; normal: survives a crash of the "
+        "agent, may lose the last commits on power loss (faster on slow storage).",
     )
     max_bytes: int = Field(
-        1_000_000_000, ge=1_000_000, description="Most bytes the outbox file may hold."
+        500_000_000, ge=100_000, description="Most bytes of messages the outbox keeps."
     )
-    ttl_s: float = Field(7 * 24 * 3600, gt=0, description="Undelivered rows expire after this.")
+    max_disk_share: float = Field(
+        0.5, gt=0, le=1, description="Most share of the free disk the outbox may take."
+    )
+    retention_s: float = Field(
+        24 * 3600, ge=0, description="Delivered results are kept this long for local use."
+    )
+    commit_interval_ms: float = Field(
+        20.0, ge=0, le=5000, description="Longest wait to gather a batch into one commit."
+    )
+    results: ClassPolicy = Field(
+        default_factory=lambda: ClassPolicy(when_full="reject_new", ttl_s=None),
+        description="Inference results: kept until delivered.",
+    )
+    events: ClassPolicy = Field(
+        default_factory=lambda: ClassPolicy(when_full="drop_oldest", ttl_s=7 * 24 * 3600),
+        description="Events (status changes, command replies): delivered first.",
+    )
+    telemetry: ClassPolicy = Field(
+        default_factory=lambda: ClassPolicy(when_full="drop_oldest", ttl_s=24 * 3600),
+        description="Telemetry: delivered last, the oldest dropped first.",
+    )
 
 
 class TlsSettings(Section):

@@ -1,0 +1,130 @@
+"""Hands messages to the outbox: pipelines put, one writer thread commits in batches, so
+hand-off never waits on the disk. When the disk is full, messages wait in memory (up to a
+bound) and the writer retries; past the bound they are counted as lost to a full disk."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+
+from edge_agent.outbox.store import Message, MessageClass, Outbox
+from edge_agent.payloads import ResultPayload
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 2000
+_RETRY_S = 1.0
+_MAX_WAITING = 50_000  # messages held in memory while the disk is full
+
+# Queue items: a message to store, an Event to set once all before it are committed, or
+# None to stop.
+_Item = Message | threading.Event | None
+
+
+class OutboxWriter:
+    """A ResultSink whose results become outbox rows, and the way in for other messages."""
+
+    def __init__(self, outbox: Outbox, topic_prefix: str, device: str) -> None:
+        self.outbox = outbox
+        self.topic_prefix = topic_prefix
+        self.device = device
+        self.committed = 0
+        self.disk_full = False
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._waiting: list[Message] = []
+        self._flushes: list[threading.Event] = []  # set once the disk takes writes again
+        self._interval = outbox.settings.commit_interval_ms / 1000
+        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, payload: ResultPayload) -> None:
+        topic = f"{self.topic_prefix}/{self.device}/results/{payload.pipeline}"
+        body = payload.model_dump_json(by_alias=True).encode()
+        self.put_message(topic, body, "result", payload.id)
+
+    def put_message(self, topic: str, payload: bytes, cls: MessageClass, message_id: str) -> None:
+        self._queue.put(Message(message_id, topic, payload, 1, cls, time.time()))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """True once everything put before this call is committed (or refused)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # The writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch, flushed, stop = self._gather()
+            self._commit(batch)
+            self._flushes.extend(flushed)
+            if not self.disk_full:
+                for event in self._flushes:
+                    event.set()
+                self._flushes.clear()
+            if stop and (not self.disk_full or not self._waiting):
+                return
+
+    def _gather(self) -> tuple[list[Message], list[threading.Event], bool]:
+        batch, self._waiting = self._waiting, []
+        flushed: list[threading.Event] = []
+        stop = False
+        try:
+            item = self._queue.get(timeout=_RETRY_S if batch else None)
+        except queue.Empty:
+            return batch, flushed, stop
+        deadline = time.monotonic() + self._interval
+        while True:
+            if item is None:
+                stop = True
+            elif isinstance(item, threading.Event):
+                flushed.append(item)
+            else:
+                batch.append(item)
+            if len(batch) >= _MAX_BATCH:
+                break
+            remaining = deadline - time.monotonic()
+            try:
+                item = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return batch, flushed, stop
+
+    def _commit(self, batch: list[Message]) -> None:
+        if not batch:
+            return
+        try:
+            refused = self.outbox.append(batch)
+        except sqlite3.OperationalError as exc:
+            # Disk full: the transaction rolled back and the database is intact. Keep the
+            # batch and try again.
+            if not self.disk_full:
+                log.error("outbox: cannot commit (%s); holding messages in memory", exc)
+            self.disk_full = True
+            self._waiting = self._bounded(batch)
+            return
+        if self.disk_full:
+            log.info("outbox: committing again")
+            self.disk_full = False
+        self.committed += len(batch) - len(refused)
+        if refused:
+            log.warning("outbox full: %d message(s) refused", len(refused))
+
+    def _bounded(self, batch: list[Message]) -> list[Message]:
+        if len(batch) <= _MAX_WAITING:
+            return batch
+        for m in batch[:-_MAX_WAITING]:
+            key = f"{m.cls}:disk_full"
+            self.outbox.drops[key] = self.outbox.drops.get(key, 0) + 1
+        return batch[-_MAX_WAITING:]
