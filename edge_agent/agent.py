@@ -10,8 +10,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from edge_agent import __version__
 from edge_agent.config.settings import AgentSettings, ModelSettings
 from edge_agent.errors import UserError
+from edge_agent.link.mqtt import MqttLink
+from edge_agent.link.sender import Sender
 from edge_agent.outbox.store import Outbox
 from edge_agent.outbox.writer import OutboxWriter
 from edge_agent.payloads import Envelope
@@ -67,6 +70,12 @@ class Agent:
                 copies.append(JsonlSink(settings.output.jsonl))
             sink = FanOutSink(copies)
         self.sink = sink
+        self.link: MqttLink | None = None
+        self.sender: Sender | None = None
+        if settings.mqtt.enabled:
+            self.link = MqttLink(settings.mqtt, settings.device.id, self._online_status)
+            self.sender = Sender(self.outbox, self.link, settings.mqtt)
+            self.writer.on_commit = self.sender.wake
         self.last_error = ""  # the latest reload or model problem, for status
         self.workers: dict[str, InferenceWorker] = {}
         self.hubs: dict[str, SourceHub] = {}
@@ -86,6 +95,9 @@ class Agent:
         # Models, settings and modules live as long as the process: freezing them keeps the
         # garbage collector from rescanning them on every collection in the frame loop.
         gc.freeze()
+        if self.link is not None and self.sender is not None:
+            self.sender.start()
+            self.link.start()
         for hub in self.hubs.values():
             hub.runner.start()
 
@@ -101,6 +113,9 @@ class Agent:
             worker.stop(timeout / 2)
         self.sink.close(timeout / 2)
         self.writer.close(timeout / 2)
+        if self.link is not None and self.sender is not None:
+            self.sender.stop(timeout / 4)
+            self.link.stop(timeout / 4)
         self.outbox.close()
 
     # Building blocks ---------------------------------------------------------------------
@@ -193,6 +208,25 @@ class Agent:
 
     # Status --------------------------------------------------------------------------------
 
+    def _online_status(self) -> dict[str, Any]:
+        """The retained status published on every connect."""
+        return {
+            "boot_id": self.envelope.boot_id,
+            "version": __version__,
+            "started": self.envelope.started,
+            "models": {
+                name: {
+                    "name": w.model.info.name,
+                    "version": w.model.info.version,
+                    "sha256": w.model.info.sha256,
+                    "delegate": w.model.delegate,
+                }
+                for name, w in self.workers.items()
+            },
+            "pipelines": sorted(self.pipelines),
+            "last_error": self.last_error,
+        }
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "pipelines": {name: p.snapshot() for name, p in self.pipelines.items()},
@@ -207,6 +241,7 @@ class Agent:
                 for name, w in self.workers.items()
             },
             "outbox": self.outbox.stats(),
+            "link": self.link.snapshot() if self.link else {"state": "disabled"},
             "last_error": self.last_error,
         }
 

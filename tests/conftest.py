@@ -13,6 +13,9 @@ import pytest
 
 from edge_agent.runtime.backend import Backend, select_backend
 
+# Real Mosquitto brokers and a TCP proxy, for every test that talks MQTT.
+pytest_plugins = ["tests.mqtt_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 BACKEND = os.environ.get("EDGE_AGENT_TEST_BACKEND", "litert")

@@ -5,6 +5,9 @@ with ``pytest_plugins = ("tests.mqtt_fixtures",)`` and the helpers by plain impo
 
 Fixtures: ``mosquitto_path``, ``tls_files`` (session); ``broker_factory``, ``broker``,
 ``auth_broker``, ``tls_broker``, ``mtls_broker``, ``proxy_factory``, ``proxy`` (function).
+
+PYTEST_DONT_REWRITE: test modules import this before pytest registers it as a plugin, which
+would otherwise warn that it cannot rewrite it; its asserts are internal checks only.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -784,6 +788,21 @@ class Received:
     properties: Properties | None = field(default=None, compare=False)
 
 
+def publish_properties(user: Mapping[str, str] | None = None, **values: Any) -> Properties:
+    """MQTT 5 PUBLISH properties: user properties plus any named ones (``ResponseTopic=...``)."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    if user:
+        props.UserProperty = list(user.items())
+    return props
+
+
+def property_value(props: Properties | None, name: str) -> Any:
+    """A property by its paho name (``MaximumPacketSize``, ``UserProperty``), or None."""
+    return getattr(props, name, None)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -922,6 +941,9 @@ class Probe:
     def connect(self, timeout: float = 10.0) -> ReasonCode:
         """Connect (blocking, so TLS and socket errors raise here), start the network thread and
         wait for the CONNACK. A refusal stops the client and raises ConnectRefused."""
+        if self._started:
+            # A second paho connect() would silently replace the live connection.
+            raise RuntimeError("Probe.connect() called twice")
         self.client.connect(self.target.host, self.target.port, keepalive=self.keepalive)
         self.client.loop_start()
         self._started = True
@@ -939,6 +961,8 @@ class Probe:
 
     def connect_async(self) -> None:
         """Start connecting in the background; a broker that is down is retried."""
+        if self._started:
+            raise RuntimeError("Probe already connecting")
         self.client.connect_async(self.target.host, self.target.port, keepalive=self.keepalive)
         self.client.loop_start()
         self._started = True
@@ -1050,6 +1074,9 @@ class Subscriber(Probe):
             self._cond.notify_all()
 
     def start(self, timeout: float = 10.0) -> Subscriber:
+        """Connect and wait for the first SUBACK; a no-op when already started."""
+        if self._started:
+            return self
         self.connect(timeout)
         self.wait_subscribed(1, timeout)
         return self

@@ -231,6 +231,27 @@ class MqttSettings(Section):
         "in $CREDENTIALS_DIRECTORY. Read at load: a missing one is a config error.",
     )
     tls: TlsSettings | None = Field(None, description="TLS; none: plain TCP.")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    transport: Literal["tcp", "websockets"] = Field("tcp", description="TCP or WebSocket.")
+    websocket_path: str = Field("/mqtt", description="Path of the WebSocket endpoint.")
+    client_id: str | None = Field(None, description="MQTT client id; empty: the device id.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval.")
+    reconnect_min_s: float = Field(1.0, gt=0, description="Shortest wait before reconnecting.")
+    reconnect_max_s: float = Field(
+        120.0, gt=0, description="Longest wait; each wait is random up to the current cap."
+    )
+    inflight: int = Field(
+        100, ge=1, le=65535, description="Messages published and not yet acknowledged, at most."
+    )
+    drain_rate: float = Field(
+        0.0, ge=0, description="Messages per second while catching up; 0: no cap."
+    )
+    max_packet_size: int = Field(
+        0,
+        ge=0,
+        description="Largest message the broker takes, in bytes; 0: as the broker says in "
+        "CONNACK (MQTT 5), else unlimited. Larger messages are set aside and counted.",
+    )
 
     @model_validator(mode="after")
     def _password_from_file(self) -> MqttSettings:

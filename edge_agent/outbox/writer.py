@@ -9,6 +9,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 from edge_agent.outbox.store import Message, MessageClass, Outbox
 from edge_agent.payloads import ResultPayload
@@ -37,6 +38,7 @@ class OutboxWriter:
         self._waiting: list[Message] = []
         self._flushes: list[threading.Event] = []  # set once the disk takes writes again
         self._interval = outbox.settings.commit_interval_ms / 1000
+        self.on_commit: Callable[[], None] = lambda: None  # the sender's wake-up
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
@@ -118,6 +120,7 @@ class OutboxWriter:
             log.info("outbox: committing again")
             self.disk_full = False
         self.committed += len(batch) - len(refused)
+        self.on_commit()
         if refused:
             log.warning("outbox full: %d message(s) refused", len(refused))
 

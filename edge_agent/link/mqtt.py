@@ -1,0 +1,192 @@
+"""The broker connection (paho-mqtt 2.x). Reconnects on its own with exponential backoff
+and full jitter, so a fleet that loses its broker does not come back in one wave. The Will
+marks the device offline; every connect publishes a retained online status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.config.secrets import secret_path
+from edge_agent.config.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+class MqttLink:
+    """Owns the paho client and one thread, `mqtt-link`, that connects, runs the network
+    loop, and reconnects after a random wait when the connection is gone."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        device: str,
+        online_status: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.prefix = f"{settings.topic_prefix}/{device}"
+        self.online_status = online_status
+        self.connected = threading.Event()
+        self.state = "offline"
+        self.last_error = ""
+        self.reconnects = 0
+        self.offline_since: float | None = time.monotonic()
+        self.offline_total_s = 0.0
+        self.max_packet_size = settings.max_packet_size or 0
+        # Called from paho's network thread: (mid, reason code) and connection changes.
+        self.on_publish: Callable[[int, int], None] = lambda mid, rc: None
+        self.on_connection: Callable[[bool], None] = lambda up: None
+        self._stop = threading.Event()
+        self._attempt = 0
+        self.client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.prefix}/status"
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        protocol = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.client_id or self.device,
+            protocol=protocol,
+            transport=s.transport,
+            reconnect_on_failure=False,  # our thread reconnects, with jitter
+        )
+        if s.transport == "websockets":
+            client.ws_set_options(path=s.websocket_path)
+        if s.username is not None:
+            password = s.password.get_secret_value() if s.password is not None else None
+            client.username_pw_set(s.username, password)
+        if s.tls is not None:
+            keyfile = str(secret_path(s.tls.key_file)) if s.tls.key_file else None
+            client.tls_set(
+                ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
+                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
+                keyfile=keyfile,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        offline = json.dumps({"state": "offline", "device": self.device}).encode()
+        client.will_set(self.status_topic, offline, qos=1, retain=True)
+        # Our sender bounds what is in flight; paho must never hold a queue of its own.
+        client.max_inflight_messages_set(s.inflight)
+        client.max_queued_messages_set(s.inflight)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # Lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self.connected.is_set():
+            offline = json.dumps({"state": "offline", "device": self.device, "reason": "stopped"})
+            info = self.client.publish(self.status_topic, offline.encode(), qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout / 2)
+        self.client.disconnect()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        s = self.settings
+        while not self._stop.is_set():
+            try:
+                self.state = "connecting"
+                # A clean session every time: what was in flight is resent from the outbox,
+                # never also from paho's memory (the duplicate-resend trap).
+                if s.protocol == "5":
+                    self.client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
+                else:
+                    self.client.connect(s.host, s.port, keepalive=s.keepalive_s)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._failed(f"cannot connect to {s.host}:{s.port}: {exc}")
+            else:
+                # This thread runs the network loop; it returns once the connection is
+                # gone (paho's own reconnect is off).
+                self.client.loop_forever()
+            if self._stop.is_set():
+                return
+            delay = self._backoff()
+            self.state = "waiting"
+            if self._stop.wait(delay):
+                return
+            self.reconnects += 1
+
+    def _backoff(self) -> float:
+        s = self.settings
+        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** min(self._attempt, 30))
+        self._attempt += 1
+        return random.uniform(s.reconnect_min_s, max(s.reconnect_min_s, cap))
+
+    def _failed(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("mqtt: %s; retrying with backoff", message)
+        self.last_error = message
+        self.state = "offline"
+
+    # paho's network thread -------------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._failed(f"broker refused the connection: {reason}")
+            client.disconnect()
+            return
+        if not self.settings.max_packet_size and properties is not None:
+            self.max_packet_size = getattr(properties, "MaximumPacketSize", 0) or 0
+        self._attempt = 0
+        if self.offline_since is not None:
+            self.offline_total_s += time.monotonic() - self.offline_since
+            self.offline_since = None
+        self.state = "online"
+        self.last_error = ""
+        log.info("mqtt: connected to %s:%s", self.settings.host, self.settings.port)
+        status = {"state": "online", "device": self.device, **self.online_status()}
+        client.publish(self.status_topic, json.dumps(status).encode(), qos=1, retain=True)
+        self.connected.set()
+        self.on_connection(True)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        was_up = self.connected.is_set()
+        self.connected.clear()
+        if self.offline_since is None:
+            self.offline_since = time.monotonic()
+        if was_up:
+            self._failed(f"connection lost: {reason}")
+            self.on_connection(False)
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self.on_publish(mid, int(getattr(reason, "value", 0) or 0))
+
+    def snapshot(self) -> dict[str, Any]:
+        offline = self.offline_total_s
+        if self.offline_since is not None:
+            offline += time.monotonic() - self.offline_since
+        return {
+            "state": self.state,
+            "reconnects": self.reconnects,
+            "seconds_offline": round(offline, 1),
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,107 @@
+"""Results from the outbox to a real Mosquitto: delivered once acknowledged, kept while the
+broker is away, and resent after the connection is cut."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_agent.agent import Agent
+from edge_agent.config.load import load_settings
+from tests.agent_helpers import config_text, wait_until
+from tests.mqtt_fixtures import Broker, Subscriber, TcpProxy
+
+SOURCE = """
+[sources.pattern]
+kind = "synthetic"
+pattern = "moving_box"
+count = {count}
+fps = {fps}
+
+[pipelines.boxes]
+source = "pattern"
+model = "detector"
+queue_size = 1000
+
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.1
+reconnect_max_s = 0.5
+keepalive_s = 5
+"""
+
+
+def make_agent(tmp_path: Path, port: int, count: int, fps: int = 0) -> Agent:
+    body = SOURCE.format(count=count, fps=fps or 1000, port=port)
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path / "state", body))
+    return Agent(load_settings(path))
+
+
+def result_ids(sub: Subscriber) -> list[str]:
+    return [json.loads(m.payload)["id"] for m in sub.messages if "/results/" in m.topic]
+
+
+def test_results_reach_the_broker_with_status_online_then_offline(
+    tmp_path: Path, broker: Broker
+) -> None:
+    with Subscriber(broker, "edge/#") as sub:
+        agent = make_agent(tmp_path, broker.port, count=50)
+        agent.start()
+        try:
+            wait_until(lambda: len(result_ids(sub)) >= 50, timeout=20, what="50 results")
+            wait_until(lambda: agent.outbox.stats()["pending"] == 0, what="outbox drained")
+            status = [m for m in sub.messages if m.topic == "edge/test-device/status"]
+            online = json.loads(status[0].payload)
+            assert online["state"] == "online" and online["boot_id"] == agent.envelope.boot_id
+            assert online["models"]["detector"]["delegate"] == "cpu"
+        finally:
+            agent.stop()
+        wait_until(
+            lambda: json.loads(sub.messages[-1].payload).get("state") == "offline",
+            what="offline status",
+        )
+    ids = result_ids(sub)
+    assert len(set(ids)) == 50
+    first = json.loads(next(m.payload for m in sub.messages if "/results/" in m.topic))
+    assert first["pipeline"] == "boxes" and first["device"] == "test-device"
+
+
+def test_results_made_while_the_broker_is_down_are_delivered_when_it_comes(
+    tmp_path: Path, broker: Broker
+) -> None:
+    port = broker.port
+    broker.stop()
+    agent = make_agent(tmp_path, port, count=200)
+    agent.start()
+    try:
+        wait_until(lambda: agent.outbox.stats()["pending"] == 200, what="200 stored offline")
+        assert agent.link is not None and agent.link.state != "online"
+        broker.start()
+        with Subscriber(broker, "edge/+/results/#") as sub:
+            wait_until(lambda: agent.outbox.stats()["pending"] == 0, timeout=20, what="drained")
+            wait_until(lambda: len(set(result_ids(sub))) == 200, what="200 results received")
+    finally:
+        agent.stop()
+
+
+def test_a_cut_connection_mid_drain_loses_nothing(
+    tmp_path: Path, broker: Broker, proxy: TcpProxy
+) -> None:
+    with Subscriber(broker, "edge/+/results/#") as sub:
+        agent = make_agent(tmp_path, proxy.port, count=3000)
+        agent.start()
+        try:
+            wait_until(lambda: len(result_ids(sub)) > 300, timeout=30, what="first results")
+            proxy.cut()
+            wait_until(lambda: len(result_ids(sub)) > 1500, timeout=30, what="more after cut")
+            proxy.cut()
+            wait_until(lambda: agent.outbox.stats()["pending"] == 0, timeout=60, what="drained")
+            wait_until(lambda: len(set(result_ids(sub))) == 3000, what="every result")
+        finally:
+            agent.stop()
+    ids = result_ids(sub)
+    # Duplicates only from what was in flight at each cut.
+    assert len(ids) - 3000 <= 2 * agent.settings.mqtt.inflight
