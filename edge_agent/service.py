@@ -13,6 +13,7 @@ from types import FrameType
 
 from edge_agent.agent import Agent
 from edge_agent.config.load import ConfigError, load_settings
+from edge_agent.telemetry import Telemetry
 from edge_agent.watch import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,23 @@ class Service:
 
     def _loop(self) -> None:
         status_every = self.agent.settings.logging.status_interval_s
-        tick = min(status_every, _HOUSEKEEPING_S) if status_every else _HOUSEKEEPING_S
-        next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
+        telemetry_every = self.agent.settings.telemetry.interval_s
+        tick = min(x for x in (status_every, telemetry_every, _HOUSEKEEPING_S) if x)
+        telemetry = Telemetry(self.agent)
+        now = time.monotonic()
+        next_housekeeping, next_telemetry = now + _HOUSEKEEPING_S, now + telemetry_every
         while True:
             try:
                 kind, detail = self.events.get(timeout=tick)
             except queue.Empty:
+                now = time.monotonic()
                 if status_every:
                     log.info("%s", self.agent.status_line())
-                if time.monotonic() >= next_housekeeping:
-                    next_housekeeping = time.monotonic() + _HOUSEKEEPING_S
+                if now >= next_telemetry:
+                    next_telemetry = now + self.agent.settings.telemetry.interval_s
+                    telemetry.publish()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + _HOUSEKEEPING_S
                     self.agent.outbox.expire()
                 continue
             if kind == "stop":

@@ -105,3 +105,29 @@ def test_a_cut_connection_mid_drain_loses_nothing(
     ids = result_ids(sub)
     # Duplicates only from what was in flight at each cut.
     assert len(ids) - 3000 <= 2 * agent.settings.mqtt.inflight
+
+
+def test_telemetry_goes_through_the_outbox_with_system_and_pipeline_figures(
+    tmp_path: Path, broker: Broker
+) -> None:
+    from edge_agent.telemetry import Telemetry
+
+    with Subscriber(broker, "edge/+/telemetry") as sub:
+        agent = make_agent(tmp_path, broker.port, count=30)
+        agent.start()
+        try:
+            wait_until(lambda: agent.pipelines["boxes"].stats.results == 30, what="results")
+            Telemetry(agent).publish()
+            [message] = sub.wait_for(1)
+        finally:
+            agent.stop()
+    body = json.loads(message.payload)
+    assert body["schema"] == "edge-agent/telemetry/1" and body["device"] == "test-device"
+    assert len(body["system"]["cpu_percent_per_core"]) >= 1
+    assert body["system"]["state_disk_free_bytes"] > 0
+    assert body["process"]["rss_bytes"] > 10_000_000 and body["process"]["threads"] > 3
+    boxes = body["pipelines"]["boxes"]
+    assert boxes["results"] == 30 and set(boxes["latency_ms"]["infer"]) == {"p50", "p95", "p99"}
+    assert body["models"]["detector"]["delegate"] == "cpu"
+    assert body["link"]["state"] == "online"
+    assert "pending" in body["outbox"] and "drops" in body["outbox"]
