@@ -14,6 +14,22 @@ case "$kind" in
   *) echo "setup.sh: unknown environment '$kind' (main or legacy)" >&2; exit 2 ;;
 esac
 
+# The MQTT tests start their own Mosquitto brokers. Checked before the stamp below, so a machine
+# whose environment is current but lacks the broker still gets it. Debian puts it in /usr/sbin.
+if [ "$kind" = main ] && ! PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mosquitto >/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo -n"; fi
+  if ! command -v apt-get >/dev/null; then
+    echo "no apt-get: install mosquitto by hand for the MQTT tests" >&2
+  else
+    echo "installing mosquitto for the MQTT tests ..." >&2
+    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; } \
+        >/dev/null 2>&1 \
+      || echo "could not install mosquitto with apt-get; the MQTT tests need it" >&2
+  fi
+fi
+
 stamp="$venv/.edge-agent-stamp"
 want=$(cat "${deps[@]}" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -467,7 +467,7 @@ class _Link:
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client = client
         self.upstream = upstream
-        # Bytes waiting to be written to each socket, and whether its peer has sent EOF.
+        # Per socket: bytes waiting to be written to it, whether it sent EOF, whether we shut it.
         self.pending: dict[socket.socket, bytearray] = {client: bytearray(), upstream: bytearray()}
         self.read_eof: dict[socket.socket, bool] = {client: False, upstream: False}
         self.write_shut: dict[socket.socket, bool] = {client: False, upstream: False}
@@ -685,7 +685,7 @@ class TcpProxy:
         assert self._listener is not None
         try:
             client, _ = self._listener.accept()
-        except BlockingIOError:
+        except OSError:  # nothing pending, or the client gave up before we accepted
             return
         self.accepted += 1
         try:
@@ -817,6 +817,9 @@ class Probe:
 
     ``tls`` turns TLS on: the CA is trusted unless ``trust_ca`` is false (then only the system's
     CAs are), and the client certificate is presented when ``client_cert`` is true.
+
+    paho 2.2 calls on_disconnect twice for one keepalive timeout, so ``disconnects`` can hold more
+    entries than there were lost connections: count reconnects with ``connected_count`` or SUBACKs.
     """
 
     def __init__(

@@ -241,7 +241,7 @@ class MqttSettings(Section):
         120.0, gt=0, description="Longest wait; each wait is random up to the current cap."
     )
     inflight: int = Field(
-        100, ge=1, le=65535, description="Messages published and not yet acknowledged, at most."
+        500, ge=1, le=65535, description="Messages published and not yet acknowledged, at most."
     )
     drain_rate: float = Field(
         0.0, ge=0, description="Messages per second while catching up; 0: no cap."

@@ -26,6 +26,8 @@ _REFUSALS = {
 }
 _FIXED_HEADER = 16  # room for the MQTT fixed and variable headers around topic + payload
 _MARK_BATCH = 500
+_SETTLE_S = 0.05  # acknowledgements wait at most this long to be written
+_IDLE_S = 1.0  # with nothing pending, look again this often even without a wake-up
 # A row in flight at this many drops in a row is taken for the reason (a broker that
 # disconnects instead of refusing, e.g. an oversized message on MQTT 3.1.1).
 _SUSPECT_DROPS = 3
@@ -46,6 +48,7 @@ class Sender:
         self._suspects: dict[int, int] = {}
         self._changed = threading.Condition()
         self._stop = False
+        self._idle = False  # the outbox had nothing pending at the last look
         link.on_publish = self._on_publish
         link.on_connection = self._on_connection
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
@@ -63,6 +66,7 @@ class Sender:
     def wake(self) -> None:
         """New rows were committed."""
         with self._changed:
+            self._idle = False
             self._changed.notify_all()
 
     @property
@@ -102,24 +106,35 @@ class Sender:
 
     def _run(self) -> None:
         next_send = time.monotonic()
+        # Refill the window a page at a time, and write acknowledgements in batches: one
+        # query and one transaction per many messages, not per message.
+        refill = max(1, self.window // 4)
         while True:
             with self._changed:
-                while not self._stop and not (self.link.connected.is_set() and self._room()):
-                    self._changed.wait(0.5 if self._acked or self._refused else None)
-                    if self._acked or self._refused:
-                        break
+                self._changed.wait_for(
+                    lambda: (
+                        self._stop
+                        or len(self._acked) + len(self._refused) >= _MARK_BATCH
+                        or (
+                            self.link.connected.is_set()
+                            and self._room() >= refill
+                            and not self._idle
+                        )
+                    ),
+                    timeout=_SETTLE_S if self._acked or self._refused else _IDLE_S,
+                )
                 if self._stop:
                     return
                 exclude = set(self._inflight.values())
                 room = self._room()
+                self._idle = False
             self._settle()
-            if not room or not self.link.connected.is_set():
+            if room < refill or not self.link.connected.is_set():
                 continue
             rows = self.outbox.pending(room, exclude=exclude)
             if not rows:
                 with self._changed:
-                    if not self._stop and not self._acked:
-                        self._changed.wait(1.0)
+                    self._idle = True  # until new rows are committed (wake) or a timeout
                 continue
             for row in rows:
                 if self.rate:

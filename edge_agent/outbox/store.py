@@ -221,21 +221,15 @@ class Outbox:
     def mark_delivered(self, seqs: list[int]) -> None:
         if not seqs:
             return
-        now = time.time()
         with self._lock:
-            size = self._scalar_locked(
-                "SELECT COALESCE(SUM(size), 0) FROM messages WHERE state=0"
-                f" AND seq IN ({_marks(seqs)})",
-                seqs,
-            )
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
+            sizes = self._db.execute(
                 "UPDATE messages SET state=1, delivered=? WHERE state=0"
-                f" AND seq IN ({_marks(seqs)})",
-                [now, *seqs],
-            )
+                f" AND seq IN ({_marks(seqs)}) RETURNING size",
+                [time.time(), *seqs],
+            ).fetchall()
             self._db.execute("COMMIT")
-            self._bytes -= size
+            self._bytes -= sum(size for (size,) in sizes)
 
     def set_aside(self, seq: int, reason: str) -> None:
         """A message that can never be delivered (too large for the broker): kept, counted,
