@@ -69,22 +69,22 @@ def test_results_reach_the_broker_with_status_online_then_offline(
     assert first["pipeline"] == "boxes" and first["device"] == "test-device"
 
 
-def test_results_made_while_the_broker_is_down_are_delivered_when_it_comes(
-    tmp_path: Path, broker: Broker
+def test_results_made_while_the_broker_is_unreachable_are_delivered_when_it_comes(
+    tmp_path: Path, broker: Broker, proxy: TcpProxy
 ) -> None:
-    port = broker.port
-    broker.stop()
-    agent = make_agent(tmp_path, port, count=200)
-    agent.start()
-    try:
-        wait_until(lambda: agent.outbox.stats()["pending"] == 200, what="200 stored offline")
-        assert agent.link is not None and agent.link.state != "online"
-        broker.start()
-        with Subscriber(broker, "edge/+/results/#") as sub:
+    proxy.refuse()  # connection refused, as from a broker that is down
+    with Subscriber(broker, "edge/+/results/#") as sub:
+        agent = make_agent(tmp_path, proxy.port, count=200)
+        agent.start()
+        try:
+            wait_until(lambda: agent.outbox.stats()["pending"] == 200, what="200 stored offline")
+            assert agent.link is not None and agent.link.state != "online"
+            assert not sub.messages
+            proxy.accept()
             wait_until(lambda: agent.outbox.stats()["pending"] == 0, timeout=20, what="drained")
             wait_until(lambda: len(set(result_ids(sub))) == 200, what="200 results received")
-    finally:
-        agent.stop()
+        finally:
+            agent.stop()
 
 
 def test_a_cut_connection_mid_drain_loses_nothing(

@@ -46,6 +46,8 @@ class Sender:
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
         self._suspects: dict[int, int] = {}
+        self._cursor: dict[str, int] = {}  # last seq read, by class, since the connect
+        self._epoch = 0  # counts connection changes
         self._changed = threading.Condition()
         self._stop = False
         self._idle = False  # the outbox had nothing pending at the last look
@@ -97,9 +99,12 @@ class Sender:
             if not up:
                 for seq in self._inflight.values():
                     self._suspects[seq] = self._suspects.get(seq, 0) + 1
-                # Not acknowledged: they stay pending in the outbox and go again.
+                # Not acknowledged: they stay pending in the outbox and go again, read
+                # from the start.
                 self._inflight.clear()
+                self._cursor.clear()
                 self._early.clear()
+            self._epoch += 1
             self._changed.notify_all()
 
     # The sender thread ---------------------------------------------------------------
@@ -125,13 +130,14 @@ class Sender:
                 )
                 if self._stop:
                     return
-                exclude = set(self._inflight.values())
+                after = dict(self._cursor)
+                epoch = self._epoch
                 room = self._room()
                 self._idle = False
             self._settle()
             if room < refill or not self.link.connected.is_set():
                 continue
-            rows = self.outbox.pending(room, exclude=exclude)
+            rows = self.outbox.pending_after(room, after)
             if not rows:
                 with self._changed:
                     self._idle = True  # until new rows are committed (wake) or a timeout
@@ -142,7 +148,7 @@ class Sender:
                     if delay > 0 and self._wait(delay):
                         return
                     next_send = max(next_send + 1 / self.rate, time.monotonic())
-                if not self._publish(row):
+                if not self._publish(row, epoch):
                     break
 
     def _room(self) -> int:
@@ -153,7 +159,7 @@ class Sender:
             self._changed.wait_for(lambda: self._stop, seconds)
             return self._stop
 
-    def _publish(self, row: Stored) -> bool:
+    def _publish(self, row: Stored, epoch: int) -> bool:
         limit = self.link.max_packet_size
         if limit and len(row.payload) + len(row.topic) + _FIXED_HEADER > limit:
             self.outbox.set_aside(row.seq, "too_large")
@@ -176,6 +182,11 @@ class Sender:
         if info.rc != MQTT_ERR_SUCCESS:
             return False  # not connected any more: the row stays pending
         with self._changed:
+            if epoch != self._epoch:
+                # The connection changed under this page: read again from the cursor the
+                # new connection starts with (a duplicate at worst, never a gap).
+                return False
+            self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
             early = self._early.pop(info.mid, None)
             if early is None:
                 self._inflight[info.mid] = row.seq

@@ -218,6 +218,24 @@ class Outbox:
             ).fetchall()
         return [Stored(*row) for row in rows if row[0] not in exclude][:limit]
 
+    def pending_after(self, limit: int, after: dict[str, int]) -> list[Stored]:
+        """Like pending(), but only rows past `after[class]` (the last seq the caller has
+        read of each class): the sender's cursor, so rows in flight are not read again."""
+        found: list[Stored] = []
+        with self._lock:
+            for cls in sorted(PRIORITY, key=PRIORITY.__getitem__):
+                if len(found) >= limit:
+                    break
+                found.extend(
+                    Stored(*row)
+                    for row in self._db.execute(
+                        "SELECT seq, id, topic, payload, qos, class FROM messages"
+                        " WHERE state=0 AND priority=? AND seq>? ORDER BY seq LIMIT ?",
+                        (PRIORITY[cls], after.get(cls, 0), limit - len(found)),
+                    )
+                )
+        return found
+
     def mark_delivered(self, seqs: list[int]) -> None:
         if not seqs:
             return
