@@ -41,6 +41,8 @@ def stored_ids(state: Path) -> set[str]:
     db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True)
     try:
         return {row[0] for row in db.execute("SELECT id FROM messages WHERE class='result'")}
+    except sqlite3.OperationalError:
+        return set()  # the agent has created the file but not yet its table
     finally:
         db.close()
 
