@@ -89,16 +89,3 @@ class FanOutSink:
     def close(self, timeout: float = 5.0) -> None:
         for sink in self.sinks:
             sink.close(timeout)
-
-
-class NullSink:
-    """Keeps nothing: for benchmarks of the pipeline alone."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def put(self, payload: ResultPayload) -> None:
-        self.count += 1
-
-    def close(self, timeout: float = 5.0) -> None:
-        pass
