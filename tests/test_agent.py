@@ -105,6 +105,7 @@ def test_change_gate_skips_unchanged_frames_and_cache_reuses_results(running) ->
 kind = "synthetic"
 pattern = "bars"
 count = 40
+fps = 50  # time for the first result to be cached before the next frame
 
 [pipelines.gated]
 source = "still"
@@ -125,7 +126,7 @@ cache = { enabled = true }
     assert gated.frames == 40 and gated.skipped == 39 and len(sink.of("gated")) == 1
     cached = agent.pipelines["cached"].stats
     results = sink.of("cached")
-    assert cached.cache_hits >= 38
+    assert cached.cache_hits >= 35  # all but the frames that came before the first result
     assert sum(r.cached for r in results) == cached.cache_hits
     assert all(r.result == results[0].result for r in results)
 
