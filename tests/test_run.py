@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tests.agent_helpers import config_text, wait_until
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 BODY = """
 [sources.pattern]
@@ -137,85 +137,24 @@ def test_results_land_in_the_outbox_and_the_results_command_reads_them_live(
 ) -> None:
     config = write_config(tmp_path / "agent.toml", tmp_path)
     agent = AgentProcess(config)
+
+    def results_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("results", *args, "--config", str(config))
+
     try:
         wait_until(lambda: len(results(tmp_path)) > 10, timeout=20, what="results")
-        stats = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edge_agent",
-                "results",
-                "stats",
-                "--json",
-                "--config",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-        )
+        stats = results_cli("stats", "--json")
         assert stats.returncode == 0, stats.stderr
-        pending = json.loads(stats.stdout)["result"]["pending"]["count"]
-        assert pending > 0
-        tail = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edge_agent",
-                "results",
-                "tail",
-                "-n",
-                "3",
-                "--json",
-                "--config",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-        )
+        assert json.loads(stats.stdout)["result"]["pending"]["count"] > 0
+        tail = results_cli("tail", "-n", "3", "--json")
         last = [json.loads(line) for line in tail.stdout.splitlines()]
         assert len(last) == 3 and [r["seq"] for r in last] == sorted(r["seq"] for r in last)
     finally:
         code, _ = agent.stop()
     assert code == 0
     # Every result the JSON-lines copy saw is in the outbox, by id.
-    export = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_agent",
-            "results",
-            "export",
-            "--since",
-            "1h",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    export = results_cli("export", "--since", "1h")
     stored = {json.loads(line)["id"] for line in export.stdout.splitlines()}
     assert {r["id"] for r in results(tmp_path)} <= stored
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_agent",
-            "results",
-            "export",
-            "--since",
-            "soon",
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    bad = results_cli("export", "--since", "soon")
     assert bad.returncode == 2 and "--since 'soon': not a time" in bad.stderr
