@@ -202,6 +202,8 @@ class Agent:
     def report(self, problem: str) -> None:
         self.last_error = problem
         log.error("%s", problem)
+        if self.link is not None and self.link.connected.is_set():
+            self.link.publish_status()
 
     def model_paths(self) -> dict[str, Path]:
         return {name: self.settings.models[name].path for name in self.workers}

@@ -131,3 +131,23 @@ def test_telemetry_goes_through_the_outbox_with_system_and_pipeline_figures(
     assert body["models"]["detector"]["delegate"] == "cpu"
     assert body["link"]["state"] == "online"
     assert "pending" in body["outbox"] and "drops" in body["outbox"]
+
+
+def test_a_model_that_fails_to_load_is_reported_on_the_status_topic(
+    tmp_path: Path, broker: Broker
+) -> None:
+    with Subscriber(broker, "edge/+/status") as sub:
+        agent = make_agent(tmp_path, broker.port, count=5)
+        agent.start()
+        try:
+            sub.wait_for(1)
+            broken = tmp_path / "broken.tflite"
+            broken.write_bytes(b"not a model at all")
+            agent.settings.models["detector"].path = broken
+            assert agent.reload_model_file("detector") is False
+            [status] = sub.wait_for(lambda m: bool(json.loads(m.payload).get("last_error")))
+        finally:
+            agent.stop()
+    body = json.loads(status.payload)
+    assert body["state"] == "online"
+    assert "old model keeps running" in body["last_error"] and "broken.tflite" in body["last_error"]

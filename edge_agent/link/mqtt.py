@@ -159,10 +159,15 @@ class MqttLink:
         self.state = "online"
         self.last_error = ""
         log.info("mqtt: connected to %s:%s", self.settings.host, self.settings.port)
-        status = {"state": "online", "device": self.device, **self.online_status()}
-        client.publish(self.status_topic, json.dumps(status).encode(), qos=1, retain=True)
+        self.publish_status()
         self.connected.set()
         self.on_connection(True)
+
+    def publish_status(self) -> None:
+        """The retained online status, again: on connect, and when something changed that
+        an operator should see (a rejected config edit, a model that failed to load)."""
+        status = {"state": "online", "device": self.device, **self.online_status()}
+        self.client.publish(self.status_topic, json.dumps(status).encode(), qos=1, retain=True)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
