@@ -112,7 +112,7 @@ class Agent:
         for worker in self.workers.values():
             worker.stop(timeout / 2)
         self.sink.close(timeout / 2)
-        self.writer.close(timeout / 2)
+        self.writer.close(timeout / 2)  # already closed when it is part of the sink
         if self.link is not None and self.sender is not None:
             self.sender.stop(timeout / 4)
             self.link.stop(timeout / 4)

@@ -57,8 +57,10 @@ class OutboxWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
+        """Commits what is queued, then ends the thread; a second call does nothing."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
 
     # The writer thread -------------------------------------------------------------------
 
