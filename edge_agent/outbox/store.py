@@ -83,7 +83,13 @@ class Outbox:
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open()
-        self._bytes = self._scalar("SELECT COALESCE(SUM(size), 0) FROM messages WHERE state=0")
+        # Tallies kept in memory: counting a 100,000-row backlog in SQL takes tens of
+        # milliseconds under the lock the sender needs.
+        self._pending: dict[str, list[int]] = {}  # class -> [count, bytes]
+        self._delivered = 0
+        self._set_aside = 0
+        with self._lock:
+            self._recount_locked()
 
     # Opening -----------------------------------------------------------------------------
 
@@ -137,7 +143,6 @@ class Outbox:
                 rows = []
                 added = 0
                 dropped: dict[str, int] = {}
-                freed_total = 0
                 for m in messages:
                     size = len(m.payload) + len(m.topic)
                     policy = self._policy(m.cls)
@@ -147,7 +152,6 @@ class Outbox:
                             continue
                         freed, count = self._drop_oldest_locked(m.cls, added + size - room)
                         room += freed
-                        freed_total += freed
                         dropped[m.cls] = dropped.get(m.cls, 0) + count
                     expires = m.created + policy.ttl_s if policy.ttl_s else None
                     rows.append(
@@ -164,21 +168,44 @@ class Outbox:
                         )
                     )
                     added += size
-                self._db.executemany(
+                inserted = self._db.executemany(
                     "INSERT OR IGNORE INTO messages (id, topic, payload, qos, class, priority,"
                     " created, expires, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
-                )
+                ).rowcount
                 self._db.execute("COMMIT")
             except sqlite3.Error:
                 self._db.execute("ROLLBACK")
+                self._recount_locked()  # drops made inside the batch were rolled back too
                 raise
-            self._bytes += added - freed_total
+            if inserted == len(rows):
+                for row in rows:
+                    self._tally(row[4], 1, row[8])
+            else:
+                self._recount_locked()  # some ids were already stored: rare, count again
         for cls, count in dropped.items():
             self._count(f"{cls}:dropped_oldest", count)
         for m in refused:
             self._count(f"{m.cls}:rejected_full")
         return refused
+
+    def _recount_locked(self) -> None:
+        self._pending = {cls: [0, 0] for cls in PRIORITY}
+        for cls, count, size in self._db.execute(
+            "SELECT class, COUNT(*), SUM(size) FROM messages WHERE state=0 GROUP BY class"
+        ):
+            self._pending[cls] = [count, size]
+        self._delivered = self._scalar_locked("SELECT COUNT(*) FROM messages WHERE state=1", [])
+        self._set_aside = self._scalar_locked("SELECT COUNT(*) FROM messages WHERE state=2", [])
+
+    def _tally(self, cls: str, count: int, size: int) -> None:
+        tally = self._pending.setdefault(cls, [0, 0])
+        tally[0] += count
+        tally[1] += size
+
+    @property
+    def _bytes(self) -> int:
+        return sum(size for _, size in self._pending.values())
 
     def _policy(self, cls: str) -> ClassPolicy:
         policy: ClassPolicy = getattr(self.settings, f"{cls}s" if cls != "telemetry" else cls)
@@ -203,6 +230,7 @@ class Outbox:
             victims.append((seq,))
             freed += size
         self._db.executemany("DELETE FROM messages WHERE seq=?", victims)
+        self._tally(cls, -len(victims), -freed)
         return freed, len(victims)
 
     # Sending -----------------------------------------------------------------------------
@@ -241,13 +269,15 @@ class Outbox:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            sizes = self._db.execute(
+            marked = self._db.execute(
                 "UPDATE messages SET state=1, delivered=? WHERE state=0"
-                f" AND seq IN ({_marks(seqs)}) RETURNING size",
+                f" AND seq IN ({_marks(seqs)}) RETURNING class, size",
                 [time.time(), *seqs],
             ).fetchall()
             self._db.execute("COMMIT")
-            self._bytes -= sum(size for (size,) in sizes)
+            for cls, size in marked:
+                self._tally(cls, -1, -size)
+            self._delivered += len(marked)
 
     def set_aside(self, seq: int, reason: str) -> None:
         """A message that can never be delivered (too large for the broker): kept, counted,
@@ -259,7 +289,8 @@ class Outbox:
             if row is None:
                 return
             self._db.execute("UPDATE messages SET state=2 WHERE seq=?", (seq,))
-            self._bytes -= row[1]
+            self._tally(row[0], -1, -row[1])
+            self._set_aside += 1
         self._count(f"{row[0]}:{reason}")
 
     # Housekeeping --------------------------------------------------------------------------
@@ -276,15 +307,16 @@ class Outbox:
             ).fetchall()
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM messages WHERE state=0 AND expires < ?", (now,))
-            self._db.execute(
+            self._delivered -= self._db.execute(
                 "DELETE FROM messages WHERE state=1 AND delivered < ?",
                 (now - self.settings.retention_s,),
-            )
+            ).rowcount
             self._db.execute("COMMIT")
             # Each step frees one page; executescript runs it to the end (execute stops
             # after the first step).
             self._db.executescript("PRAGMA incremental_vacuum;")
-            self._bytes -= sum(size for _, _, size in expired)
+            for cls, count, size in expired:
+                self._tally(cls, -count, -size)
         for cls, count, _ in expired:
             self._count(f"{cls}:expired", count)
         return sum(count for _, count, _ in expired)
@@ -293,13 +325,20 @@ class Outbox:
         with self._lock:
             by_class = {
                 cls: {"pending": count, "bytes": size}
-                for cls, count, size in self._db.execute(
-                    "SELECT class, COUNT(*), SUM(size) FROM messages WHERE state=0 GROUP BY class"
-                )
+                for cls, (count, size) in self._pending.items()
+                if count
             }
-            oldest = self._scalar_locked("SELECT MIN(created) FROM messages WHERE state=0", [])
-            delivered = self._scalar_locked("SELECT COUNT(*) FROM messages WHERE state=1", [])
-            aside = self._scalar_locked("SELECT COUNT(*) FROM messages WHERE state=2", [])
+            # The first pending row of each class, found through the index.
+            firsts = [
+                self._scalar_locked(
+                    "SELECT created FROM messages WHERE state=0 AND priority=? ORDER BY seq"
+                    " LIMIT 1",
+                    [priority],
+                )
+                for priority in PRIORITY.values()
+            ]
+            oldest = min((f for f in firsts if f is not None), default=None)
+            delivered, aside, pending_bytes = self._delivered, self._set_aside, self._bytes
         file_bytes = sum(
             Path(f"{self.path}{s}").stat().st_size
             for s in ("", "-wal")
@@ -307,7 +346,7 @@ class Outbox:
         )
         return {
             "pending": sum(c["pending"] for c in by_class.values()),
-            "pending_bytes": self._bytes,
+            "pending_bytes": pending_bytes,
             "by_class": by_class,
             "oldest_age_s": round(time.time() - oldest, 3) if oldest else 0.0,
             "delivered_kept": delivered,
@@ -318,10 +357,6 @@ class Outbox:
 
     def _count(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
-
-    def _scalar(self, sql: str) -> int:
-        with self._lock:
-            return int(self._scalar_locked(sql, []))
 
     def _scalar_locked(self, sql: str, args: list[Any]) -> Any:
         row = self._db.execute(sql, args).fetchone()
