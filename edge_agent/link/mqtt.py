@@ -49,6 +49,10 @@ class MqttLink:
         self.on_connection: Callable[[bool], None] = lambda up: None
         self._stop = threading.Event()
         self._attempt = 0
+        # Whether the broker answered the current attempt's CONNECT: a connection closed
+        # before any CONNACK (a TLS client certificate refused, a half-open link) has no
+        # refusal of its own to report.
+        self._answered = False
         self.client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
 
@@ -109,8 +113,9 @@ class MqttLink:
         while not self._stop.is_set():
             try:
                 self.state = "connecting"
-                # A clean session every time: what was in flight is resent from the outbox,
-                # never also from paho's memory (the duplicate-resend trap).
+                self._answered = False
+                # A clean session every time: what was in flight is resent from the outbox
+                # (the broker keeps no half-finished state of ours).
                 if s.protocol == "5":
                     self.client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
                 else:
@@ -146,12 +151,17 @@ class MqttLink:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        self._answered = True
         if reason.is_failure:
-            self._failed(f"broker refused the connection: {reason}")
+            s = self.settings
+            self._failed(f"broker {s.host}:{s.port} refused the connection: {reason}")
             client.disconnect()
             return
         if not self.settings.max_packet_size and properties is not None:
             self.max_packet_size = getattr(properties, "MaximumPacketSize", 0) or 0
+        # paho would resend what was unacknowledged at the drop right after this callback;
+        # the sender resends those rows from the outbox, so each would go twice.
+        client.drop_out_messages()
         self._attempt = 0
         if self.offline_since is not None:
             self.offline_total_s += time.monotonic() - self.offline_since
@@ -176,9 +186,14 @@ class MqttLink:
         self.connected.clear()
         if self.offline_since is None:
             self.offline_since = time.monotonic()
+        s = self.settings
         if was_up:
-            self._failed(f"connection lost: {reason}")
+            self._failed(f"connection to {s.host}:{s.port} lost: {reason}")
             self.on_connection(False)
+        elif not self._answered and not self._stop.is_set():
+            self._failed(
+                f"connection to {s.host}:{s.port} closed before the broker answered: {reason}"
+            )
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
