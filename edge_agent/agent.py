@@ -259,6 +259,12 @@ class Agent:
                 f"{s['dropped']} dropped, {s['skipped']} skipped, {s['cache_hits']} cached"
                 + ("" if state == "running" else f", source {state}")
             )
+        if self.link is not None:
+            link = self.link.snapshot()
+            offline = link["state"] != "online" and link["last_error"]
+            problem = f" ({link['last_error']})" if offline else ""
+            parts.append(f"mqtt {link['state']}{problem}")
+        parts.append(f"outbox {self.outbox.stats()['pending']} pending")
         return " | ".join(parts) or "no pipeline running"
 
 

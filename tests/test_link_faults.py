@@ -214,6 +214,10 @@ def test_a_wrong_password_is_reported_once_and_retried_with_backoff(
             assert "Not authorized" in snapshot["last_error"]
             assert f"127.0.0.1:{broker.port}" in snapshot["last_error"]
             assert agent.outbox.stats()["pending"] == 10
+            # The status line the agent logs every few seconds says why it is offline.
+            status = agent.status_line()
+            assert "mqtt" in status and "Not authorized" in status, status
+            assert "outbox 10 pending" in status, status
         finally:
             agent.stop()
         assert not result_ids(sub)
