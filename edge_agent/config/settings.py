@@ -268,6 +268,48 @@ class TelemetrySettings(Section):
 
 class UpdatesSettings(Section):
     allow_unsigned: bool = Field(False, description="Accept model updates without signature.")
+    trusted_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ed25519 public keys that may sign updates (and commands), by key id: "
+        "base64 of the 32 raw bytes, or a PEM file path.",
+    )
+    keep_versions: int = Field(3, ge=1, le=100, description="Versions kept per model.")
+    max_model_bytes: int = Field(
+        256 * 2**20, gt=0, description="Largest model (or other update file) accepted."
+    )
+    download_timeout_s: float = Field(
+        30.0, gt=0, description="A download with no progress for this long is retried."
+    )
+    chunk_window: int = Field(
+        8, ge=1, le=256, description="MQTT transfer: chunks asked for ahead of the writer."
+    )
+    health_window_s: float = Field(
+        60.0, ge=0, description="After activation: how long the new model is watched."
+    )
+    max_latency_ratio: float = Field(
+        1.5, gt=1, description="Rolled back if its p95 infer latency exceeds the old one by this."
+    )
+    max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="Rolled back if this share of its inferences fail."
+    )
+
+
+class CommandsSettings(Section):
+    enabled: bool = Field(True, description="Take commands over MQTT (needs [mqtt]).")
+    max_bytes: int = Field(256 * 1024, gt=0, description="Largest command body accepted.")
+    require_signed: bool = Field(
+        False, description="Refuse commands not signed by a key in [updates] trusted_keys."
+    )
+    max_age_s: float = Field(
+        300.0, gt=0, description="A command issued longer ago than this is refused."
+    )
+    remember: int = Field(
+        1000, ge=1, description="Replies kept, so a repeated request id gets the first one."
+    )
+    allow_remote_security_changes: bool = Field(
+        False,
+        description="set_config may change trusted keys, credentials and the broker address.",
+    )
 
 
 class AgentSettings(BaseSettings):
@@ -291,6 +333,9 @@ class AgentSettings(BaseSettings):
         default_factory=TelemetrySettings, description="Telemetry."
     )
     updates: UpdatesSettings = Field(default_factory=UpdatesSettings, description="Updates.")
+    commands: CommandsSettings = Field(
+        default_factory=CommandsSettings, description="Fleet commands."
+    )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
 
     @model_validator(mode="after")
