@@ -5,12 +5,19 @@ It is built from settings, and rebuilt piece by piece when the settings change."
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+
 from edge_agent import __version__
+from edge_agent.commands.dispatcher import CommandDispatcher
+from edge_agent.commands.handlers import CommandContext
+from edge_agent.commands.journal import CommandJournal
 from edge_agent.config.settings import AgentSettings, ModelSettings
 from edge_agent.errors import UserError
 from edge_agent.link.mqtt import MqttLink
@@ -27,6 +34,8 @@ from edge_agent.sinks import FanOutSink, JsonlSink, ResultSink
 from edge_agent.sources import create_source
 from edge_agent.sources.base import Frame, Source
 from edge_agent.sources.runner import SourceRunner
+from edge_agent.updates.store import ModelStore
+from edge_agent.updates.updater import Updater
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,7 @@ class SourceHub:
     def __init__(self, name: str, source: Source) -> None:
         self.name = name
         self.pipelines: tuple[Pipeline, ...] = ()  # replaced whole: the reader needs no lock
+        self.last_frame: Frame | None = None  # for snapshots
         self.runner = SourceRunner(source, self._dispatch)
 
     def replace(self, source: Source) -> None:
@@ -45,6 +55,7 @@ class SourceHub:
         self.runner.start()
 
     def _dispatch(self, frame: Frame) -> None:
+        self.last_frame = frame
         for pipeline in self.pipelines:
             pipeline.on_frame(frame)
 
@@ -55,8 +66,10 @@ class Agent:
         settings: AgentSettings,
         sink: ResultSink | None = None,
         backend: Backend | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.envelope = Envelope(settings.device.id)
         self.backend = backend or select_backend(settings.runtime.backend)
         settings.device.state_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +90,21 @@ class Agent:
             self.sender = Sender(self.outbox, self.link, settings.mqtt)
             self.writer.on_commit = self.sender.wake
         self.last_error = ""  # the latest reload or model problem, for status
+        self.store = ModelStore(
+            settings.device.state_dir / "models", settings.updates.keep_versions
+        )
+        self.updater = Updater(
+            self, self.store, settings.updates, self._emit_event, self._publish_now
+        )
+        self.commands: CommandDispatcher | None = None
+        if self.link is not None and settings.commands.enabled:
+            self.commands = self._make_commands()
+            self.link.subscriptions = [
+                *self.commands.topics,
+                # Chunks of every transfer to this device.
+                f"{self.link.prefix}/transfer/+/data/#",
+            ]
+            self.link.on_message = self._on_message
         self.workers: dict[str, InferenceWorker] = {}
         self.hubs: dict[str, SourceHub] = {}
         self.pipelines: dict[str, Pipeline] = {}
@@ -87,6 +115,8 @@ class Agent:
     def start(self) -> None:
         """Loads the models and starts everything; a model that cannot load stops start-up."""
         self.settings.device.state_dir.mkdir(parents=True, exist_ok=True)
+        for line in self.updater.recover():
+            self.last_error = line
         for name in self._needed_models(self.settings):
             self._start_worker(name, self._load(name, self.settings), self.settings)
         for name, pipeline_settings in self.settings.pipelines.items():
@@ -96,8 +126,11 @@ class Agent:
         # garbage collector from rescanning them on every collection in the frame loop.
         gc.freeze()
         if self.link is not None and self.sender is not None:
+            if self.commands is not None:
+                self.commands.start()
             self.sender.start()
             self.link.start()
+        self.updater.resume_downloads()
         for hub in self.hubs.values():
             hub.runner.start()
 
@@ -109,6 +142,9 @@ class Agent:
             t.start()
         for t in stoppers:
             t.join()
+        self.updater.stopping.set()
+        if self.commands is not None:
+            self.commands.stop(timeout / 4)
         for worker in self.workers.values():
             worker.stop(timeout / 2)
         self.sink.close(timeout / 2)
@@ -129,8 +165,9 @@ class Agent:
         model_settings: ModelSettings = settings.models[name]
         delegates = model_settings.delegates or settings.runtime.delegates
         threads = model_settings.threads or settings.runtime.threads
+        path = self.store.model_path(name) or model_settings.path
         replicas = [
-            load_model(model_settings.path, self.backend, delegates, threads)
+            load_model(path, self.backend, delegates, threads)
             for _ in range(model_settings.replicas)
         ]
         overrides = model_settings.input.model_dump(exclude_none=True)
@@ -199,16 +236,99 @@ class Agent:
             self.workers[name].swap(replicas)
             return True
 
+    def swap_model(self, name: str) -> None:
+        """Loads the model's current file (the store's active version, else the config's)
+        and swaps it in between batches; raises UserError and keeps the old on failure."""
+        with self._lock:
+            replicas = self._load(name, self.settings)
+            self.workers[name].swap(replicas)
+
+    def restart_pipeline(self, name: str) -> list[str]:
+        """Takes the pipeline out and builds it again; its source restarts too when no
+        other pipeline reads it."""
+        with self._lock:
+            source = self.pipelines[name].settings.source
+            self._remove_pipeline(name)
+            hub_existed = source in self.hubs
+            self._add_pipeline(name, self.settings)
+            if not hub_existed:
+                self.hubs[source].runner.start()
+                return [f"pipeline {name} restarted", f"source {source} restarted"]
+            return [f"pipeline {name} restarted"]
+
     def report(self, problem: str) -> None:
         self.last_error = problem
         log.error("%s", problem)
         if self.link is not None and self.link.connected.is_set():
             self.link.publish_status()
 
+    def model_path(self, name: str) -> Path:
+        return self.store.model_path(name) or self.settings.models[name].path
+
     def model_paths(self) -> dict[str, Path]:
-        return {name: self.settings.models[name].path for name in self.workers}
+        return {name: self.model_path(name) for name in self.workers}
+
+    # Commands and updates ------------------------------------------------------------------
+
+    def _make_commands(self) -> CommandDispatcher:
+        assert self.link is not None
+        settings = self.settings
+        context = CommandContext(self, self.updater, self.config_path, self._reload_file)
+        journal = CommandJournal(
+            settings.device.state_dir / "commands.db", settings.commands.remember
+        )
+        return CommandDispatcher(
+            settings.commands,
+            settings.updates.trusted_keys,
+            self.link,
+            self.envelope,
+            journal,
+            context,
+            settings.device.groups,
+        )
+
+    def _reload_file(self) -> list[str]:
+        """set_config wrote the file: apply it now, as an edit would be."""
+        if self.config_path is None:
+            return []
+        from edge_agent.config.load import load_settings
+
+        new = load_settings(self.config_path)
+        changes = self.reload(new)
+        logging.getLogger().setLevel(new.logging.level.upper())
+        return changes
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        if "/transfer/" in message.topic:
+            self.updater.on_transfer_message(message)
+        elif self.commands is not None:
+            self.commands.on_message(message)
+
+    def _emit_event(self, event: dict[str, Any]) -> None:
+        body = {
+            "schema": "edge-agent/event/1",
+            "id": self.envelope.new_id(),
+            "seq": self.envelope.next_seq(),
+            "ts": time.time(),
+            "boot_id": self.envelope.boot_id,
+            "device": self.envelope.device,
+            **event,
+        }
+        prefix = f"{self.settings.mqtt.topic_prefix}/{self.settings.device.id}"
+        topic = f"{prefix}/events/{event.get('kind', 'agent')}"
+        self.writer.put_message(topic, json.dumps(body).encode(), "event", body["id"])
+        log.info("event: %s", event)
+
+    def _publish_now(self, topic: str, payload: bytes) -> bool:
+        link = self.link
+        if link is None or not link.connected.is_set():
+            return False
+        return link.client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
 
     # Status --------------------------------------------------------------------------------
+
+    def online_status(self) -> dict[str, Any]:
+        return self._online_status()
 
     def _online_status(self) -> dict[str, Any]:
         """The retained status published on every connect."""

@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.debug:
         logging.getLogger().setLevel(settings.logging.level.upper())
     logging.getLogger(__name__).info("config %s, device %s", path, settings.device.id)
-    agent = Agent(settings)
+    agent = Agent(settings, config_path=path)
     return Service(agent, path).run()

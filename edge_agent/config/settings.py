@@ -236,6 +236,13 @@ class MqttSettings(Section):
     websocket_path: str = Field("/mqtt", description="Path of the WebSocket endpoint.")
     client_id: str | None = Field(None, description="MQTT client id; empty: the device id.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval.")
+    session_expiry_s: int = Field(
+        86400,
+        ge=0,
+        le=2**32 - 1,
+        description="How long the broker keeps our session (and commands sent while we are "
+        "offline) after a disconnect; 0: a clean session every time.",
+    )
     reconnect_min_s: float = Field(1.0, gt=0, description="Shortest wait before reconnecting.")
     reconnect_max_s: float = Field(
         120.0, gt=0, description="Longest wait; each wait is random up to the current cap."

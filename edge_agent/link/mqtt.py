@@ -16,6 +16,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent.config.secrets import secret_path
 from edge_agent.config.settings import MqttSettings
@@ -47,6 +49,10 @@ class MqttLink:
         # Called from paho's network thread: (mid, reason code) and connection changes.
         self.on_publish: Callable[[int, int], None] = lambda mid, rc: None
         self.on_connection: Callable[[bool], None] = lambda up: None
+        # Topics taken (commands, transfers), subscribed on every connect, and where their
+        # messages go (paho's network thread).
+        self.subscriptions: list[str] = []
+        self.on_message: Callable[[mqtt.MQTTMessage], None] = lambda message: None
         self._stop = threading.Event()
         self._attempt = 0
         # Whether the broker answered the current attempt's CONNECT: a connection closed
@@ -69,6 +75,8 @@ class MqttLink:
             protocol=protocol,
             transport=s.transport,
             reconnect_on_failure=False,  # our thread reconnects, with jitter
+            # 3.1.1: a persistent session, so commands sent while offline are kept for us.
+            clean_session=None if s.protocol == "5" else s.session_expiry_s == 0,
         )
         if s.transport == "websockets":
             client.ws_set_options(path=s.websocket_path)
@@ -91,6 +99,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = lambda client, userdata, message: self.on_message(message)
         return client
 
     # Lifecycle -----------------------------------------------------------------------
@@ -114,10 +123,19 @@ class MqttLink:
             try:
                 self.state = "connecting"
                 self._answered = False
-                # A clean session every time: what was in flight is resent from the outbox
-                # (the broker keeps no half-finished state of ours).
+                # The broker keeps the session (our subscriptions, and the commands sent
+                # while we were away) for session_expiry_s. What we published and was not
+                # acknowledged is resent from the outbox, not from paho's memory.
                 if s.protocol == "5":
-                    self.client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=True)
+                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                    props.SessionExpiryInterval = s.session_expiry_s
+                    self.client.connect(
+                        s.host,
+                        s.port,
+                        keepalive=s.keepalive_s,
+                        clean_start=s.session_expiry_s == 0,
+                        properties=props,
+                    )
                 else:
                     self.client.connect(s.host, s.port, keepalive=s.keepalive_s)
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -169,6 +187,8 @@ class MqttLink:
         self.state = "online"
         self.last_error = ""
         log.info("mqtt: connected to %s:%s", self.settings.host, self.settings.port)
+        if self.subscriptions:
+            client.subscribe([(topic, 1) for topic in self.subscriptions])
         self.publish_status()
         self.connected.set()
         self.on_connection(True)

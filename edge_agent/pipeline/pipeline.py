@@ -41,6 +41,7 @@ class Pipeline:
         self.envelope = envelope
         self.stats = PipelineStats()
         self.paused = threading.Event()
+        self.last_result: ResultPayload | None = None  # for snapshots with detections drawn
         self._gate = ChangeGate(settings.gate) if settings.gate.enabled else None
         self._cache = ResultCache(settings.cache.size) if settings.cache.enabled else None
         # (predictor, generation): replaced whole, so a reader sees one or the other.
@@ -146,6 +147,7 @@ class Pipeline:
             result=result,
         )
         self.sink.put(payload)
+        self.last_result = payload
         job.timings["handoff"] = time.perf_counter() - started
         read_started = _perf_from_monotonic(frame.captured, started) - frame.read_s
         job.timings["total"] = time.perf_counter() - read_started

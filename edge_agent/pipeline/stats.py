@@ -22,6 +22,10 @@ class Window:
     def add(self, value: float) -> None:
         self._values.append(value)
 
+    @property
+    def count(self) -> int:
+        return len(self._values)
+
     def percentiles(self) -> dict[str, float]:
         if not self._values:
             return {}

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_agent.config.settings import BatchSettings
 from edge_agent.pipeline.jobs import Job, JobQueue
+from edge_agent.pipeline.stats import Window
 from edge_agent.runtime.model import LoadedModel
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ class InferenceWorker:
         self.queue = JobQueue()
         self.invokes = 0
         self.errors = 0
+        # Invoke times of the model now in use (reset by a swap): the update health watch
+        # compares a new model's p95 with the old one's.
+        self.infer_times = Window(512)
         self._pipelines: dict[str, Pipeline] = {}
         self._pending: list[LoadedModel] | None = None
         self._parked = 0
@@ -129,6 +133,7 @@ class InferenceWorker:
         with self._lock:
             self.replicas = replicas
             self.generation += 1
+            self.infer_times = Window(512)
             for pipeline in self._pipelines.values():
                 pipeline.use_model(self.model, self.generation)
 
@@ -146,6 +151,7 @@ class InferenceWorker:
         outputs = model.dequantize(raw)
         infer_s = clock() - started
         self.invokes += 1
+        self.infer_times.add(infer_s / len(jobs))
         for i, job in enumerate(jobs):
             job.timings["infer"] = infer_s
             job.pipeline.finish(job, [out[i] for out in outputs], model)

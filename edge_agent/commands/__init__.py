@@ -1,0 +1,1 @@
+"""Fleet commands over MQTT: schemas, the dispatcher thread, and one handler per command."""

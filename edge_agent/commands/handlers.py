@@ -1,0 +1,173 @@
+"""One small handler per command, found by name in HANDLERS. A handler gets the context
+and its validated command, and returns the reply's `result` or raises CommandError."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+
+from edge_agent.commands import schemas as s
+from edge_agent.errors import UserError
+
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+    from edge_agent.updates.updater import Updater
+
+
+class CommandError(UserError):
+    """The command cannot be done; the text is the reply's reason."""
+
+
+@dataclass
+class CommandContext:
+    agent: Agent
+    updater: Updater
+    config_path: Path | None
+    # Applies a config file that was just written, through the same path as an edit.
+    reload: Callable[[], list[str]]
+
+
+@dataclass(frozen=True)
+class Handler:
+    schema: type[s.Command]
+    run: Callable[[CommandContext, Any], Any]
+    long_running: bool = False  # runs on its own thread, so other commands are not held
+
+
+def ping(ctx: CommandContext, cmd: s.Ping) -> Any:
+    return {"pong": True, "boot_id": ctx.agent.envelope.boot_id}
+
+
+def status(ctx: CommandContext, cmd: s.Status) -> Any:
+    agent = ctx.agent
+    return {
+        **agent.online_status(),
+        "pipelines": {
+            name: {**p.stats.snapshot(), "paused": p.paused.is_set()}
+            for name, p in agent.pipelines.items()
+        },
+        "outbox": agent.outbox.stats(),
+        "link": agent.link.snapshot() if agent.link is not None else None,
+    }
+
+
+def get_config(ctx: CommandContext, cmd: s.GetConfig) -> Any:
+    # Secrets dump as "**********".
+    return ctx.agent.settings.model_dump(mode="json")
+
+
+def set_config(ctx: CommandContext, cmd: s.SetConfig) -> Any:
+    from edge_agent.commands.config_edit import write_changes
+
+    if ctx.config_path is None:
+        raise CommandError("the agent runs without a config file: nothing to change")
+    allow = ctx.agent.settings.commands.allow_remote_security_changes
+    previous = write_changes(ctx.config_path, cmd.changes, allow_security=allow)
+    return {"applied": ctx.reload(), "previous_file": str(previous)}
+
+
+def _pipeline(ctx: CommandContext, name: str) -> Any:
+    pipeline = ctx.agent.pipelines.get(name)
+    if pipeline is None:
+        known = ", ".join(ctx.agent.pipelines) or "none"
+        raise CommandError(f"no running pipeline {name!r} (running: {known})")
+    return pipeline
+
+
+def pause(ctx: CommandContext, cmd: s.PipelineCommand) -> Any:
+    _pipeline(ctx, cmd.pipeline).paused.set()
+    return {"pipeline": cmd.pipeline, "paused": True}
+
+
+def resume(ctx: CommandContext, cmd: s.PipelineCommand) -> Any:
+    _pipeline(ctx, cmd.pipeline).paused.clear()
+    return {"pipeline": cmd.pipeline, "paused": False}
+
+
+def restart_pipeline(ctx: CommandContext, cmd: s.PipelineCommand) -> Any:
+    _pipeline(ctx, cmd.pipeline)
+    return {"pipeline": cmd.pipeline, "done": ctx.agent.restart_pipeline(cmd.pipeline)}
+
+
+def snapshot(ctx: CommandContext, cmd: s.Snapshot) -> Any:
+    hub = ctx.agent.hubs.get(cmd.source)
+    if hub is None:
+        raise CommandError(f"no running source {cmd.source!r}")
+    frame = hub.last_frame
+    if frame is None or not frame.is_image:
+        raise CommandError(f"source {cmd.source!r} has no image frame yet")
+    image = frame.data.copy()
+    boxes = 0
+    for pipeline in hub.pipelines:
+        last = pipeline.last_result
+        for det in last.result.get("detections", []) if last else []:
+            x1, y1, x2, y2 = (int(v) for v in det["box"])
+            cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
+            label = f"{det.get('label') or det['class_id']} {det['score']:.2f}"
+            cv2.putText(image, label, (x1, max(12, y1 - 4)), 0, 0.45, (0, 255, 0), 1)
+            boxes += 1
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cmd.quality])
+    if not ok:
+        raise CommandError("the frame could not be encoded as JPEG")
+    return {
+        "source": cmd.source,
+        "index": frame.index,
+        "ts": frame.wall_time,
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "detections_drawn": boxes,
+        "jpeg_base64": base64.b64encode(jpeg.tobytes()).decode(),
+    }
+
+
+def list_models(ctx: CommandContext, cmd: s.ListModels) -> Any:
+    return ctx.updater.list_models()
+
+
+def update_model(ctx: CommandContext, cmd: s.UpdateModel) -> Any:
+    return ctx.updater.update(cmd.manifest, cmd.request_id)
+
+
+def activate_model(ctx: CommandContext, cmd: s.ActivateModel) -> Any:
+    return ctx.updater.activate(cmd.name, cmd.version)
+
+
+def rollback_model(ctx: CommandContext, cmd: s.ModelCommand) -> Any:
+    return ctx.updater.rollback(cmd.name, "operator asked")
+
+
+def flush_outbox(ctx: CommandContext, cmd: s.FlushOutbox) -> Any:
+    agent = ctx.agent
+    agent.writer.flush()
+    if agent.sender is not None:
+        agent.sender.wake()
+    return agent.outbox.stats()
+
+
+def set_log_level(ctx: CommandContext, cmd: s.SetLogLevel) -> Any:
+    logging.getLogger().setLevel(cmd.level.upper())
+    return {"level": cmd.level}
+
+
+HANDLERS: dict[str, Handler] = {
+    "ping": Handler(s.Ping, ping),
+    "status": Handler(s.Status, status),
+    "get_config": Handler(s.GetConfig, get_config),
+    "set_config": Handler(s.SetConfig, set_config),
+    "pause": Handler(s.PipelineCommand, pause),
+    "resume": Handler(s.PipelineCommand, resume),
+    "restart_pipeline": Handler(s.PipelineCommand, restart_pipeline),
+    "snapshot": Handler(s.Snapshot, snapshot),
+    "list_models": Handler(s.ListModels, list_models),
+    "update_model": Handler(s.UpdateModel, update_model, long_running=True),
+    "activate_model": Handler(s.ActivateModel, activate_model, long_running=True),
+    "rollback_model": Handler(s.ModelCommand, rollback_model, long_running=True),
+    "flush_outbox": Handler(s.FlushOutbox, flush_outbox),
+    "set_log_level": Handler(s.SetLogLevel, set_log_level),
+}

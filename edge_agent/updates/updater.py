@@ -1,0 +1,375 @@
+"""The update flow, one step after another: verify the manifest, download (resuming),
+verify the files, install into the store, stage, hot-swap, watch the new model's health,
+then commit or roll back. Every step is reported as an event. After a crash, a version
+still on trial is rolled back at start and a half-done download resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.config.settings import UpdatesSettings
+from edge_agent.errors import UserError
+from edge_agent.updates.manifest import (
+    HttpSource,
+    MqttSource,
+    UpdateManifest,
+    UpdateRefused,
+    check_limits,
+    parse_manifest,
+)
+from edge_agent.updates.signing import verify_file, verify_manifest
+from edge_agent.updates.staging import StageReport, stage
+from edge_agent.updates.store import ModelStore
+from edge_agent.updates.transfer import ChunkPull, http_download, parse_data_topic, request_topic
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.agent import Agent
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_EVERY_S = 1.0  # download progress events at most this often
+_MIN_SAMPLES = 20  # inferences needed before the running model's p95 counts as a baseline
+
+
+@dataclass
+class Watch:
+    """What the health watch compares the new version against."""
+
+    errors: int
+    invokes: int
+    baseline_p95_ms: float | None
+
+
+class Updater:
+    def __init__(
+        self,
+        agent: Agent,
+        store: ModelStore,
+        settings: UpdatesSettings,
+        emit: Callable[[dict[str, Any]], None],
+        publish: Callable[[str, bytes], bool],
+    ) -> None:
+        self.agent = agent
+        self.store = store
+        self.settings = settings
+        self.emit = emit  # an update event, through the outbox
+        self.publish = publish  # a chunk request, straight to the broker (False: offline)
+        self.downloads = agent.settings.device.state_dir / "downloads"
+        self.stopping = threading.Event()
+        self._pulls: dict[tuple[str, str], ChunkPull] = {}
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()  # model names with an update or switch under way
+
+    # Start-up ----------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Before the models load: a version left on trial by a crash is rolled back."""
+        done = []
+        for name in self.store.list():
+            record = self.store.active(name)
+            if record is not None and record.state == "trial":
+                back = self.store.rollback(name)
+                to = back.version if back else "the config's file"
+                done.append(f"model {name}: {record.version} was on trial at a crash, back to {to}")
+                self._event(
+                    name, record.version, "rolled_back", reason="not committed before a restart"
+                )
+        for line in done:
+            log.warning("%s", line)
+        return done
+
+    def resume_downloads(self) -> None:
+        """Half-done downloads go on, each on a thread of its own."""
+        if not self.downloads.is_dir():
+            return
+        for folder in sorted(self.downloads.iterdir()):
+            saved = folder / "update.json"
+            if saved.is_file():
+                manifest = saved.read_bytes()
+                threading.Thread(
+                    target=self._resume, args=(manifest,), name="update-resume", daemon=True
+                ).start()
+
+    def _resume(self, manifest: bytes) -> None:
+        try:
+            self.update(json.loads(manifest), None)
+        except UserError as exc:
+            log.warning("resumed update not applied: %s", exc)
+
+    # Commands ----------------------------------------------------------------------------
+
+    def list_models(self) -> dict[str, Any]:
+        stored = self.store.list()
+        out: dict[str, Any] = {}
+        for name, worker in self.agent.workers.items():
+            info = worker.model.info
+            out[name] = {
+                "running": {"version": info.version, "sha256": info.sha256},
+                "delegate": worker.model.delegate,
+                **stored.get(name, {}),
+            }
+        for name, entry in stored.items():
+            out.setdefault(name, entry)
+        return out
+
+    def update(self, body: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        manifest = parse_manifest(body, self.settings.max_model_bytes)
+        check_limits(manifest, self.settings.max_model_bytes)
+        verify_manifest(manifest, self.settings.trusted_keys, self.settings.allow_unsigned)
+        name, version = manifest.name, manifest.version
+        if name not in self.agent.settings.models:
+            raise UpdateRefused(f"no model {name!r} in this device's config")
+        record = self.store.active(name)
+        if record is not None and record.version == version and record.state == "committed":
+            return {"name": name, "version": version, "state": "already_active"}
+        with self._claim(name):
+            folder = self.downloads / f"{name}-{version}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "update.json").write_bytes(manifest.to_json())
+            try:
+                files = self._fetch(manifest, folder, request_id)
+                for role, path in files.items():
+                    verify_file(path, manifest.files[role], role)  # type: ignore[index]
+            except UpdateRefused:
+                shutil.rmtree(folder, ignore_errors=True)  # bad bytes: fetch anew next time
+                raise
+            self.store.install(manifest, files)
+            shutil.rmtree(folder, ignore_errors=True)
+            self._event(name, version, "installed", request_id=request_id)
+            report = self._stage(manifest)
+            self._event(name, version, "staged", request_id=request_id, detail=report.as_dict())
+            return self._switch(name, version, request_id, report)
+
+    def activate(self, name: str, version: str) -> dict[str, Any]:
+        with self._claim(name):
+            self.store.manifest(name, version)  # installed?
+            return self._switch(name, version, None, None)
+
+    def rollback(self, name: str, reason: str) -> dict[str, Any]:
+        with self._claim(name):
+            record = self.store.active(name)
+            if record is None:
+                raise UserError(f"model {name!r} runs the config's file: nothing to roll back")
+            back = self.store.rollback(name)
+            self._swap_in(name)
+            to = back.version if back else "config"
+            self._event(name, record.version, "rolled_back", reason=reason)
+            return {"name": name, "from": record.version, "to": to}
+
+    def on_transfer_message(self, message: mqtt.MQTTMessage) -> None:
+        """A chunk from the operator (paho's network thread)."""
+        parsed = parse_data_topic(message.topic)
+        if parsed is None:
+            return
+        transfer, role, index = parsed
+        with self._lock:
+            pull = self._pulls.get((transfer, role))
+        if pull is not None:
+            pull.feed(index, bytes(message.payload))
+
+    # Steps -------------------------------------------------------------------------------
+
+    def _fetch(self, m: UpdateManifest, folder: Path, request_id: str | None) -> dict[str, Path]:
+        total = sum(ref.size for ref in m.files.values())
+        done_before = 0
+        last = 0.0
+        files: dict[str, Path] = {}
+        for role, ref in m.files.items():
+            part = folder / f"{role}.part"
+
+            def progress(done: int, size: int, base: int = done_before) -> None:
+                nonlocal last
+                now = time.monotonic()
+                if now - last >= _PROGRESS_EVERY_S or base + done == total:
+                    last = now
+                    self._event(
+                        m.name,
+                        m.version,
+                        "downloading",
+                        request_id=request_id,
+                        detail={"done": base + done, "total": total},
+                    )
+
+            if part.exists() and part.stat().st_size == ref.size:
+                files[role] = part  # fetched before a restart
+            elif isinstance(m.source, HttpSource):
+                files[role] = http_download(
+                    m.source.file_url(ref),
+                    part,
+                    ref.size,
+                    timeout_s=self.settings.download_timeout_s,
+                    progress=progress,
+                    stop=self.stopping,
+                )
+            elif isinstance(m.source, MqttSource):
+                files[role] = self._pull(m.source, role, part, ref.size, progress)
+            else:
+                raise UpdateRefused("manifest has no source to fetch the files from")
+            done_before += ref.size
+        return files
+
+    def _pull(
+        self,
+        source: MqttSource,
+        role: str,
+        part: Path,
+        size: int,
+        progress: Callable[[int, int], None],
+    ) -> Path:
+        link = self.agent.link
+        if link is None:
+            raise UpdateRefused("an MQTT transfer needs [mqtt] enabled")
+        pull = ChunkPull(
+            self.publish,
+            request_topic(link.settings.topic_prefix, link.device, source.transfer),
+            role,
+            part,
+            size,
+            source.chunk_size,
+            self.settings.chunk_window,
+            self.settings.download_timeout_s / 4,
+            progress,
+            idle_limit_s=self.settings.download_timeout_s * 10,
+        )
+        with self._lock:
+            self._pulls[(source.transfer, role)] = pull
+        try:
+            return pull.run(self.stopping)
+        finally:
+            with self._lock:
+                self._pulls.pop((source.transfer, role), None)
+
+    def _stage(self, m: UpdateManifest) -> StageReport:
+        agent = self.agent
+        folder = self.store.version_dir(m.name, m.version)
+        model_settings = agent.settings.models[m.name]
+        golden = m.golden_spec()
+        report = stage(
+            folder / m.files["model"].path,
+            agent.backend,
+            model_settings.delegates or agent.settings.runtime.delegates,
+            model_settings.threads or agent.settings.runtime.threads,
+            golden=folder / m.files["golden"].path if golden else None,
+            min_agreement=golden.min_agreement if golden else 0.0,
+            required_delegates=m.requires.delegates,
+            running_path=agent.model_path(m.name),
+        )
+        ratio = report.latency_ratio
+        if ratio is not None and ratio > self.settings.max_latency_ratio:
+            raise UpdateRefused(
+                f"staging: median invoke {report.latency_ms:.2f} ms is {ratio:.1f}x the running "
+                f"model's {report.baseline_ms:.2f} ms (updates.max_latency_ratio "
+                f"{self.settings.max_latency_ratio})"
+            )
+        return report
+
+    def _switch(
+        self, name: str, version: str, request_id: str | None, report: StageReport | None
+    ) -> dict[str, Any]:
+        worker = self.agent.workers.get(name)
+        watch = None
+        if worker is not None:
+            p95 = worker.infer_times.percentiles().get("p95")
+            enough = worker.infer_times.count >= _MIN_SAMPLES
+            watch = Watch(worker.errors, worker.invokes, p95 if enough else None)
+        previous = self.store.active(name)
+        self.store.activate(name, version)
+        try:
+            self._swap_in(name)
+        except UserError as exc:
+            self.store.rollback(name)
+            self._event(name, version, "rolled_back", request_id=request_id, reason=str(exc))
+            raise UpdateRefused(f"activation failed, rolled back: {exc}") from None
+        self._event(name, version, "activated", request_id=request_id)
+        result: dict[str, Any] = {
+            "name": name,
+            "version": version,
+            "previous": previous.version if previous else None,
+            "stage": report.as_dict() if report else None,
+        }
+        problem = self._health(name, watch)
+        if problem is not None:
+            self.store.rollback(name)
+            self._swap_in(name)
+            self._event(name, version, "rolled_back", request_id=request_id, reason=problem)
+            raise UpdateRefused(f"rolled back after activation: {problem}")
+        self.store.commit(name)
+        self.store.prune(name)
+        self._event(name, version, "committed", request_id=request_id)
+        return {**result, "state": "committed"}
+
+    def _health(self, name: str, watch: Watch | None) -> str | None:
+        """Waits out the health window; the reason to roll back, or None."""
+        if self.stopping.wait(self.settings.health_window_s):
+            return "the agent stopped during the health watch"
+        worker = self.agent.workers.get(name)
+        if worker is None or watch is None:
+            return None
+        invokes = worker.invokes - watch.invokes
+        errors = worker.errors - watch.errors
+        if invokes + errors and errors / (invokes + errors) > self.settings.max_error_rate:
+            return f"{errors} of {invokes + errors} inferences failed"
+        p95 = worker.infer_times.percentiles().get("p95")
+        base = watch.baseline_p95_ms
+        if p95 and base and worker.infer_times.count >= _MIN_SAMPLES:
+            if p95 > base * self.settings.max_latency_ratio:
+                return (
+                    f"p95 infer {p95:.2f} ms is {p95 / base:.1f}x the previous {base:.2f} ms "
+                    f"(updates.max_latency_ratio {self.settings.max_latency_ratio})"
+                )
+        return None
+
+    def _swap_in(self, name: str) -> None:
+        if name in self.agent.workers:
+            self.agent.swap_model(name)
+
+    # Helpers -----------------------------------------------------------------------------
+
+    def _claim(self, name: str) -> _Claim:
+        return _Claim(self, name)
+
+    def _event(
+        self,
+        name: str,
+        version: str,
+        stage: str,
+        *,
+        request_id: str | None = None,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        event: dict[str, Any] = {"kind": "update", "name": name, "version": version, "stage": stage}
+        if request_id is not None:
+            event["request_id"] = request_id
+        if reason is not None:
+            event["reason"] = reason
+        if detail is not None:
+            event["detail"] = detail
+        self.emit(event)
+
+
+class _Claim:
+    """One update or switch per model at a time."""
+
+    def __init__(self, updater: Updater, name: str) -> None:
+        self.updater, self.name = updater, name
+
+    def __enter__(self) -> None:
+        with self.updater._lock:
+            if self.name in self.updater._busy:
+                raise UserError(f"model {self.name!r}: another update or switch is under way")
+            self.updater._busy.add(self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.updater._lock:
+            self.updater._busy.discard(self.name)
