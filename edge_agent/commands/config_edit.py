@@ -3,6 +3,7 @@ written atomically with the previous file kept beside it (`agent.toml.prev`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -116,7 +117,5 @@ def _fsync(path: Path) -> None:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be synced
         _fsync(folder)
-    except OSError:
-        pass  # not every file system lets a directory be synced

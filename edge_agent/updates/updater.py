@@ -321,12 +321,12 @@ class Updater:
             return f"{errors} of {invokes + errors} inferences failed"
         p95 = worker.infer_times.percentiles().get("p95")
         base = watch.baseline_p95_ms
-        if p95 and base and worker.infer_times.count >= _MIN_SAMPLES:
-            if p95 > base * self.settings.max_latency_ratio:
-                return (
-                    f"p95 infer {p95:.2f} ms is {p95 / base:.1f}x the previous {base:.2f} ms "
-                    f"(updates.max_latency_ratio {self.settings.max_latency_ratio})"
-                )
+        enough = worker.infer_times.count >= _MIN_SAMPLES
+        if p95 and base and enough and p95 > base * self.settings.max_latency_ratio:
+            return (
+                f"p95 infer {p95:.2f} ms is {p95 / base:.1f}x the previous {base:.2f} ms "
+                f"(updates.max_latency_ratio {self.settings.max_latency_ratio})"
+            )
         return None
 
     def _swap_in(self, name: str) -> None:

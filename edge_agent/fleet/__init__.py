@@ -1,0 +1,1 @@
+"""The operator's side: pushing updates to a fleet and serving their files."""

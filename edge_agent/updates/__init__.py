@@ -1,0 +1,1 @@
+"""Model updates: the signed manifest, signature and file checks, and the model store."""
