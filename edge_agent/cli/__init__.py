@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
-from edge_agent.cli import bench, config, infer, results, run
+from edge_agent.cli import bench, config, infer, models, results, run
 from edge_agent.errors import UserError
 
 USAGE_ERROR = 2
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(commands)
     config.add_parser(commands)
     results.add_parser(commands)
+    models.add_parser(commands)
     return parser
 
 
