@@ -19,7 +19,13 @@ class Operator(Subscriber):
         self.prefix = prefix
 
     def send(
-        self, name: str, *, to: str = f"device:{DEVICE}", raw: bytes | None = None, **fields: Any
+        self,
+        command: str,
+        /,
+        *,
+        to: str = f"device:{DEVICE}",
+        raw: bytes | None = None,
+        **fields: Any,
     ) -> str:
         """Publishes a command; returns its request id. `to` is device:ID, group:NAME or all."""
         request_id = fields.pop("request_id", None) or uuid.uuid4().hex[:16]
@@ -30,7 +36,7 @@ class Operator(Subscriber):
             "all": f"{self.prefix}/all",
         }[kind]
         body = raw if raw is not None else json.dumps({"request_id": request_id, **fields}).encode()
-        self.publish(f"{base}/cmd/{name}", body, qos=1)
+        self.publish(f"{base}/cmd/{command}", body, qos=1)
         return str(request_id)
 
     def replies(self, request_id: str) -> list[dict[str, Any]]:
@@ -49,8 +55,8 @@ class Operator(Subscriber):
         )
         return dict(json.loads(message.payload))
 
-    def call(self, name: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        return self.reply(self.send(name, **fields), timeout)
+    def call(self, command: str, /, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        return self.reply(self.send(command, **fields), timeout)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         found = [json.loads(m.payload) for m in self.messages if "/events/" in m.topic]

@@ -1,0 +1,249 @@
+"""Signed model updates end to end, through a real Mosquitto and a local HTTP server: fetched
+over either transport, verified, staged on the golden set, hot-swapped and committed; and
+every kind of bad update refused with the running model untouched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.agent import Agent
+from edge_agent.config.load import load_settings
+from edge_agent.fleet.serve import ChunkServer, RangeHTTPServer
+from edge_agent.updates.manifest import UpdateManifest
+from tests.agent_helpers import config_text, wait_until
+from tests.mqtt_fixtures import Broker, TcpProxy
+from tests.operator import Operator
+from tests.update_helpers import Keys, digits_update
+
+BODY = """
+[sources.pattern]
+kind = "synthetic"
+pattern = "moving_box"
+fps = 30
+
+[pipelines.digits]
+source = "pattern"
+model = "digits"
+
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.1
+reconnect_max_s = 0.5
+keepalive_s = 5
+
+{keys}health_window_s = 0.5
+max_model_bytes = 2000000
+"""
+
+
+def start_agent(tmp_path: Path, port: int, keys: Keys) -> Agent:
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path / "state", BODY.format(port=port, keys=keys.config())))
+    agent = Agent(load_settings(path), config_path=path)
+    agent.start()
+    wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
+    return agent
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def agent(tmp_path: Path, broker: Broker, keys: Keys) -> Iterator[Agent]:
+    agent = start_agent(tmp_path, broker.port, keys)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def operator(broker: Broker) -> Iterator[Operator]:
+    with Operator(broker) as op:
+        yield op
+
+
+def running_version(agent: Agent) -> str:
+    return agent.workers["digits"].model.info.version
+
+
+def with_source(manifest: UpdateManifest, source: dict[str, Any]) -> dict[str, Any]:
+    return {**manifest.as_dict(), "source": source}
+
+
+def operator_client(broker: Broker) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+def test_an_update_over_http_is_verified_staged_swapped_and_committed(
+    tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
+) -> None:
+    manifest, folder = digits_update(tmp_path, keys)
+    with RangeHTTPServer(folder) as server:
+        reply = operator.call(
+            "update_model",
+            manifest=with_source(manifest, {"kind": "http", "url": server.url}),
+            timeout=60,
+        )
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["state"] == "committed"
+    assert reply["result"]["stage"]["golden_agreement"] >= 0.9
+    assert running_version(agent) == "1.1.0"
+    record = agent.store.active("digits")
+    assert record is not None and record.state == "committed" and record.version == "1.1.0"
+    stages = [e["stage"] for e in operator.events("digits")]
+    for stage in ("downloading", "installed", "staged", "activated", "committed"):
+        assert stage in stages, stages
+    # Results now name the new version.
+    wait_until(
+        lambda: (
+            (r := agent.pipelines["digits"].last_result) is not None and r.model.version == "1.1.0"
+        ),
+        what="a result from 1.1.0",
+    )
+
+
+def test_an_update_over_mqtt_chunks_survives_a_cut_connection(
+    tmp_path: Path, broker: Broker, proxy: TcpProxy, keys: Keys
+) -> None:
+    agent = start_agent(tmp_path, proxy.port, keys)
+    client = operator_client(broker)
+    try:
+        manifest, folder = digits_update(tmp_path, keys)
+        files = {role: folder / ref.path for role, ref in manifest.files.items()}
+        server = ChunkServer(client, "edge", "t-1", files, chunk_size=4096).start()
+        with Operator(broker) as operator:
+            request = operator.send(
+                "update_model",
+                manifest=with_source(
+                    manifest, {"kind": "mqtt", "transfer": "t-1", "chunk_size": 4096}
+                ),
+            )
+            operator.wait_event("downloading", timeout=20)
+            proxy.cut()  # mid-transfer: the device reconnects and resumes
+            reply = operator.reply(request, timeout=60)
+        server.stop()
+        assert reply["status"] == "ok", reply
+        assert running_version(agent) == "1.1.0"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        agent.stop()
+
+
+def test_a_model_that_fails_its_golden_set_is_refused(
+    tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
+) -> None:
+    manifest, folder = digits_update(tmp_path, keys, wrong_golden=True)
+    with RangeHTTPServer(folder) as server:
+        reply = operator.call(
+            "update_model",
+            manifest=with_source(manifest, {"kind": "http", "url": server.url}),
+            timeout=60,
+        )
+    assert reply["status"] == "error" and "golden set agreement" in reply["reason"], reply
+    assert running_version(agent) == "1.0.0"
+    assert agent.store.active("digits") is None
+
+
+def _tamper_file(folder: Path, manifest: UpdateManifest, how: str) -> None:
+    model = folder / manifest.files["model"].path
+    data = bytearray(model.read_bytes())
+    if how == "corrupt":
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    else:  # truncated
+        model.write_bytes(bytes(data[: len(data) // 2]))
+
+
+def _manifest_change(manifest: UpdateManifest, how: str, keys: Keys) -> dict[str, Any]:
+    body = manifest.as_dict()
+    if how == "unsigned":
+        body.pop("signature")
+    elif how == "wrong_signature":
+        body["version"] = "9.9.9"  # signed as 1.1.0
+    elif how == "wrong_hash":
+        model = {**body["files"]["model"], "sha256": "0" * 64}
+        body = keys.sign(
+            UpdateManifest.model_validate({**body, "files": {**body["files"], "model": model}})
+        ).as_dict()
+    elif how == "oversized":
+        model = {**body["files"]["model"], "size": 5_000_000}
+        body = keys.sign(
+            UpdateManifest.model_validate({**body, "files": {**body["files"], "model": model}})
+        ).as_dict()
+    elif how == "path_traversal":
+        body["files"]["labels"] = {"path": "../../etc/passwd", "size": 1, "sha256": "0" * 64}
+    elif how == "absolute_name":
+        body["name"] = "/etc/digits"
+    return body
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("corrupt", "sha256 mismatch"),
+        ("truncated", "the manifest says"),
+        ("wrong_hash", "sha256 mismatch"),
+        ("wrong_signature", "bad signature"),
+        ("unsigned", "unsigned update refused"),
+        ("oversized", "max_model_bytes"),
+        ("path_traversal", "bare file name"),
+        ("absolute_name", "name"),
+    ],
+)
+def test_bad_updates_are_refused_and_the_running_model_untouched(
+    tmp_path: Path, agent: Agent, operator: Operator, keys: Keys, how: str, reason: str
+) -> None:
+    manifest, folder = digits_update(tmp_path, keys)
+    if how in ("corrupt", "truncated"):
+        _tamper_file(folder, manifest, how)
+    body = _manifest_change(manifest, how, keys)
+    with RangeHTTPServer(folder) as server:
+        reply = operator.call(
+            "update_model",
+            manifest={**body, "source": {"kind": "http", "url": server.url}},
+            timeout=60,
+        )
+    assert reply["status"] == "error" and reason in reply["reason"], reply
+    assert running_version(agent) == "1.0.0"
+    assert agent.store.active("digits") is None
+    assert agent.store.versions("digits") == []
+    assert operator.call("ping")["status"] == "ok"
+
+
+def test_activate_and_rollback_commands_switch_versions_without_a_restart(
+    tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
+) -> None:
+    for version in ("1.1.0", "1.2.0"):
+        manifest, folder = digits_update(tmp_path, keys, version)
+        with RangeHTTPServer(folder) as server:
+            source = {"kind": "http", "url": server.url}
+            reply = operator.call(
+                "update_model", manifest=with_source(manifest, source), timeout=60
+            )
+            assert reply["status"] == "ok", reply
+    assert running_version(agent) == "1.2.0"
+    back = operator.call("rollback_model", name="digits", timeout=30)
+    assert back["status"] == "ok" and back["result"]["to"] == "1.1.0", back
+    assert running_version(agent) == "1.1.0"
+    again = operator.call("activate_model", name="digits", version="1.2.0", timeout=30)
+    assert again["status"] == "ok", again
+    assert running_version(agent) == "1.2.0"
+    listed = operator.call("list_models")["result"]["digits"]
+    assert listed["running"]["version"] == "1.2.0" and set(listed["versions"]) >= {"1.1.0", "1.2.0"}
+    missing = operator.call("activate_model", name="digits", version="7.0.0")
+    assert missing["status"] == "error" and "not installed" in missing["reason"]
+    assert json.dumps(listed)  # a reply the operator can print
