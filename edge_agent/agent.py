@@ -105,6 +105,7 @@ class Agent:
                 f"{self.link.prefix}/transfer/+/data/#",
             ]
             self.link.on_message = self._on_message
+            self.link.connection_listeners.append(self.updater.on_connection)
         self.workers: dict[str, InferenceWorker] = {}
         self.hubs: dict[str, SourceHub] = {}
         self.pipelines: dict[str, Pipeline] = {}
@@ -242,6 +243,8 @@ class Agent:
         with self._lock:
             replicas = self._load(name, self.settings)
             self.workers[name].swap(replicas)
+        if self.link is not None and self.link.connected.is_set():
+            self.link.publish_status()  # operators see the version that now runs
 
     def restart_pipeline(self, name: str) -> list[str]:
         """Takes the pipeline out and builds it again; its source restarts too when no

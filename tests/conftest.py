@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from edge_agent.runtime.backend import Backend, select_backend
+
+if TYPE_CHECKING:
+    from tests.update_helpers import Keys
 
 # Real Mosquitto brokers and a TCP proxy, for every test that talks MQTT.
 pytest_plugins = ["tests.mqtt_fixtures"]
@@ -52,3 +55,11 @@ def run_cli(
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    """An operator's Ed25519 key pair; `keys.config()` is the [updates] trust line."""
+    from tests.update_helpers import Keys
+
+    return Keys(tmp_path / "keys")

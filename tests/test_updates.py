@@ -55,11 +55,6 @@ def start_agent(tmp_path: Path, port: int, keys: Keys) -> Agent:
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> Keys:
-    return Keys(tmp_path / "keys")
-
-
-@pytest.fixture
 def agent(tmp_path: Path, broker: Broker, keys: Keys) -> Iterator[Agent]:
     agent = start_agent(tmp_path, broker.port, keys)
     yield agent

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
@@ -50,6 +52,8 @@ class ChunkServer:
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be > 0")
+        if not transfer_id or any(c in transfer_id for c in "/+#"):
+            raise ValueError(f"transfer id {transfer_id!r} cannot be one MQTT topic level")
         self.client = client
         self.prefix = prefix
         self.transfer_id = transfer_id
@@ -177,40 +181,37 @@ class ChunkServer:
             pending.popleft()
 
 
-class _Unsatisfiable(Exception):
-    pass
+class RangeNotSatisfiable(ValueError):
+    """A range that starts past the end of the file: answered with 416."""
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single `bytes=` range, or None to send the whole file (no
     header, a malformed one, or several ranges, which RFC 9110 lets a server ignore)."""
-    if not header or not header.startswith("bytes=") or "," in header:
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
+    if match is None or not any(match.groups()):
         return None
-    first_text, sep, last_text = header[len("bytes=") :].strip().partition("-")
-    if not sep or not (first_text or last_text):
-        return None
-    if not (first_text.isdigit() or not first_text) or not (last_text.isdigit() or not last_text):
-        return None
+    first_text, last_text = match.groups()
     if not first_text:  # bytes=-N: the last N bytes
-        suffix = int(last_text)
-        if suffix == 0 or size == 0:
-            raise _Unsatisfiable
-        return max(0, size - suffix), size - 1
+        if int(last_text) == 0 or size == 0:
+            raise RangeNotSatisfiable(header)
+        return max(0, size - int(last_text)), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    last = min(int(last_text), size - 1) if last_text else size - 1
+    if last_text and int(last_text) < first:
         return None
     if first >= size:
-        raise _Unsatisfiable
-    return first, min(last, size - 1)
+        raise RangeNotSatisfiable(header)
+    return first, last
 
 
 class RangeHTTPServer:
     """Serves the files of one folder over HTTP/1.1 with single-range requests.
 
     For tests: `cut_after` makes the next `cuts` responses close the connection after that
-    many body bytes, `ignore_range` answers every GET with the whole file (200), and
-    `requests` records (path, Range header) of each GET.
+    many body bytes (after `stall_s` of silence, as a link that stops answering would),
+    `ignore_range` answers every GET with the whole file (200), and `requests` records
+    (path, Range header) of each GET.
     """
 
     def __init__(
@@ -221,6 +222,7 @@ class RangeHTTPServer:
         port: int = 0,
         cut_after: int | None = None,
         cuts: int = 1,
+        stall_s: float = 0.0,
         ignore_range: bool = False,
     ) -> None:
         self.directory = directory.resolve()
@@ -228,6 +230,7 @@ class RangeHTTPServer:
         self.port = port
         self.cut_after = cut_after
         self.cuts = cuts
+        self.stall_s = stall_s
         self.ignore_range = ignore_range
         self.requests: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
@@ -311,7 +314,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
         cut = owner._record(self.path, range_header) if body else None
         try:
             span = None if owner.ignore_range else parse_range(range_header, size)
-        except _Unsatisfiable:
+        except RangeNotSatisfiable:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{size}")
             self.send_header("Content-Length", "0")
@@ -334,6 +337,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def _send_body(self, path: Path, offset: int, length: int, cut: int | None) -> None:
+        stall_s = cast(_Server, self.server).owner.stall_s
         sent = 0
         with open(path, "rb") as f:
             f.seek(offset)
@@ -344,6 +348,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
                 if cut is not None and sent + len(block) > cut:
                     self.wfile.write(block[: cut - sent])
                     self.wfile.flush()
+                    if stall_s:
+                        time.sleep(stall_s)
                     # Close mid-body, as a dropped link would.
                     self.close_connection = True
                     with contextlib.suppress(OSError):

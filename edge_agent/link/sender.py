@@ -52,7 +52,7 @@ class Sender:
         self._stop = False
         self._idle = False  # the outbox had nothing pending at the last look
         link.on_publish = self._on_publish
-        link.on_connection = self._on_connection
+        link.connection_listeners.append(self._on_connection)
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
 
     def start(self) -> None:

@@ -73,9 +73,9 @@ def http_download(
             if stop.is_set():
                 raise TransferStopped(f"{url}: stopped after {have} of {size} bytes")
             before = have
+            problem = "the connection ended early"
             try:
-                have = _http_attempt(url, f, have, size, timeout_s, report, stop)
-                problem = f"the connection ended after {have} of {size} bytes"
+                _http_attempt(url, f, have, size, timeout_s, report, stop)
             except urllib.error.HTTPError as exc:
                 exc.close()
                 if exc.code < 500 and exc.code not in (408, 429):
@@ -84,11 +84,17 @@ def http_download(
             except (OSError, http.client.HTTPException) as exc:
                 # URLError, refused, reset and socket timeouts are all OSError.
                 problem = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+            # What was written counts, even when the read that followed failed.
+            f.flush()
+            have = os.fstat(f.fileno()).st_size
             if have >= size or stop.is_set():
                 continue
-            failures = 0 if have > before else failures + 1
+            # A changed length is progress: more bytes, or a start over (a 200 to a Range).
+            failures = 0 if have != before else failures + 1
             if failures >= attempts:
-                raise TransferError(f"{url}: {problem} ({attempts} tries without progress)")
+                raise TransferError(
+                    f"{url}: {problem} at {have} of {size} bytes ({attempts} tries, no progress)"
+                )
             log.info("%s: %s; retrying", url, problem)
             if stop.wait(min(backoff_s * 2 ** max(failures - 1, 0), 10.0)):
                 raise TransferStopped(f"{url}: stopped after {have} of {size} bytes")
@@ -106,8 +112,8 @@ def _http_attempt(
     timeout_s: float,
     report: Progress,
     stop: threading.Event,
-) -> int:
-    """One request from `have` on; returns the part's new length."""
+) -> None:
+    """One request from `have` on, appending to `f`."""
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         response = urllib.request.urlopen(
@@ -120,7 +126,7 @@ def _http_attempt(
         # What we hold is longer than the server's file: a different file, so start over.
         _check_total(url, f, _range_total(exc.headers.get("Content-Range", "")), size)
         f.truncate(0)
-        return 0
+        return
     with response:
         if response.status == 206:
             content_range = response.headers.get("Content-Range", "")
@@ -138,7 +144,8 @@ def _http_attempt(
         else:
             raise TransferError(f"{url}: unexpected HTTP {response.status} {response.reason}")
         while not stop.is_set():
-            block = response.read(BLOCK)
+            # read1: what arrived so far, so a read that times out later loses nothing.
+            block = response.read1(BLOCK)
             if not block:
                 break
             if have + len(block) > size:
@@ -146,8 +153,6 @@ def _http_attempt(
             f.write(block)
             have += len(block)
             report(have, size)
-        f.flush()
-    return have
 
 
 def _range_total(content_range: str) -> int | None:
@@ -244,7 +249,7 @@ class ChunkPull:
         self.progress = progress or _no_progress
         self.idle_limit_s = idle_limit_s
         self.chunks = -(-size // chunk_size)
-        self.requests = 0  # requests published, for the curious
+        self.requests = 0  # requests published
         self._cond = threading.Condition()
         self._next = 0  # the first chunk not yet in the part file
         self._held: dict[int, bytes] = {}  # arrived ahead of `_next`: at most `window`

@@ -166,6 +166,14 @@ class Updater:
             self._event(name, record.version, "rolled_back", reason=reason)
             return {"name": name, "from": record.version, "to": to}
 
+    def on_connection(self, up: bool) -> None:
+        """Chunks published while the device was away are lost: ask for them again."""
+        if up:
+            with self._lock:
+                pulls = list(self._pulls.values())
+            for pull in pulls:
+                pull.resend()
+
     def on_transfer_message(self, message: mqtt.MQTTMessage) -> None:
         """A chunk from the operator (paho's network thread)."""
         parsed = parse_data_topic(message.topic)
