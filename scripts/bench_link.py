@@ -37,12 +37,13 @@ from edge_agent.outbox.store import Message, Outbox  # noqa: E402
 TOPIC = "edge/bench/results/p"
 
 
-def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_broker(folder: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = folder / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", *extra]
+    config.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen(["mosquitto", "-c", str(config)], stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:

@@ -4,6 +4,7 @@ Needs TensorFlow and scikit-learn (pip install tensorflow scikit-learn); the
 agent never needs them: it only reads the .tflite files and manifests.
 
     python scripts/build_models.py [--out models]           # build, then check
+    python scripts/build_models.py --only digits_slow       # build one model, then check
     python scripts/build_models.py --check [--out models]   # check only
 
 --check imports no TensorFlow: run it in the agent's environment (numpy,
@@ -33,13 +34,22 @@ SCENE_GREEN = (120, 20, 160, 100)
 
 
 def write_manifest(
-    out, tflite, name, task, description, input_, labels=None, decode=None, cpu_twin=None
+    out,
+    tflite,
+    name,
+    task,
+    description,
+    input_,
+    labels=None,
+    decode=None,
+    cpu_twin=None,
+    version="1.0.0",
 ):
     path = out / tflite
     manifest = {
         "schema_version": 1,
         "name": name,
-        "version": "1.0.0",
+        "version": version,
         "file": tflite,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "task": task,
@@ -100,19 +110,24 @@ def build_mobilenet(tf, keras, out):
     )
 
 
-def build_digits(tf, keras, out):
+def digits_split():
+    """(x_tr, x_te, y_tr, y_te) of scikit-learn's 8x8 digits; x holds raw values 0..16."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    keras.utils.set_random_seed(SEED)
     d = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        d.images.astype(np.float32)[..., None],  # raw values 0..16
+    return train_test_split(
+        d.images.astype(np.float32)[..., None],
         d.target.astype(np.int64),
         test_size=0.25,
         stratify=d.target,
         random_state=SEED,
     )
+
+
+def build_digits(tf, keras, out):
+    keras.utils.set_random_seed(SEED)
+    x_tr, x_te, y_tr, y_te = digits_split()
     L = keras.layers
     model = keras.Sequential(
         [
@@ -155,6 +170,53 @@ def build_digits(tf, keras, out):
         img = np.round(x_te[i] * 255 / 16).astype(np.uint8)
         img = np.repeat(np.repeat(img, 8, 0), 8, 1)  # 64x64, nearest neighbour
         (out / "samples" / f"digit_{label}.png").write_bytes(tf.io.encode_png(img).numpy())
+
+
+def build_digits_slow(tf, keras, out):
+    """digits_int8's task, input and head behind three 256-filter 3x3 convs at 8x8.
+
+    About 80 M multiply-adds per invoke against digits_int8's 0.25 M: a model
+    update that regresses latency, for the rollback tests.
+    """
+    keras.utils.set_random_seed(SEED)
+    x_tr, x_te, y_tr, y_te = digits_split()
+    test = out / "data" / "digits_test.npz"
+    if test.exists():  # the held-out split digits_int8 is checked on
+        with np.load(test) as shipped:
+            assert np.array_equal(shipped["x"], x_te), test
+            assert np.array_equal(shipped["y"], y_te), test
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Rescaling(1 / 16),
+            L.Conv2D(16, 3, padding="same", activation="relu"),
+            L.Conv2D(256, 3, padding="same", activation="relu"),
+            L.Conv2D(256, 3, padding="same", activation="relu"),
+            L.Conv2D(256, 3, padding="same", activation="relu"),
+            L.Conv2D(32, 3, activation="relu"),
+            L.Flatten(),
+            L.Dense(64, activation="relu"),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_tr, y_tr, epochs=40, batch_size=32, verbose=0)
+    print(f"digits_slow keras float accuracy: {model.evaluate(x_te, y_te, verbose=0)[1]:.4f}")
+    path = out / "digits_slow_int8.tflite"
+    convert(tf, lambda x: model(x, training=False), tf.TensorSpec([1, 8, 8, 1]), x_tr, path)
+    write_manifest(
+        out,
+        path.name,
+        "digits",
+        "classification",
+        "Handwritten digit classifier (scikit-learn 8x8 digits), int8; a deliberately heavy"
+        " variant (three 256-filter convs, far slower per invoke) for model-update tests.",
+        DIGITS_INPUT,
+        DIGITS_LABELS,
+        {"top_k": 3},
+        version="1.0.0-slow",
+    )
 
 
 def build_edgetpu(out):
@@ -380,7 +442,18 @@ def build_xnnpack_refusal(tf, out):
     )
 
 
-def build(out):
+BUILDS = (  # in build order: edgetpu patches digits' digits_int8.tflite
+    "mobilenet",
+    "digits",
+    "digits_slow",
+    "edgetpu",
+    "sensor",
+    "detector",
+    "xnnpack_refusal",
+)
+
+
+def build(out, only=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -388,12 +461,18 @@ def build(out):
     tf.config.experimental.enable_op_determinism()
     for d in (out / "data", out / "samples"):
         d.mkdir(parents=True, exist_ok=True)
-    build_mobilenet(tf, keras, out)
-    build_digits(tf, keras, out)
-    build_edgetpu(out)
-    build_sensor(tf, keras, out)
-    build_detector(tf, out)
-    build_xnnpack_refusal(tf, out)
+    steps = {
+        "mobilenet": lambda: build_mobilenet(tf, keras, out),
+        "digits": lambda: build_digits(tf, keras, out),
+        "digits_slow": lambda: build_digits_slow(tf, keras, out),
+        "edgetpu": lambda: build_edgetpu(out),
+        "sensor": lambda: build_sensor(tf, keras, out),
+        "detector": lambda: build_detector(tf, out),
+        "xnnpack_refusal": lambda: build_xnnpack_refusal(tf, out),
+    }
+    for name in BUILDS:
+        if only is None or name in only:
+            steps[name]()
 
 
 # --------------------------------------------------------------------- check
@@ -466,19 +545,44 @@ def check_mobilenet(cls, out):
         )
 
 
+def median_invoke_ms(cls, path, runs=200):
+    it = cls(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    run(it, np.zeros((1, *it.get_input_details()[0]["shape"][1:])))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        it.invoke()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
 def check_digits(cls, out, cv2):
     data = np.load(out / "data" / "digits_test.npz")
-    for name in ("digits_float.tflite", "digits_int8.tflite"):
-        it = cls(model_path=str(out / name))
+    acc, its = {}, {}
+    for name in ("digits_float", "digits_int8", "digits_slow_int8"):
+        it = its[name] = cls(model_path=str(out / f"{name}.tflite"))
         it.allocate_tensors()
         pred = np.array([run(it, x[None])[0].argmax() for x in data["x"]])
-        print(f"{name}: held-out accuracy {(pred == data['y']).mean():.4f} on {len(pred)} samples")
+        acc[name] = (pred == data["y"]).mean()
+        print(f"{name}.tflite: held-out accuracy {acc[name]:.4f} on {len(pred)} samples")
+    # The heavy variant stands in for digits_int8 in update tests: as accurate, far slower.
+    assert acc["digits_slow_int8"] >= min(0.9, acc["digits_int8"] - 0.03), acc
+    fast, slow = (
+        median_invoke_ms(cls, out / f"{n}.tflite") for n in ("digits_int8", "digits_slow_int8")
+    )
+    print(
+        f"median invoke, 1 thread: digits_int8 {fast:.4f} ms, digits_slow_int8 {slow:.4f} ms"
+        f" ({slow / fast:.0f}x)"
+    )
+    assert slow >= 20 * fast
     for label in DIGITS_SAMPLES if cv2 else ():  # the path `infer` takes for a PNG
         img = cv2.imread(str(out / "samples" / f"digit_{label}.png"), cv2.IMREAD_GRAYSCALE)
         small = cv2.resize(img, (8, 8), interpolation=cv2.INTER_AREA).astype(np.float32)
-        got = int(run(it, (small * 16 / 255)[None, :, :, None])[0].argmax())
-        print(f"samples/digit_{label}.png -> {got} (int8)")
-        assert got == label
+        for name in ("digits_int8", "digits_slow_int8"):
+            got = int(run(its[name], (small * 16 / 255)[None, :, :, None])[0].argmax())
+            print(f"samples/digit_{label}.png -> {got} ({name})")
+            assert got == label
 
 
 def check_edgetpu(cls, out):
@@ -605,9 +709,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("models"))
     ap.add_argument("--check", action="store_true", help="only verify, without TensorFlow")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=BUILDS,
+        metavar="NAME",
+        help=f"build only this (repeatable; one of {', '.join(BUILDS)}), then check all",
+    )
     args = ap.parse_args()
     if not args.check:
-        build(args.out)
+        build(args.out, args.only)
     check(args.out, interpreter_class())
 
 

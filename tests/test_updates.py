@@ -20,7 +20,9 @@ from edge_agent.updates.manifest import UpdateManifest
 from tests.agent_helpers import config_text, wait_until
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
-from tests.update_helpers import Keys, digits_update
+from tests.update_helpers import MODELS, Keys, digits_update
+
+SLOW = MODELS / "digits_slow_int8.tflite"  # the same classifier, about 50x the compute
 
 BODY = """
 [sources.pattern]
@@ -40,14 +42,15 @@ reconnect_min_s = 0.1
 reconnect_max_s = 0.5
 keepalive_s = 5
 
-{keys}health_window_s = 0.5
+{keys}health_window_s = {window}
 max_model_bytes = 2000000
 """
 
 
-def start_agent(tmp_path: Path, port: int, keys: Keys) -> Agent:
+def start_agent(tmp_path: Path, port: int, keys: Keys, window: float = 0.5) -> Agent:
     path = tmp_path / "agent.toml"
-    path.write_text(config_text(tmp_path / "state", BODY.format(port=port, keys=keys.config())))
+    body = BODY.format(port=port, keys=keys.config(), window=window)
+    path.write_text(config_text(tmp_path / "state", body))
     agent = Agent(load_settings(path), config_path=path)
     agent.start()
     wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
@@ -151,6 +154,30 @@ def test_a_model_that_fails_its_golden_set_is_refused(
     assert reply["status"] == "error" and "golden set agreement" in reply["reason"], reply
     assert running_version(agent) == "1.0.0"
     assert agent.store.active("digits") is None
+
+
+def test_a_slower_model_is_rolled_back_by_the_health_watch(
+    tmp_path: Path, broker: Broker, operator: Operator, keys: Keys
+) -> None:
+    agent = start_agent(tmp_path, broker.port, keys, window=2.0)
+    try:
+        # The running model's p95 is the baseline: let it gather enough inferences.
+        wait_until(lambda: agent.workers["digits"].infer_times.count >= 30, what="a baseline")
+        manifest, folder = digits_update(tmp_path, keys, "2.0.0", model=SLOW)
+        with RangeHTTPServer(folder) as server:
+            reply = operator.call(
+                "update_model",
+                manifest=with_source(manifest, {"kind": "http", "url": server.url}),
+                timeout=60,
+            )
+        assert reply["status"] == "error", reply
+        assert "rolled back after activation: p95 infer" in reply["reason"], reply
+        assert running_version(agent) == "1.0.0"
+        assert agent.store.active("digits") is None
+        stages = [e["stage"] for e in operator.events("digits")]
+        assert stages[-2:] == ["activated", "rolled_back"], stages
+    finally:
+        agent.stop()
 
 
 def _tamper_file(folder: Path, manifest: UpdateManifest, how: str) -> None:

@@ -296,6 +296,9 @@ class UpdatesSettings(Section):
     max_latency_ratio: float = Field(
         1.5, gt=1, description="Rolled back if its p95 infer latency exceeds the old one by this."
     )
+    latency_slack_ms: float = Field(
+        0.2, ge=0, description="...and by more than this many milliseconds."
+    )
     max_error_rate: float = Field(
         0.05, ge=0, le=1, description="Rolled back if this share of its inferences fail."
     )

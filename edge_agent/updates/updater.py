@@ -272,13 +272,6 @@ class Updater:
             required_delegates=m.requires.delegates,
             running_path=agent.model_path(m.name),
         )
-        ratio = report.latency_ratio
-        if ratio is not None and ratio > self.settings.max_latency_ratio:
-            raise UpdateRefused(
-                f"staging: median invoke {report.latency_ms:.2f} ms is {ratio:.1f}x the running "
-                f"model's {report.baseline_ms:.2f} ms (updates.max_latency_ratio "
-                f"{self.settings.max_latency_ratio})"
-            )
         return report
 
     def _switch(
@@ -329,8 +322,11 @@ class Updater:
             return f"{errors} of {invokes + errors} inferences failed"
         p95 = worker.infer_times.percentiles().get("p95")
         base = watch.baseline_p95_ms
-        enough = worker.infer_times.count >= _MIN_SAMPLES
-        if p95 and base and enough and p95 > base * self.settings.max_latency_ratio:
+        if p95 is None or base is None or worker.infer_times.count < _MIN_SAMPLES:
+            return None
+        # Both a ratio and an absolute slack: a 10 µs model jitters by more than 1.5x.
+        slower = p95 > base * self.settings.max_latency_ratio
+        if slower and p95 - base > self.settings.latency_slack_ms:
             return (
                 f"p95 infer {p95:.2f} ms is {p95 / base:.1f}x the previous {base:.2f} ms "
                 f"(updates.max_latency_ratio {self.settings.max_latency_ratio})"
