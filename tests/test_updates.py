@@ -141,6 +141,23 @@ def test_an_update_over_mqtt_chunks_survives_a_cut_connection(
         agent.stop()
 
 
+def test_chunks_larger_than_the_broker_takes_are_refused_before_the_transfer(
+    tmp_path: Path, broker_factory: Any, keys: Keys
+) -> None:
+    small = broker_factory(max_packet_size=20_000)
+    agent = start_agent(tmp_path, small.port, keys)
+    try:
+        manifest, _ = digits_update(tmp_path, keys)
+        with Operator(small) as operator:
+            source = {"kind": "mqtt", "transfer": "t-2", "chunk_size": 65536}
+            reply = operator.call("update_model", manifest=with_source(manifest, source))
+        assert reply["status"] == "error", reply
+        assert "maximum packet size of 20000" in reply["reason"], reply
+        assert running_version(agent) == "1.0.0"
+    finally:
+        agent.stop()
+
+
 def test_a_model_that_fails_its_golden_set_is_refused(
     tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
 ) -> None:

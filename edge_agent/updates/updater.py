@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 1.0  # download progress events at most this often
 _MIN_SAMPLES = 20  # inferences needed before the running model's p95 counts as a baseline
+_CHUNK_HEADERS = 512  # room for the topic and MQTT headers around one chunk
 
 
 @dataclass
@@ -237,6 +238,12 @@ class Updater:
         link = self.agent.link
         if link is None:
             raise UpdateRefused("an MQTT transfer needs [mqtt] enabled")
+        limit = link.max_packet_size
+        if limit and source.chunk_size + _CHUNK_HEADERS > limit:
+            raise UpdateRefused(
+                f"source.chunk_size {source.chunk_size} does not fit the broker's maximum "
+                f"packet size of {limit} bytes: push with smaller chunks"
+            )
         pull = ChunkPull(
             self.publish,
             request_topic(link.settings.topic_prefix, link.device, source.transfer),
