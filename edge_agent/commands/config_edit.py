@@ -3,7 +3,6 @@ written atomically with the previous file kept beside it (`agent.toml.prev`)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -19,6 +18,7 @@ else:
 
 from edge_agent.commands.handlers import CommandError
 from edge_agent.config.load import ConfigError, load_settings
+from edge_agent.durable import fsync_dir, fsync_path, write_synced
 
 # Keys a remote change may not touch unless commands.allow_remote_security_changes: who is
 # trusted, how the device proves itself, and where it connects.
@@ -56,7 +56,7 @@ def write_changes(path: Path, changes: dict[str, Any], *, allow_security: bool) 
     merged = _merge(current, changes)
     candidate = path.with_name(f".{path.name}.new")
     try:
-        _write_synced(candidate, tomli_w.dumps(merged).encode())
+        write_synced(candidate, tomli_w.dumps(merged).encode())
     except (TypeError, ValueError) as exc:
         raise CommandError(f"changes cannot be written as TOML: {exc}") from exc
     try:
@@ -67,10 +67,10 @@ def write_changes(path: Path, changes: dict[str, Any], *, allow_security: bool) 
     previous = path.with_name(path.name + ".prev")
     kept = path.with_name(f".{path.name}.prev.new")
     shutil.copyfile(path, kept)
-    _fsync(kept)
+    fsync_path(kept)
     os.replace(kept, previous)
     os.replace(candidate, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return previous
 
 
@@ -99,23 +99,3 @@ def _dotted(changes: dict[str, Any], prefix: str = "") -> list[str]:
 
 def _is_security(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in SECURITY_KEYS)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be synced
-        _fsync(folder)

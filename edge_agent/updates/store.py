@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from edge_agent.durable import fsync_path, write_synced
 from edge_agent.errors import UserError
 from edge_agent.updates.manifest import (
     NAME_PATTERN,
@@ -149,16 +150,16 @@ class ModelStore:
                     dest = temp / ref.path
                     shutil.move(str(files[role]), dest)
                     verify_file(dest, ref, role)
-                    _fsync(dest)
-                _write_synced(temp / UPDATE_FILE, manifest.to_json())
-                _fsync(temp)
+                    fsync_path(dest)
+                write_synced(temp / UPDATE_FILE, manifest.to_json())
+                fsync_path(temp)
                 # The version appears whole or not at all.
                 temp.rename(target)
             except BaseException:
                 shutil.rmtree(temp, ignore_errors=True)
                 raise
             self._stamp_install_order(name, target)
-            _fsync(folder)
+            fsync_path(folder)
             return target
 
     def activate(self, name: str, version: str) -> ActiveRecord:
@@ -202,7 +203,7 @@ class ModelStore:
             previous = current.previous if current else None
             if previous is None or not self._installed(name, previous):
                 path.unlink()
-                _fsync(path.parent)
+                fsync_path(path.parent)
                 return None
             record = ActiveRecord(previous, None, "committed", time.time())
             self._write_active(name, record)
@@ -225,7 +226,7 @@ class ModelStore:
                 folder.rename(doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
             if removed:
-                _fsync(self._name_dir(name))
+                fsync_path(self._name_dir(name))
             return removed
 
     def list(self) -> dict[str, dict[str, Any]]:
@@ -266,9 +267,9 @@ class ModelStore:
         # Only lock holders write, so one fixed temp name will do; a stray one is cleaned.
         folder = self._name_dir(name)
         temp = folder / f"{ACTIVE_FILE}.tmp"
-        _write_synced(temp, json.dumps(asdict(record)).encode())
+        write_synced(temp, json.dumps(asdict(record)).encode())
         os.replace(temp, folder / ACTIVE_FILE)
-        _fsync(folder)
+        fsync_path(folder)
 
     def _stamp_install_order(self, name: str, target: Path) -> None:
         # Directory times can tie within a clock tick; make each install strictly newest.
@@ -311,19 +312,3 @@ def _check_version(version: str) -> str:
             f"version {version!r}: not a valid version (letters, digits, '_', '.', '+', '-')"
         )
     return version
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries (so a rename survives a power cut)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
