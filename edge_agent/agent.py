@@ -370,6 +370,23 @@ class Agent:
             "last_error": self.last_error,
         }
 
+    def health(self, stuck_after_s: float) -> list[str]:
+        """What is wrong enough that systemd should restart the agent: an inference that
+        has not returned, or a thread that died. Empty when healthy."""
+        problems = []
+        for name, worker in self.workers.items():
+            stuck = worker.stuck_for()
+            if stuck > stuck_after_s:
+                problems.append(f"model {name}: an inference has not returned for {stuck:.0f} s")
+            if not worker.alive:
+                problems.append(f"model {name}: an inference thread died")
+        for name, hub in self.hubs.items():
+            if hub.runner.dead:
+                problems.append(f"source {name}: its thread died")
+        if not self.writer.alive:
+            problems.append("outbox writer thread died")
+        return problems
+
     def status_line(self) -> str:
         parts = []
         for name, pipeline in self.pipelines.items():

@@ -1,5 +1,7 @@
 """Service glue: the main thread's loop. Signals, file watches and the status line all
-arrive here as events; reloads happen here, one at a time."""
+arrive here as events; reloads happen here, one at a time. Under systemd it tells the
+service manager where it stands (sd_notify) and pings the watchdog only while the agent
+is healthy, so a stuck inference or a dead thread gets the service restarted."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from types import FrameType
 
 from edge_agent.agent import Agent
 from edge_agent.config.load import ConfigError, load_settings
+from edge_agent.systemd import Notifier
 from edge_agent.telemetry import Telemetry
 from edge_agent.watch import DirectoryWatcher
 
@@ -22,12 +25,19 @@ log = logging.getLogger(__name__)
 _SETTLE_S = 0.3
 # Expired and long-delivered outbox rows are removed this often.
 _HOUSEKEEPING_S = 60.0
+# systemd's STATUS= line is refreshed at least this often.
+_NOTIFY_STATUS_S = 5.0
+_JOURNAL_STATUS_S = 60.0
 
 
 class Service:
-    def __init__(self, agent: Agent, config_path: Path | None) -> None:
+    def __init__(
+        self, agent: Agent, config_path: Path | None, notifier: Notifier | None = None
+    ) -> None:
         self.agent = agent
         self.config_path = config_path.resolve() if config_path else None
+        self.notifier = notifier or Notifier()
+        self._unhealthy: list[str] = []
         self.events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self._watchers: list[DirectoryWatcher] = []
@@ -41,11 +51,14 @@ class Service:
             self.agent.start()
             self._watch()
             log.info("running %d pipeline(s)", len(self.agent.pipelines))
+            self.notifier.ready(self._status_text())
             self._loop()
         finally:
+            self.notifier.stopping()
             for watcher in self._watchers:
                 watcher.close()
             self.agent.stop()
+            self.notifier.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
@@ -57,18 +70,29 @@ class Service:
             self.events.put(("stop", signal.Signals(signum).name))
 
     def _loop(self) -> None:
-        status_every = self.agent.settings.logging.status_interval_s
-        telemetry_every = self.agent.settings.telemetry.interval_s
-        tick = min(x for x in (status_every, telemetry_every, _HOUSEKEEPING_S) if x)
+        settings = self.agent.settings
+        status_every = settings.logging.status_interval_s
+        if status_every and self.notifier.enabled:
+            # Under systemd, STATUS= carries it: the journal gets it once a minute at most.
+            status_every = max(status_every, _JOURNAL_STATUS_S)
+        telemetry_every = settings.telemetry.interval_s
+        watchdog_every = self.notifier.watchdog_s
+        periods = (status_every, telemetry_every, _HOUSEKEEPING_S, watchdog_every)
+        tick = min(x for x in periods if x)
+        if self.notifier.enabled:
+            tick = min(tick, _NOTIFY_STATUS_S)
         telemetry = Telemetry(self.agent)
         now = time.monotonic()
         next_housekeeping, next_telemetry = now + _HOUSEKEEPING_S, now + telemetry_every
+        next_status = now + status_every if status_every else float("inf")
+        self._ping()
         while True:
             try:
                 kind, detail = self.events.get(timeout=tick)
             except queue.Empty:
                 now = time.monotonic()
-                if status_every:
+                if now >= next_status:
+                    next_status = now + status_every
                     log.info("%s", self.agent.status_line())
                 if now >= next_telemetry:
                     next_telemetry = now + self.agent.settings.telemetry.interval_s
@@ -76,6 +100,7 @@ class Service:
                 if now >= next_housekeeping:
                     next_housekeeping = now + _HOUSEKEEPING_S
                     self.agent.outbox.expire()
+                self._ping()
                 continue
             if kind == "stop":
                 log.info("stopping (%s)", detail)
@@ -90,6 +115,26 @@ class Service:
             for name in sorted({d for k, d in pending if k == "model"}):
                 if name in self.agent.workers:
                     self.agent.reload_model_file(name)
+            self._ping()
+
+    def _ping(self) -> None:
+        """WATCHDOG=1 and a fresh STATUS=, only while the agent is healthy."""
+        problems = self.agent.health(self.agent.settings.service.stuck_after_s)
+        if problems:
+            if problems != self._unhealthy:
+                log.error("unhealthy, watchdog pings stopped: %s", "; ".join(problems))
+            self._unhealthy = problems
+            self.notifier.status("unhealthy: " + "; ".join(problems))
+            return
+        if self._unhealthy:
+            log.info("healthy again, watchdog pings resumed")
+            self._unhealthy = []
+        self.notifier.send(WATCHDOG=1, STATUS=self._status_text())
+
+    def _status_text(self) -> str:
+        problem = self.agent.last_error
+        line = self.agent.status_line()
+        return f"{line} | last problem: {problem}" if problem else line
 
     def _settle(self) -> set[tuple[str, str]]:
         more = set()
@@ -102,18 +147,21 @@ class Service:
     def reload(self, reason: str) -> None:
         if self.config_path is None:
             return
+        self.notifier.reloading()
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
             self.agent.report(
                 f"config not reloaded ({reason}), old settings kept: {'; '.join(exc.problems)}"
             )
+            self.notifier.ready(self._status_text())
             return
         changes = self.agent.reload(new)
         logging.getLogger().setLevel(new.logging.level.upper())
         log.info("reloaded (%s): %s", reason, ", ".join(changes) or "nothing changed")
         self.agent.last_error = ""
         self._rewatch()
+        self.notifier.ready(self._status_text())
 
     # File watches --------------------------------------------------------------------
 

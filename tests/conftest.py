@@ -4,6 +4,7 @@ environment), the shipped models, and the CLI run as a real process."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,13 @@ def keys(tmp_path: Path) -> Keys:
     from tests.update_helpers import Keys
 
     return Keys(tmp_path / "keys")
+
+
+@pytest.fixture(scope="session")
+def fake_delegate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    assert gcc, "a C compiler is needed to build the test delegate"
+    out = tmp_path_factory.mktemp("delegate") / "libfake_delegate.so"
+    source = ROOT / "tests" / "fixtures" / "fake_delegate.c"
+    subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(source)], check=True)
+    return out

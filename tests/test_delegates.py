@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes.util
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +18,11 @@ from edge_agent.runtime.delegates import CpuConfig, EdgeTpuConfig
 from edge_agent.runtime.delegates.external import ExternalConfig
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
-from tests.conftest import MODELS, ROOT, raw_interpreter, run_cli
+from tests.conftest import MODELS, raw_interpreter, run_cli
 
 pytestmark = pytest.mark.runtime
 
 DIGITS = MODELS / "digits_int8.tflite"
-
-
-@pytest.fixture(scope="session")
-def fake_delegate(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    assert gcc, "a C compiler is needed to build the test delegate"
-    out = tmp_path_factory.mktemp("delegate") / "libfake_delegate.so"
-    source = ROOT / "tests" / "fixtures" / "fake_delegate.c"
-    subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(source)], check=True)
-    return out
 
 
 def fake(library: Path, mode: str) -> ExternalConfig:

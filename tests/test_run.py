@@ -113,7 +113,7 @@ def test_runs_reloads_on_edit_and_sighup_keeps_running_on_a_bad_edit_and_stops_c
     assert agent.saw("stopping (SIGTERM)")
 
 
-def test_invalid_config_at_start_exits_2_with_each_problem(tmp_path: Path) -> None:
+def test_invalid_config_at_start_exits_78_with_each_problem(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(
         config_text(tmp_path, BODY.format(fps=0, threshold=2, results=tmp_path / "r.jsonl"))
@@ -124,7 +124,8 @@ def test_invalid_config_at_start_exits_2_with_each_problem(tmp_path: Path) -> No
         text=True,
         timeout=30,
     )
-    assert proc.returncode == 2
+    # EX_CONFIG: the unit's RestartPreventExitStatus= keeps systemd from looping on it.
+    assert proc.returncode == 78
     lines = proc.stderr.splitlines()
     assert len(lines) == 2, proc.stderr
     assert "sources.pattern.synthetic.fps" in proc.stderr

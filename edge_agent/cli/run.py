@@ -19,15 +19,36 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+# EX_CONFIG: a config or credential problem that a restart cannot fix. The unit names it
+# in RestartPreventExitStatus=, so systemd does not restart into the same error.
+EXIT_CONFIG = 78
+
+
 def run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
-    from edge_agent.config.load import default_config_path, load_settings
+    from edge_agent.config.load import ConfigError, default_config_path, load_settings
+    from edge_agent.errors import UserError
+    from edge_agent.logs import setup_logging
     from edge_agent.service import Service
+    from edge_agent.systemd import Notifier
 
+    setup_logging("auto", "debug" if args.debug else "info")
+    log = logging.getLogger("edge_agent")
+    notifier = Notifier()
     path = default_config_path(args.config)
-    settings = load_settings(path)
-    if not args.debug:
-        logging.getLogger().setLevel(settings.logging.level.upper())
-    logging.getLogger(__name__).info("config %s, device %s", path, settings.device.id)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("cannot start: %s", problem)
+        notifier.send(STATUS=f"cannot start: {exc.problems[0]}", ERRNO=EXIT_CONFIG)
+        return EXIT_CONFIG
+    setup_logging(settings.logging.format, "debug" if args.debug else settings.logging.level)
+    log.info("config %s, device %s", path, settings.device.id)
     agent = Agent(settings, config_path=path)
-    return Service(agent, path).run()
+    try:
+        return Service(agent, path, notifier).run()
+    except UserError as exc:  # a model that cannot load, a state dir that cannot be written
+        log.error("cannot start: %s", exc)
+        notifier.send(STATUS=f"cannot start: {exc}", ERRNO=EXIT_CONFIG)
+        return EXIT_CONFIG

@@ -159,6 +159,15 @@ class LoggingSettings(Section):
     )
 
 
+class ServiceSettings(Section):
+    stuck_after_s: float = Field(
+        20.0,
+        gt=0,
+        description="An inference running longer than this stops the systemd watchdog pings "
+        "(set WatchdogSec= in the unit above it): the service is restarted.",
+    )
+
+
 class ClassPolicy(Section):
     when_full: Literal["reject_new", "drop_oldest"] = Field(
         description="What gives when the outbox is full: new messages refused (counted and "
@@ -347,6 +356,9 @@ class AgentSettings(BaseSettings):
         default_factory=CommandsSettings, description="Fleet commands."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    service: ServiceSettings = Field(
+        default_factory=ServiceSettings, description="Running under systemd."
+    )
 
     @model_validator(mode="after")
     def _references_exist(self) -> AgentSettings:

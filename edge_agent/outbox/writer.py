@@ -50,6 +50,10 @@ class OutboxWriter:
     def put_message(self, topic: str, payload: bytes, cls: MessageClass, message_id: str) -> None:
         self._queue.put(Message(message_id, topic, payload, 1, cls, time.time()))
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def flush(self, timeout: float = 5.0) -> bool:
         """True once everything put before this call is committed (or refused)."""
         done = threading.Event()

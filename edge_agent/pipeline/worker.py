@@ -35,6 +35,9 @@ class InferenceWorker:
         # Invoke times of the model now in use (reset by a swap): the update health watch
         # compares a new model's p95 with the old one's.
         self.infer_times = Window(512)
+        # When each replica's current batch began (None: idle): the watchdog's health check
+        # finds an inference that never returns.
+        self.busy_since: list[float | None] = [None] * len(replicas)
         self._pipelines: dict[str, Pipeline] = {}
         self._pending: list[LoadedModel] | None = None
         self._parked = 0
@@ -88,6 +91,15 @@ class InferenceWorker:
         job.queued_at = time.perf_counter()
         return self.queue.put(job, capacity)
 
+    def stuck_for(self) -> float:
+        """Seconds the longest-running batch has been in the interpreter (0: none)."""
+        now = time.monotonic()
+        return max((now - t for t in self.busy_since if t is not None), default=0.0)
+
+    @property
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads) or self.queue.closed
+
     def stop(self, timeout: float = 5.0) -> None:
         """Finishes what is queued, then ends the threads."""
         self.queue.close()
@@ -107,6 +119,7 @@ class InferenceWorker:
                 if self.queue.closed:
                     return
                 continue
+            self.busy_since[replica] = time.monotonic()
             try:
                 self._process(jobs, self.replicas[replica])
             except Exception:  # one bad batch must not end the thread
@@ -114,6 +127,8 @@ class InferenceWorker:
                 log.exception("model %s: inference failed on a batch of %d", self.name, len(jobs))
                 for job in jobs:
                     job.pipeline.stats.count("errors")
+            finally:
+                self.busy_since[replica] = None
 
     def _park_for_swap(self) -> None:
         """Every replica stops here; the last to arrive swaps, then all go on."""

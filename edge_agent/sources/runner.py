@@ -74,6 +74,18 @@ class SourceRunner:
     def frames(self) -> int:
         return self._frames
 
+    @property
+    def dead(self) -> bool:
+        """The thread ended while the source should still be read: a bug, not a state."""
+        thread = self._thread
+        finished = (SourceState.ENDED, SourceState.STOPPED, SourceState.FAILED)
+        return (
+            thread is not None
+            and not thread.is_alive()
+            and not self._stop.is_set()
+            and self._state not in finished
+        )
+
     def snapshot(self) -> dict[str, Any]:
         counters = dict(self.source.counters)
         if self._capped:
