@@ -4,6 +4,7 @@ OpenCV cannot open."""
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from edge_agent.sources.camera import (
     NO_GSTREAMER,
     CameraConfig,
     CameraSource,
+    device_access_problem,
     device_kind,
     gstreamer_available,
 )
@@ -159,3 +161,29 @@ def test_mjpeg_stream_cut_and_restored(tmp_path: Path) -> None:
         runner.stop()
         server.stop()
     assert runner.reconnects >= 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to user nobody, which needs root")
+def test_a_device_the_sandbox_refuses_is_named_with_the_fix(tmp_path: Path) -> None:
+    """Root bypasses file modes, so a forked child drops to user nobody first; opening the
+    node then really fails, and the message names DeviceAllow= and the video group rather
+    than OpenCV's bare "could not be opened"."""
+    node = tmp_path / "video0"
+    node.write_bytes(b"")
+    node.chmod(0o600)
+    tmp_path.chmod(0o755)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, the code is already loaded
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, str(device_access_problem(str(node))).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        message = pipe.read()
+    assert "Permission denied" in message and "DeviceAllow=" in message, message
+    assert "SupplementaryGroups=video" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 import threading
@@ -84,6 +85,24 @@ def device_kind(device: int | str) -> Literal["index", "v4l2", "url", "gstreamer
     return "file"
 
 
+def device_access_problem(node: str) -> str | None:
+    """Why the device node cannot be opened, said so an operator can fix it; None if it can.
+    OpenCV only says "could not be opened", and under systemd the cause is usually the
+    unit's device sandbox or the service user's groups."""
+    try:
+        fd = os.open(node, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except PermissionError as exc:
+        return (
+            f"{node}: {exc.strerror}. Under systemd the unit must allow it "
+            "(DeviceAllow=char-video4linux rw, or the node's own path) and the service user "
+            "needs its group (SupplementaryGroups=video)"
+        )
+    except OSError:
+        return None  # busy, gone, ...: OpenCV's attempt says the rest
+    os.close(fd)
+    return None
+
+
 class CameraSource(Source):
     def __init__(self, name: str, config: CameraConfig, state_dir: Path) -> None:
         super().__init__(name, config, state_dir)
@@ -117,6 +136,9 @@ class CameraSource(Source):
             node = f"/dev/video{device}" if kind == "index" else str(device)
             if sys.platform == "linux" and not Path(node).exists():
                 raise SourceError(f"camera {device}: {node} does not exist")
+            problem = device_access_problem(node)
+            if problem:
+                raise SourceError(f"camera {device}: {problem}")
             api = cv2.CAP_V4L2 if sys.platform == "linux" else cv2.CAP_ANY
             cap = cv2.VideoCapture(device, api)
         elif kind == "url":
