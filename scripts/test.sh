@@ -8,6 +8,7 @@ scripts/setup.sh main
 .venv/bin/ruff check edge_agent tests scripts
 .venv/bin/ruff format --check edge_agent tests scripts
 .venv/bin/mypy edge_agent
+scripts/check_unit.sh  # the systemd unit: systemd-analyze verify + security score
 .venv/bin/python -m pytest -q "$@"
 
 if python3 -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then

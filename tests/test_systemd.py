@@ -150,13 +150,24 @@ def test_watchdog_pings_stop_when_an_inference_hangs(
         proc.wait(10)
 
 
-def test_a_missing_credential_at_start_exits_78_with_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "not found"),  # no file at all
+        ("\n", "not provisioned"),  # the unit's SetCredential= fallback: one newline
+    ],
+)
+def test_a_missing_or_empty_credential_exits_78_with_one_clear_line(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
     body = BODY.format(delegates="") + (
         '\n[mqtt]\nenabled = true\nusername = "cam"\npassword_file = "credential:mqtt-password"\n'
     )
     config = tmp_path / "agent.toml"
     config.write_text(config_text(tmp_path / "state", body))
     (tmp_path / "creds").mkdir()
+    if content is not None:
+        (tmp_path / "creds" / "mqtt-password").write_text(content)
     env = {**os.environ, "CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}
     proc = subprocess.run(
         [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
@@ -168,4 +179,4 @@ def test_a_missing_credential_at_start_exits_78_with_one_clear_line(tmp_path: Pa
     )
     assert proc.returncode == 78  # RestartPreventExitStatus=78 in the unit: no restart loop
     [line] = proc.stderr.splitlines()
-    assert "mqtt-password" in line and "not found" in line
+    assert "mqtt-password" in line and says in line

@@ -35,6 +35,10 @@ def read_secret(spec: str) -> str:
     """The secret's text, without the trailing newline editors add."""
     path = secret_path(spec)
     try:
-        return path.read_text().rstrip("\r\n")
+        text = path.read_text().rstrip("\r\n")
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    if not text:
+        # The unit's SetCredential= fallback when the file was never put in place.
+        raise ValueError(f"{spec}: empty (not provisioned: {path} has no secret in it)")
+    return text
