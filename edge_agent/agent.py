@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,10 @@ class SourceHub:
 
     def _dispatch(self, frame: Frame) -> None:
         self.last_frame = frame
-        for pipeline in self.pipelines:
+        pipelines = self.pipelines
+        if frame.on_durable is not None and len(pipelines) > 1:
+            frame.on_durable = _countdown(len(pipelines), frame.on_durable)
+        for pipeline in pipelines:
             pipeline.on_frame(frame)
 
 
@@ -408,6 +412,21 @@ class Agent:
             parts.append(f"mqtt {link['state']}{problem}")
         parts.append(f"outbox {self.outbox.stats()['pending']} pending")
         return " | ".join(parts) or "no pipeline running"
+
+
+def _countdown(count: int, then: Callable[[], None]) -> Callable[[], None]:
+    """Calls `then` on the count-th call: once every pipeline's result is durable."""
+    left = [count]
+    lock = threading.Lock()
+
+    def one_done() -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            then()
+
+    return one_done
 
 
 def outbox_path(settings: AgentSettings) -> Path:

@@ -7,6 +7,7 @@ import logging
 import queue
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -17,8 +18,13 @@ log = logging.getLogger(__name__)
 _BATCH = 256  # lines written per flush at most
 
 
+OnDurable = Callable[[], None]
+
+
 class ResultSink(Protocol):
-    def put(self, payload: ResultPayload) -> None: ...
+    def put(self, payload: ResultPayload, on_durable: OnDurable | None = None) -> None:
+        """Takes the result; `on_durable` is called once it survives a crash (a sink that
+        keeps nothing durable never calls it)."""
 
     def close(self, timeout: float = 5.0) -> None: ...
 
@@ -39,8 +45,8 @@ class JsonlSink:
         self._thread = threading.Thread(target=self._run, name="sink-jsonl", daemon=True)
         self._thread.start()
 
-    def put(self, payload: ResultPayload) -> None:
-        self._queue.put(payload)
+    def put(self, payload: ResultPayload, on_durable: OnDurable | None = None) -> None:
+        self._queue.put(payload)  # a copy for people: it never vouches for durability
 
     def close(self, timeout: float = 5.0) -> None:
         self._queue.put(None)
@@ -82,8 +88,10 @@ class FanOutSink:
     def __init__(self, sinks: list[ResultSink]) -> None:
         self.sinks = sinks
 
-    def put(self, payload: ResultPayload) -> None:
-        for sink in self.sinks:
+    def put(self, payload: ResultPayload, on_durable: OnDurable | None = None) -> None:
+        first, *copies = self.sinks
+        first.put(payload, on_durable)  # the outbox says when it is durable
+        for sink in copies:
             sink.put(payload)
 
     def close(self, timeout: float = 5.0) -> None:

@@ -82,7 +82,7 @@ class TimedSink(ResultSink):
     def __init__(self) -> None:
         self.arrivals: list[float] = []
 
-    def put(self, payload: ResultPayload) -> None:
+    def put(self, payload: ResultPayload, on_durable: object = None) -> None:
         self.arrivals.append(time.monotonic())
 
     def close(self, timeout: float = 5.0) -> None:

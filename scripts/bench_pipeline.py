@@ -130,7 +130,7 @@ class CountingSink:
         self.last = 0.0
         self.done = threading.Event()
 
-    def put(self, payload: Any) -> None:
+    def put(self, payload: Any, on_durable: Any = None) -> None:
         now = time.perf_counter()
         if self.count == 0:
             self.first = now

@@ -18,9 +18,11 @@ class ListSink:
         self.closed = False
         self._lock = threading.Lock()
 
-    def put(self, payload: ResultPayload) -> None:
+    def put(self, payload: ResultPayload, on_durable: Callable[[], None] | None = None) -> None:
         with self._lock:
             self.results.append(payload)
+        if on_durable is not None:
+            on_durable()  # kept in memory is as durable as a test needs
 
     def close(self, timeout: float = 5.0) -> None:
         self.closed = True

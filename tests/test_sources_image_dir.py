@@ -11,7 +11,7 @@ import cv2
 import pytest
 
 from edge_agent.sources import create_source
-from edge_agent.sources.base import SourceState
+from edge_agent.sources.base import Frame, SourceState
 from edge_agent.sources.image_dir import ImageDirConfig, ImageDirSource
 from tests.sources_helpers import Collector, numbered_image, start_runner
 
@@ -91,7 +91,8 @@ def test_restart_remembers(folders: tuple[Path, Path]) -> None:
     folder, state = folders
     put_image(folder, "one.jpg", age=5)
     put_image(folder, "two.jpg", age=5)
-    first = Collector()
+    # Each frame's results are stored (the outbox writer would call this on commit).
+    first = Collector(on_frame=lambda frame: frame.on_durable and frame.on_durable())
     runner = start_runner(image_dir(folder, state), first)
     assert first.wait_frames(2)
     runner.stop()
@@ -100,13 +101,38 @@ def test_restart_remembers(folders: tuple[Path, Path]) -> None:
 
     (folder / "one.jpg").unlink()  # forgotten at the next compaction
     put_image(folder, "three.jpg", age=5)
-    second = Collector()
+    second = Collector(on_frame=lambda frame: frame.on_durable and frame.on_durable())
     runner = start_runner(image_dir(folder, state), second)
     assert second.wait_frames(1)
     time.sleep(0.3)
     runner.stop()
     assert names(second) == ["three.jpg"]
     assert journal.read_text().splitlines() == ['"two.jpg"', '"three.jpg"']
+
+
+def test_a_file_whose_result_was_never_stored_is_taken_again(
+    folders: tuple[Path, Path],
+) -> None:
+    """At least once: a file is journaled only when its results are durable, so one read
+    just before a crash is read again at the next start, never skipped."""
+    folder, state = folders
+    put_image(folder, "stored.jpg", age=5)
+    put_image(folder, "in-flight.jpg", age=5)
+
+    def store_only_the_first(frame: Frame) -> None:
+        if frame.meta["file"].endswith("stored.jpg") and frame.on_durable:
+            frame.on_durable()
+
+    first = Collector(on_frame=store_only_the_first)
+    runner = start_runner(image_dir(folder, state), first)
+    assert first.wait_frames(2)
+    runner.stop()
+    second = Collector()
+    runner = start_runner(image_dir(folder, state), second)
+    assert second.wait_frames(1)
+    time.sleep(0.3)
+    runner.stop()
+    assert names(second) == ["in-flight.jpg"]
 
 
 def test_undecodable_file_is_set_aside_and_counted(folders: tuple[Path, Path]) -> None:

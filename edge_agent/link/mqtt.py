@@ -189,12 +189,7 @@ class MqttLink:
         self.state = "online"
         self.last_error = ""
         log.info("mqtt: connected to %s:%s", self.settings.host, self.settings.port)
-        sock = client.socket()
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # Small messages (PUBACKs, chunk requests) otherwise wait out Nagle's delay
-            # against the peer's delayed ACK: about 40 ms a round trip.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_nagle(client)
         if self.subscriptions:
             client.subscribe([(topic, 1) for topic in self.subscriptions])
         self.publish_status()
@@ -240,3 +235,13 @@ class MqttLink:
             "seconds_offline": round(offline, 1),
             "last_error": self.last_error,
         }
+
+
+def no_nagle(client: mqtt.Client) -> None:
+    """TCP_NODELAY on the client's socket: small messages (PUBACKs, commands, chunk
+    requests) otherwise wait out Nagle's delay against the peer's delayed ACK, about 40 ms
+    a round trip."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

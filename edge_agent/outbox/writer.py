@@ -20,9 +20,9 @@ _MAX_BATCH = 2000
 _RETRY_S = 1.0
 _MAX_WAITING = 50_000  # messages held in memory while the disk is full
 
-# Queue items: a message to store, an Event to set once all before it are committed, or
-# None to stop.
-_Item = Message | threading.Event | None
+# Queue items: a message to store (with what to call once it is committed), an Event to set
+# once all before it are committed, or None to stop.
+_Item = Message | tuple[Message, Callable[[], None]] | threading.Event | None
 
 
 class OutboxWriter:
@@ -39,13 +39,15 @@ class OutboxWriter:
         self._flushes: list[threading.Event] = []  # set once the disk takes writes again
         self._interval = outbox.settings.commit_interval_ms / 1000
         self.on_commit: Callable[[], None] = lambda: None  # the sender's wake-up
+        self._on_durable: dict[str, Callable[[], None]] = {}  # message id -> callback
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
-    def put(self, payload: ResultPayload) -> None:
+    def put(self, payload: ResultPayload, on_durable: Callable[[], None] | None = None) -> None:
         topic = f"{self.topic_prefix}/{self.device}/results/{payload.pipeline}"
         body = payload.model_dump_json(by_alias=True).encode()
-        self.put_message(topic, body, "result", payload.id)
+        message = Message(payload.id, topic, body, 1, "result", time.time())
+        self._queue.put(message if on_durable is None else (message, on_durable))
 
     def put_message(self, topic: str, payload: bytes, cls: MessageClass, message_id: str) -> None:
         self._queue.put(Message(message_id, topic, payload, 1, cls, time.time()))
@@ -94,6 +96,9 @@ class OutboxWriter:
                 stop = True
             elif isinstance(item, threading.Event):
                 flushed.append(item)
+            elif isinstance(item, tuple):
+                batch.append(item[0])
+                self._on_durable[item[0].id] = item[1]
             else:
                 batch.append(item)
             if len(batch) >= _MAX_BATCH:
@@ -129,11 +134,27 @@ class OutboxWriter:
         self.on_commit()
         if refused:
             log.warning("outbox full: %d message(s) refused", len(refused))
+        if self._on_durable:
+            self._confirm(batch, {m.id for m in refused})
+
+    def _confirm(self, batch: list[Message], refused: set[str]) -> None:
+        """Tells the source that a result is stored (an image folder journals the file
+        only now). A refused one is not confirmed: its input is taken again after a
+        restart."""
+        for m in batch:
+            callback = self._on_durable.pop(m.id, None)
+            if callback is None or m.id in refused:
+                continue
+            try:
+                callback()
+            except Exception:  # the writer must keep committing
+                log.exception("outbox: a commit callback failed")
 
     def _bounded(self, batch: list[Message]) -> list[Message]:
         if len(batch) <= _MAX_WAITING:
             return batch
         for m in batch[:-_MAX_WAITING]:
+            self._on_durable.pop(m.id, None)
             key = f"{m.cls}:disk_full"
             self.outbox.drops[key] = self.outbox.drops.get(key, 0) + 1
         return batch[-_MAX_WAITING:]

@@ -146,7 +146,7 @@ class Pipeline:
             latency_ms={k: round(v * 1000, 3) for k, v in job.timings.items()},
             result=result,
         )
-        self.sink.put(payload)
+        self.sink.put(payload, frame.on_durable)
         self.last_result = payload
         job.timings["handoff"] = time.perf_counter() - started
         read_started = _perf_from_monotonic(frame.captured, started) - frame.read_s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ class Frame:
     index: int  # per-source count, from 0 at each start
     meta: dict[str, Any] = field(default_factory=dict)
     read_s: float = 0.0  # time spent reading it: the capture stage (set by the runner)
+    # Called once a result of it is durable in every pipeline that read it; a source that
+    # must not lose inputs (an image folder) forgets the input only then.
+    on_durable: Callable[[], None] | None = None
 
     @property
     def is_image(self) -> bool:

@@ -1,11 +1,13 @@
 """Image files dropped into a directory, each processed once: the backlog in name order at
-start, then new files as they are completed. What was taken is journaled under the state
-directory, so a restart does not take it again; files that do not decode are moved aside."""
+start, then new files as they are completed. A file is journaled under the state directory
+once its results are durable in the outbox, so a restart takes again only what had no
+stored result yet (at least once, never lost); files that do not decode are moved aside."""
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -61,7 +63,9 @@ class ImageDirSource(Source):
         self._watcher: DirectoryWatcher | None = None
         self._journal: IO[str] | None = None
         self._journal_lines = 0
-        self._processed: set[str] = set()
+        self._processed: set[str] = set()  # taken in this run, or journaled before
+        self._journaled: set[str] = set()  # results durable: these survive a restart
+        self._journal_lock = threading.Lock()  # confirmations come from the outbox writer
         self._queue: deque[str] = deque()
         self._queued: set[str] = set()
         self._young: set[str] = set()  # backlog files that may still be being written
@@ -118,15 +122,18 @@ class ImageDirSource(Source):
             for name in changes.removed:
                 self._young.discard(name)
                 self._processed.discard(name)  # a new file of that name is new
+                with self._journal_lock:
+                    self._journaled.discard(name)
             for name in sorted(changes.settled | self._linked(changes.names - changes.settled)):
                 self._young.discard(name)
                 self._enqueue(name)
             self._ripen()
             if not changes and not self.cfg.path.is_dir():
                 raise SourceError(f"{self.cfg.path}: the directory is gone")
-            if self._journal_lines > 2 * len(self._processed) + 1024:
+            if self._journal_lines > 2 * len(self._journaled) + 1024:
                 try:
-                    self._compact(self._processed)
+                    with self._journal_lock:
+                        self._compact(set(self._journaled))
                 except OSError as err:
                     raise SourceError(f"{self.journal_path}: {err.strerror or err}") from err
 
@@ -134,9 +141,10 @@ class ImageDirSource(Source):
         if self._watcher is not None:
             self._watcher.close()
             self._watcher = None
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        with self._journal_lock:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
         self._interrupted.clear()
 
     def interrupt(self) -> None:
@@ -194,8 +202,9 @@ class ImageDirSource(Source):
         if image is None:
             self._reject(name, "does not decode as an image")
             return None
-        self._remember(name)
+        self._processed.add(name)  # not taken again in this run
         frame = Frame(image, time.monotonic(), time.time(), self._index, {"file": str(path)})
+        frame.on_durable = functools.partial(self._confirm, name)
         self._index += 1
         return frame
 
@@ -215,7 +224,8 @@ class ImageDirSource(Source):
                 why,
                 err,
             )
-            self._remember(name)  # so it is not tried again
+            self._processed.add(name)
+            self._confirm(name)  # so it is not tried again
             return
         log.warning("source %s: %s %s; moved to %s", self.name, self.cfg.path / name, why, target)
 
@@ -241,23 +251,33 @@ class ImageDirSource(Source):
                 names.add(name)
         torn = torn or (bool(text) and not text.endswith("\n"))
         self._processed = names & present
+        self._journaled = set(self._processed)
         if torn or len(self._processed) < lines:
             self._compact(self._processed)
         else:
             self._journal_lines = lines
             self._journal = self.journal_path.open("a", encoding="utf-8")
 
-    def _remember(self, name: str) -> None:
-        self._processed.add(name)
-        if self._journal is None:
-            return
-        try:
-            self._journal.write(json.dumps(name) + "\n")
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
-        except OSError as err:
-            raise SourceError(f"{self.journal_path}: {err.strerror or err}") from err
-        self._journal_lines += 1
+    def _confirm(self, name: str) -> None:
+        """The file's results are durable (or it was set aside): journal it. Called from
+        the outbox writer's thread."""
+        with self._journal_lock:
+            if name in self._journaled:
+                return
+            try:
+                # After close() (results committed while the agent stops) it opens again.
+                journal = self._journal or self.journal_path.open("a", encoding="utf-8")
+                journal.write(json.dumps(name) + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
+                if journal is not self._journal:
+                    journal.close()
+            except OSError as err:
+                # Not journaled: the file is taken again after a restart, never lost.
+                log.error("source %s: %s: %s", self.name, self.journal_path, err)
+                return
+            self._journaled.add(name)
+            self._journal_lines += 1
 
     def _compact(self, names: set[str]) -> None:
         """Rewrite the journal with `names` only: write aside, fsync, rename over."""

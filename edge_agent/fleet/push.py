@@ -1,0 +1,169 @@
+"""`edge-fleet push`: serve an update's files (MQTT chunks or HTTP), send `update_model` to
+the targets, follow their progress events, and report each device's outcome."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from edge_agent.errors import UserError
+from edge_agent.fleet.args import check_positive, client_from, signer_from, target_from
+from edge_agent.fleet.client import Request, Target, command_body
+
+if TYPE_CHECKING:
+    from edge_agent.updates.manifest import UpdateManifest
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from edge_agent.fleet.serve import ChunkServer, RangeHTTPServer
+    from edge_agent.updates.manifest import HttpSource, MqttSource
+
+    check_positive(args.timeout, "--timeout")
+    check_positive(args.wait_for, "--wait-for")
+    target = target_from(args)
+    manifest = _read_update(args.dir)
+    files: dict[str, Path] = {role: args.dir / ref.path for role, ref in manifest.files.items()}
+    signer = signer_from(args)
+    with client_from(args) as fleet:
+        source: MqttSource | HttpSource
+        stop: Callable[[], None]
+        if args.via == "mqtt":
+            try:
+                transfer = f"t-{uuid.uuid4().hex[:16]}"  # fresh: devices keep no stale chunks
+                source = MqttSource(transfer=transfer, chunk_size=args.chunk_size)
+            except ValidationError as exc:
+                raise UserError(
+                    f"--chunk-size {args.chunk_size}: {exc.errors()[0]['msg']}"
+                ) from None
+            chunks = ChunkServer(
+                fleet.client, fleet.options.prefix, source.transfer, files, source.chunk_size
+            ).start()
+            fleet.on_reconnect.append(chunks.subscribe)  # a clean session lost it
+            stop = chunks.stop
+        else:
+            bind = args.http_bind or args.http_host
+            try:
+                http = RangeHTTPServer(args.dir, host=bind, port=args.http_port).start()
+            except OSError as exc:
+                raise UserError(f"--http-bind {bind}:{args.http_port}: {exc.strerror}") from None
+            host = f"[{args.http_host}]" if ":" in args.http_host else args.http_host
+            source = HttpSource(url=f"http://{host}:{http.port}/")
+            stop = http.stop
+        try:
+            update = {**manifest.as_dict(), "source": source.model_dump()}
+            body = command_body({"manifest": update}, signer)
+            request = Request(fleet, target, "update_model", body)
+            progress = Progress(sys.stderr, sum(ref.size for ref in manifest.files.values()))
+            print(
+                f"pushing {manifest.name} {manifest.version} over {args.via} "
+                f"(request {request.request_id})",
+                file=sys.stderr,
+            )
+            request.send(f"{fleet.options.prefix}/+/events/update")
+            replies = request.wait(args.timeout, args.wait_for, progress.event, progress.reply)
+        finally:
+            stop()
+    return _push_outcome(replies, target, args.timeout)
+
+
+def _read_update(folder: Path) -> UpdateManifest:
+    """The signed manifest, and its files checked against it before any device asks."""
+    from edge_agent.updates.manifest import UPDATE_FILE, parse_manifest
+    from edge_agent.updates.signing import verify_file
+
+    path = folder / UPDATE_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    manifest = parse_manifest(data, max_bytes=2**62)
+    if manifest.signature is None:
+        logging.getLogger(__name__).warning("%s is unsigned: devices refuse it by default", path)
+    for role, ref in manifest.files.items():
+        verify_file(folder / ref.path, ref, f"{folder}: {role}")
+    if any(folder.glob("*.pem")):
+        raise UserError(f"{folder}: holds a .pem file; push serves this folder, move it away")
+    return manifest
+
+
+def _push_outcome(replies: dict[str, dict[str, Any]], target: Target, timeout: float) -> int:
+    ok = bool(replies)
+    for device in sorted(replies.keys() | (target.expected or set())):
+        reply = replies.get(device)
+        if reply is None:
+            print(f"{device}: no reply within {timeout:g} s")
+            ok = False
+        elif reply.get("status") == "ok":
+            result = reply.get("result") or {}
+            state = result.get("state", "?")
+            was = f" (was {result['previous']})" if result.get("previous") else ""
+            print(f"{device}: ok {state} {result.get('name')} {result.get('version')}{was}")
+            ok = ok and state in ("committed", "already_active")
+        else:
+            print(f"{device}: error: {reply.get('reason')}")
+            ok = False
+    if not replies:
+        print(f"edge-fleet: no device answered within {timeout:g} s", file=sys.stderr)
+    return 0 if ok else 1
+
+
+class Progress:
+    """A bar per device on stderr: redrawn in place on a terminal; elsewhere (a log, CI) one
+    line each time a device passes another 10 % or reaches another stage."""
+
+    BAR = 20
+
+    def __init__(self, stream: IO[str], total: int) -> None:
+        self.stream = stream
+        self.total = max(total, 1)
+        self.tty = stream.isatty()
+        self.rows: dict[str, tuple[str, int]] = {}  # device -> (stage, bytes done)
+        self._logged: dict[str, tuple[str, int]] = {}
+        self._drawn = 0
+
+    def event(self, device: str, event: dict[str, Any]) -> None:
+        stage = str(event.get("stage", "?"))
+        detail = event.get("detail") or {}
+        if stage == "downloading" and isinstance(detail.get("done"), int):
+            self._set(device, stage, detail["done"])
+        else:
+            why = f": {event['reason']}" if event.get("reason") else ""
+            self._set(device, stage + why, None if stage == "rolled_back" else self.total)
+
+    def reply(self, device: str, reply: dict[str, Any]) -> None:
+        if reply.get("status") == "ok":  # its last events may still be on their way
+            self._set(device, str((reply.get("result") or {}).get("state")), self.total)
+        else:
+            self._set(device, "failed", None)
+
+    def _set(self, device: str, stage: str, done: int | None) -> None:
+        before = self.rows.get(device, ("", 0))[1]
+        self.rows[device] = (stage, before if done is None else min(done, self.total))
+        if self.tty:
+            if self._drawn:  # back to the first bar, then draw them all again
+                self.stream.write(f"\x1b[{self._drawn}F")
+            for name in sorted(self.rows):
+                self.stream.write("\x1b[2K" + self._line(name) + "\n")
+            self._drawn = len(self.rows)
+        else:
+            key = (stage, self.rows[device][1] * 10 // self.total)
+            if self._logged.get(device) != key:
+                self._logged[device] = key
+                self.stream.write(self._line(device) + "\n")
+        self.stream.flush()
+
+    def _line(self, device: str) -> str:
+        stage, done = self.rows[device]
+        width = max(len(name) for name in self.rows)
+        filled = done * self.BAR // self.total
+        bar = "#" * filled + "-" * (self.BAR - filled)
+        unit, scale = ("MB", 1e6) if self.total >= 1e6 else ("kB", 1e3)
+        size = f"{done / scale:.1f}/{self.total / scale:.1f} {unit}"
+        return f"{device:<{width}} [{bar}] {done * 100 // self.total:3d}% {size} {stage}"
