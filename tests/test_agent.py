@@ -303,3 +303,18 @@ queue_size = 10
     # Stretched 640x480 -> 96x96: grid cells map back to 160x120 source pixels.
     boxes = [d["box"] for r in sink.results for d in r.result["detections"]]
     assert boxes and all((b[2] - b[0], b[3] - b[1]) == (160.0, 120.0) for b in boxes)
+
+
+def test_health_names_a_source_thread_that_died(running) -> None:  # type: ignore[no-untyped-def]
+    """What stops the systemd watchdog pings (tests/test_systemd.py has the hung inference):
+    a source thread that ended by a bug rather than by its input ending."""
+    agent, sink = running(BOXES.format(count=0, fps="fps = 50"))
+    wait_until(lambda: len(sink.results) > 2, what="results")
+    assert agent.health(stuck_after_s=20) == []
+
+    def a_bug() -> None:
+        raise SystemExit("a bug that escapes every handler")
+
+    agent.hubs["pattern"].runner.source.read = a_bug  # type: ignore[method-assign]
+    wait_until(lambda: bool(agent.health(stuck_after_s=20)), what="the dead thread noticed")
+    assert agent.health(stuck_after_s=20) == ["source pattern: its thread died"]

@@ -53,6 +53,7 @@ class SourceRunner:
         self._attempt = 0  # failures since frames last came, for the backoff
         self._capped = 0  # live frames dropped by the fps cap
         self._callback_errors = 0
+        self._crashed = False  # the thread ended by a bug: a restart of the agent may help
         self._logged_error = ("", 0.0)  # message, when
         # So a flapping source logs at most a failure and a recovery a minute.
         self._said_running = False
@@ -77,6 +78,8 @@ class SourceRunner:
     @property
     def dead(self) -> bool:
         """The thread ended while the source should still be read: a bug, not a state."""
+        if self._crashed:
+            return True
         thread = self._thread
         finished = (SourceState.ENDED, SourceState.STOPPED, SourceState.FAILED)
         return (
@@ -133,6 +136,7 @@ class SourceRunner:
         try:
             self._loop()
         except BaseException:  # a bug: say so loudly rather than go quiet
+            self._crashed = True
             log.exception("source %s: runner crashed", self.name)
             self._set_state(SourceState.FAILED, "runner crashed; see the log")
         finally:
