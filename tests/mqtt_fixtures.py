@@ -140,15 +140,17 @@ def device_acl(
     devices: Sequence[str] = (DEVICE,),
     operators: Sequence[str] = (OPERATOR,),
     prefix: str = PREFIX,
+    groups: Sequence[str] = ("g1",),
 ) -> str:
-    """ACL text: each device reads and writes only its own subtree and reads group and broadcast
-    commands; operators may do anything."""
+    """ACL text (as docs/mqtt.md gives it): each device reads and writes only its own subtree
+    and reads its groups' and the broadcast commands; operators may do anything."""
     blocks = []
     for device in devices:
+        group_lines = "".join(f"topic read {prefix}/group/{g}/cmd/#\n" for g in groups)
         blocks.append(
             f"user {device}\n"
             f"topic readwrite {prefix}/{device}/#\n"
-            f"topic read {prefix}/group/+/cmd/#\n"
+            f"{group_lines}"
             f"topic read {prefix}/all/cmd/#\n"
         )
     blocks.extend(f"user {operator}\ntopic readwrite #\n" for operator in operators)

@@ -150,6 +150,7 @@ def test_acl_filters_what_the_device_receives(auth_broker: Broker) -> None:
             "edge/cam-18/cmd/reboot",
             "edge/cam-17/cmd/reboot",
             "edge/group/g1/cmd/reboot",
+            "edge/group/g2/cmd/reboot",  # a group the device is not in
             "edge/all/cmd/reboot",
             "edge/cam-18/results/p",
             "edge/cam-17/cmd/last",
