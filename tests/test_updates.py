@@ -260,6 +260,9 @@ def test_bad_updates_are_refused_and_the_running_model_untouched(
     assert running_version(agent) == "1.0.0"
     assert agent.store.active("digits") is None
     assert agent.store.versions("digits") == []
+    # Nothing left to resume at the next start: a refused update is not tried again.
+    downloads = agent.settings.device.state_dir / "downloads"
+    assert not downloads.exists() or not any(downloads.iterdir())
     assert operator.call("ping")["status"] == "ok"
 
 

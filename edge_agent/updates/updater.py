@@ -28,7 +28,13 @@ from edge_agent.updates.manifest import (
 from edge_agent.updates.signing import verify_file, verify_manifest
 from edge_agent.updates.staging import StageReport, stage
 from edge_agent.updates.store import ModelStore
-from edge_agent.updates.transfer import ChunkPull, http_download, parse_data_topic, request_topic
+from edge_agent.updates.transfer import (
+    ChunkPull,
+    TransferStopped,
+    http_download,
+    parse_data_topic,
+    request_topic,
+)
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -141,8 +147,12 @@ class Updater:
                 files = self._fetch(manifest, folder, request_id)
                 for role, path in files.items():
                     verify_file(path, manifest.files[role], role)  # type: ignore[index]
-            except UpdateRefused:
-                shutil.rmtree(folder, ignore_errors=True)  # bad bytes: fetch anew next time
+            except TransferStopped:
+                raise  # the agent is stopping: the next start resumes from the parts
+            except UserError:
+                # Refused, or the transfer gave up: nothing to resume at the next start; a
+                # new update_model starts afresh.
+                shutil.rmtree(folder, ignore_errors=True)
                 raise
             self.store.install(manifest, files)
             shutil.rmtree(folder, ignore_errors=True)
