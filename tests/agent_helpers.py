@@ -55,3 +55,30 @@ path = "{MODELS / "detector_int8.tflite"}"
 threads = 1
 {body}
 """
+
+
+def pattern_pipeline(pipeline: str, model: str, fps: int = 30) -> str:
+    """Config text: a synthetic moving box at `fps` into `model`."""
+    return f"""
+[sources.pattern]
+kind = "synthetic"
+pattern = "moving_box"
+fps = {fps}
+
+[pipelines.{pipeline}]
+source = "pattern"
+model = "{model}"
+"""
+
+
+def mqtt_table(port: int) -> str:
+    """Config text: a broker on 127.0.0.1 and quick reconnects, for tests."""
+    return f"""
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.1
+reconnect_max_s = 0.5
+keepalive_s = 5
+"""

@@ -21,40 +21,18 @@ from edge_agent.agent import Agent
 from edge_agent.commands.dispatcher import canonical
 from edge_agent.config.load import load_settings
 from edge_agent.updates.signing import generate_keypair, load_private_key, sign_bytes
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
 from tests.command_fuzz import FuzzClient, duplicates, fuzz
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
 
-BODY = """
-[sources.pattern]
-kind = "synthetic"
-pattern = "moving_box"
-fps = 30
-
-[pipelines.boxes]
-source = "pattern"
-model = "detector"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-keepalive_s = 5
-{extra}
-"""
-
 
 def start_agent(tmp_path: Path, port: int, extra: str = "") -> Agent:
+    """A device in group `lobby`, a detector pipeline running, connected to `port`."""
     path = tmp_path / "agent.toml"
-    text = config_text(tmp_path / "state", BODY.format(port=port, extra=extra))
-    # [device] is written twice otherwise: merge the groups line into the first one.
-    text = text.replace(
-        '[device]\nid = "test-device"', '[device]\nid = "test-device"\ngroups = ["lobby"]'
-    )
-    text = text.replace('\n[device]\ngroups = ["lobby"]\n', "\n")
+    body = pattern_pipeline("boxes", "detector") + mqtt_table(port) + extra
+    text = config_text(tmp_path / "state", body)
+    text = text.replace('id = "test-device"', 'id = "test-device"\ngroups = ["lobby"]', 1)
     path.write_text(text)
     agent = Agent(load_settings(path), config_path=path)
     agent.start()

@@ -16,41 +16,27 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config.load import load_settings
 from edge_agent.fleet.cli import main
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
 from tests.conftest import MODELS
 from tests.mqtt_fixtures import Broker
 from tests.update_helpers import Keys, golden_set
 
 DEVICE = "test-device"
 BODY = """
-[sources.pattern]
-kind = "synthetic"
-pattern = "moving_box"
-fps = 30
-
-[pipelines.digits]
-source = "pattern"
-model = "digits"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-keepalive_s = 5
-
 {extra}
 {trust}health_window_s = 0.5
 max_model_bytes = 2000000
-# The digits model invokes in a few microseconds: a 1.5x latency gate there is noise.
-max_latency_ratio = 50
 """
 
 
 def start_agent(tmp_path: Path, port: int, trust: str, extra: str = "") -> Agent:
     """A device in group `lab`; `trust` is the [updates] table with its trusted_keys line."""
-    text = config_text(tmp_path / "state", BODY.format(port=port, extra=extra, trust=trust))
+    text = config_text(
+        tmp_path / "state",
+        pattern_pipeline("digits", "digits")
+        + mqtt_table(port)
+        + BODY.format(extra=extra, trust=trust),
+    )
     text = text.replace(
         f'[device]\nid = "{DEVICE}"', f'[device]\nid = "{DEVICE}"\ngroups = ["lab"]'
     )

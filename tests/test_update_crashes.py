@@ -13,29 +13,13 @@ import pytest
 
 from edge_agent.fleet.serve import RangeHTTPServer
 from edge_agent.updates.store import ModelStore
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
 from tests.faults import agent_process, stop_agent
 from tests.mqtt_fixtures import Broker, Subscriber
 from tests.operator import Operator
 from tests.update_helpers import Keys, digits_update
 
 BODY = """
-[sources.pattern]
-kind = "synthetic"
-pattern = "moving_box"
-fps = 30
-
-[pipelines.digits]
-source = "pattern"
-model = "digits"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-
 [logging]
 status_interval_s = 0
 
@@ -46,7 +30,8 @@ download_timeout_s = 2
 
 def write_config(tmp_path: Path, port: int, keys: Keys, window: float) -> Path:
     path = tmp_path / "agent.toml"
-    body = BODY.format(port=port, keys=keys.config(), window=window)
+    body = pattern_pipeline("digits", "digits") + mqtt_table(port)
+    body += BODY.format(keys=keys.config(), window=window)
     path.write_text(config_text(tmp_path / "state", body))
     return path
 

@@ -17,7 +17,7 @@ from edge_agent.agent import Agent
 from edge_agent.config.load import load_settings
 from edge_agent.fleet.serve import ChunkServer, RangeHTTPServer
 from edge_agent.updates.manifest import UpdateManifest
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
 from tests.update_helpers import MODELS, Keys, digits_update
@@ -25,23 +25,6 @@ from tests.update_helpers import MODELS, Keys, digits_update
 SLOW = MODELS / "digits_slow_int8.tflite"  # the same classifier, about 50x the compute
 
 BODY = """
-[sources.pattern]
-kind = "synthetic"
-pattern = "moving_box"
-fps = 30
-
-[pipelines.digits]
-source = "pattern"
-model = "digits"
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-keepalive_s = 5
-
 {keys}health_window_s = {window}
 max_model_bytes = 2000000
 """
@@ -49,7 +32,8 @@ max_model_bytes = 2000000
 
 def start_agent(tmp_path: Path, port: int, keys: Keys, window: float = 0.5) -> Agent:
     path = tmp_path / "agent.toml"
-    body = BODY.format(port=port, keys=keys.config(), window=window)
+    body = pattern_pipeline("digits", "digits") + mqtt_table(port)
+    body += BODY.format(keys=keys.config(), window=window)
     path.write_text(config_text(tmp_path / "state", body))
     agent = Agent(load_settings(path), config_path=path)
     agent.start()
