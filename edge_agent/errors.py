@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+
+USAGE_ERROR = 2
 
 
 class UserError(Exception):
@@ -19,3 +24,23 @@ def validation_lines(err: ValidationError, source: str) -> list[str]:
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         lines.append(f"{source}: {key}: {problem['msg']}")
     return lines
+
+
+def run_command(prog: str, args: argparse.Namespace, log_format: str) -> int:
+    """Runs a parsed command line's handler the way both CLIs do: a UserError is one line
+    and exit 2 (a traceback with --debug), Ctrl-C is 130."""
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format=log_format,
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+        return code
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130

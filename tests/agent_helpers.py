@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edge_agent.agent import Agent
+from edge_agent.config.load import load_settings
 from edge_agent.payloads import ResultPayload
 from tests.conftest import MODELS
 
@@ -40,11 +42,12 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "")
         time.sleep(0.02)
 
 
-def config_text(state_dir: Path, body: str) -> str:
+def config_text(state_dir: Path, body: str, groups: tuple[str, ...] = ()) -> str:
     return f"""
 [device]
 id = "test-device"
 state_dir = "{state_dir}"
+groups = {list(groups)!r}
 
 [models.digits]
 path = "{MODELS / "digits_int8.tflite"}"
@@ -82,3 +85,14 @@ reconnect_min_s = 0.1
 reconnect_max_s = 0.5
 keepalive_s = 5
 """
+
+
+def start_online(tmp_path: Path, body: str, groups: tuple[str, ...] = ()) -> Agent:
+    """An agent started from `body` written to tmp_path/agent.toml (so set_config can edit
+    it), returned once its link is up."""
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path / "state", body, groups))
+    agent = Agent(load_settings(path), config_path=path)
+    agent.start()
+    wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
+    return agent

@@ -19,6 +19,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
@@ -145,17 +146,23 @@ class Report:
         return out + self.notes
 
 
-def stored_result_ids(state: Path) -> set[str]:
+def stored_results(state: Path, column: str) -> list[Any]:
+    """One column (id, payload, ...) of every result row in the agent's outbox, read beside
+    the running agent."""
     path = state / "outbox.db"
     if not path.exists():
-        return set()
+        return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {row[0] for row in db.execute("SELECT id FROM messages WHERE class='result'")}
+        return [row[0] for row in db.execute(f"SELECT {column} FROM messages WHERE class='result'")]
     except sqlite3.OperationalError:
-        return set()  # the agent has created the file but not yet its table
+        return []  # the agent has created the file but not yet its table
     finally:
         db.close()
+
+
+def stored_result_ids(state: Path) -> set[str]:
+    return set(stored_results(state, "id"))
 
 
 def outbox_states(state: Path, ids: set[str]) -> dict[str, int]:

@@ -19,9 +19,8 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.agent import Agent
 from edge_agent.commands.dispatcher import canonical
-from edge_agent.config.load import load_settings
 from edge_agent.updates.signing import generate_keypair, load_private_key, sign_bytes
-from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
+from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online, wait_until
 from tests.command_fuzz import FuzzClient, duplicates, fuzz
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
@@ -29,15 +28,8 @@ from tests.operator import Operator
 
 def start_agent(tmp_path: Path, port: int, extra: str = "") -> Agent:
     """A device in group `lobby`, a detector pipeline running, connected to `port`."""
-    path = tmp_path / "agent.toml"
     body = pattern_pipeline("boxes", "detector") + mqtt_table(port) + extra
-    text = config_text(tmp_path / "state", body)
-    text = text.replace('id = "test-device"', 'id = "test-device"\ngroups = ["lobby"]', 1)
-    path.write_text(text)
-    agent = Agent(load_settings(path), config_path=path)
-    agent.start()
-    wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
-    return agent
+    return start_online(tmp_path, body, groups=("lobby",))
 
 
 @pytest.fixture

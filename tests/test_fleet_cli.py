@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.config.load import load_settings
 from edge_agent.fleet.cli import main
-from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
+from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online
 from tests.conftest import MODELS
 from tests.mqtt_fixtures import Broker
 from tests.update_helpers import Keys, golden_set
@@ -31,21 +30,8 @@ max_model_bytes = 2000000
 
 def start_agent(tmp_path: Path, port: int, trust: str, extra: str = "") -> Agent:
     """A device in group `lab`; `trust` is the [updates] table with its trusted_keys line."""
-    text = config_text(
-        tmp_path / "state",
-        pattern_pipeline("digits", "digits")
-        + mqtt_table(port)
-        + BODY.format(extra=extra, trust=trust),
-    )
-    text = text.replace(
-        f'[device]\nid = "{DEVICE}"', f'[device]\nid = "{DEVICE}"\ngroups = ["lab"]'
-    )
-    path = tmp_path / "agent.toml"
-    path.write_text(text)
-    agent = Agent(load_settings(path), config_path=path)
-    agent.start()
-    wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
-    return agent
+    body = pattern_pipeline("digits", "digits") + mqtt_table(port)
+    return start_online(tmp_path, body + BODY.format(extra=extra, trust=trust), groups=("lab",))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_agent.agent import Agent
 from edge_agent.config.load import load_settings
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text, mqtt_table, wait_until
 from tests.mqtt_fixtures import Broker, Subscriber, TcpProxy
 
 SOURCE = """
@@ -22,19 +22,11 @@ fps = {fps}
 source = "pattern"
 model = "detector"
 queue_size = 1000
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-keepalive_s = 5
 """
 
 
 def make_agent(tmp_path: Path, port: int, count: int, fps: int = 0) -> Agent:
-    body = SOURCE.format(count=count, fps=fps or 1000, port=port)
+    body = SOURCE.format(count=count, fps=fps or 1000) + mqtt_table(port)
     path = tmp_path / "agent.toml"
     path.write_text(config_text(tmp_path / "state", body))
     return Agent(load_settings(path))

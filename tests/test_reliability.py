@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -15,7 +14,13 @@ import cv2
 
 from tests.agent_helpers import config_text, wait_until
 from tests.conftest import MODELS
-from tests.faults import agent_process, drain_through_faults, kill_while_offline, stop_agent
+from tests.faults import (
+    agent_process,
+    drain_through_faults,
+    kill_while_offline,
+    stop_agent,
+    stored_results,
+)
 
 INFLIGHT = 500  # the default in-flight window: duplicates are bounded by it at each fault
 
@@ -88,14 +93,4 @@ status_interval_s = 0
 
 def stored_files(state: Path) -> set[str]:
     """The image files that have a result in the outbox."""
-    path = state / "outbox.db"
-    if not path.exists():
-        return set()
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT payload FROM messages WHERE class='result'").fetchall()
-    except sqlite3.OperationalError:
-        return set()
-    finally:
-        db.close()
-    return {json.loads(payload)["source"]["file"] for (payload,) in rows}
+    return {json.loads(body)["source"]["file"] for body in stored_results(state, "payload")}

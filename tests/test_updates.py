@@ -14,10 +14,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
-from edge_agent.config.load import load_settings
 from edge_agent.fleet.serve import ChunkServer, RangeHTTPServer
 from edge_agent.updates.manifest import UpdateManifest
-from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
+from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online, wait_until
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
 from tests.update_helpers import MODELS, Keys, digits_update
@@ -31,14 +30,8 @@ max_model_bytes = 2000000
 
 
 def start_agent(tmp_path: Path, port: int, keys: Keys, window: float = 0.5) -> Agent:
-    path = tmp_path / "agent.toml"
     body = pattern_pipeline("digits", "digits") + mqtt_table(port)
-    body += BODY.format(keys=keys.config(), window=window)
-    path.write_text(config_text(tmp_path / "state", body))
-    agent = Agent(load_settings(path), config_path=path)
-    agent.start()
-    wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
-    return agent
+    return start_online(tmp_path, body + BODY.format(keys=keys.config(), window=window))
 
 
 @pytest.fixture

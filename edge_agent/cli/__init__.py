@@ -4,15 +4,11 @@ needs only when it runs, so `--help` and short commands start fast."""
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
 from edge_agent.cli import bench, config, infer, models, results, run
-from edge_agent.errors import UserError
-
-USAGE_ERROR = 2
+from edge_agent.errors import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,22 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s"
-        if args.command == "run"
-        else "edge-agent: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        code: int = args.handler(args)
-        return code
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    except KeyboardInterrupt:
-        return 130
+    args = build_parser().parse_args(argv)
+    # `run` sets up its own logging once it knows the config (journald, JSON or text).
+    return run_command("edge-agent", args, "edge-agent: %(message)s")

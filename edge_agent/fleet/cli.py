@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.errors import UserError
+from edge_agent.errors import UserError, run_command
 from edge_agent.fleet import push
 from edge_agent.fleet.args import (
     check_positive,
@@ -38,8 +37,6 @@ from edge_agent.fleet.client import (
 
 if TYPE_CHECKING:
     pass
-
-USAGE_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,22 +128,7 @@ def _sign_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="edge-fleet: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        code: int = args.handler(args)
-        return code
-    except UserError as exc:
-        if args.debug:
-            raise
-        print(f"edge-fleet: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    except KeyboardInterrupt:
-        return 130
+    return run_command("edge-fleet", build_parser().parse_args(argv), "edge-fleet: %(message)s")
 
 
 # Local files -------------------------------------------------------------------------------
