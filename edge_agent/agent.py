@@ -28,6 +28,7 @@ from edge_agent.outbox.writer import OutboxWriter
 from edge_agent.payloads import Envelope
 from edge_agent.pipeline.pipeline import Pipeline
 from edge_agent.pipeline.worker import InferenceWorker
+from edge_agent.reload import Applied, Reload
 from edge_agent.runtime.backend import Backend, select_backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.model import LoadedModel
@@ -114,6 +115,7 @@ class Agent:
         self.hubs: dict[str, SourceHub] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
+        self._link_started = False  # a start that failed on a model never started them
 
     # Start and stop ----------------------------------------------------------------------
 
@@ -135,6 +137,7 @@ class Agent:
                 self.commands.start()
             self.sender.start()
             self.link.start()
+            self._link_started = True
         self.updater.resume_downloads()
         for hub in self.hubs.values():
             hub.runner.start()
@@ -148,13 +151,13 @@ class Agent:
         for t in stoppers:
             t.join()
         self.updater.stopping.set()
-        if self.commands is not None:
+        if self.commands is not None and self._link_started:
             self.commands.stop(timeout / 4)
         for worker in self.workers.values():
             worker.stop(timeout / 2)
         self.sink.close(timeout / 2)
         self.writer.close(timeout / 2)  # already closed when it is part of the sink
-        if self.link is not None and self.sender is not None:
+        if self.link is not None and self.sender is not None and self._link_started:
             self.sender.stop(timeout / 4)
             self.link.stop(timeout / 4)
         self.outbox.close()
@@ -224,11 +227,10 @@ class Agent:
 
     # Live changes --------------------------------------------------------------------------
 
-    def reload(self, new: AgentSettings) -> list[str]:
-        """Applies only what changed; returns what it did. A model that fails to load
-        keeps the old one running and is reported."""
-        from edge_agent.reload import Reload
-
+    def reload(self, new: AgentSettings) -> Applied:
+        """Applies only what changed; returns what it did and what waits for a restart.
+        Raises ReloadRefused, with nothing changed, when a model the change needs does not
+        load."""
         with self._lock:
             return Reload(self, new).apply()
 
@@ -240,17 +242,23 @@ class Agent:
             except UserError as exc:
                 self.report(f"model {name}: new file not used, old model keeps running: {exc}")
                 return False
-            self.workers[name].swap(replicas)
-            return True
+            return self._swapped(name, replicas)
 
     def swap_model(self, name: str) -> None:
         """Loads the model's current file (the store's active version, else the config's)
         and swaps it in between batches; raises UserError and keeps the old on failure."""
         with self._lock:
             replicas = self._load(name, self.settings)
-            self.workers[name].swap(replicas)
+            if not self._swapped(name, replicas):
+                raise UserError(f"model {name}: the swap did not finish in time, old model runs")
         if self.link is not None and self.link.connected.is_set():
             self.link.publish_status()  # operators see the version that now runs
+
+    def _swapped(self, name: str, replicas: list[LoadedModel]) -> bool:
+        if self.workers[name].swap(replicas):
+            return True
+        self.report(f"model {name}: the swap did not finish in time, old model keeps running")
+        return False
 
     def restart_pipeline(self, name: str) -> list[str]:
         """Takes the pipeline out and builds it again; its source restarts too when no
@@ -282,7 +290,7 @@ class Agent:
     def _make_commands(self) -> CommandDispatcher:
         assert self.link is not None
         settings = self.settings
-        context = CommandContext(self, self.updater, self.config_path, self._reload_file)
+        context = CommandContext(self, self.updater, self.config_path, self._apply_for_command)
         journal = CommandJournal(
             settings.device.state_dir / "commands.db", settings.commands.remember
         )
@@ -296,16 +304,11 @@ class Agent:
             settings.device.groups,
         )
 
-    def _reload_file(self) -> list[str]:
-        """set_config wrote the file: apply it now, as an edit would be."""
-        if self.config_path is None:
-            return []
-        from edge_agent.config.load import load_settings
-
-        new = load_settings(self.config_path)
-        changes = self.reload(new)
+    def _apply_for_command(self, new: AgentSettings) -> Applied:
+        """set_config: the change takes effect before the file is kept."""
+        applied = self.reload(new)
         logging.getLogger().setLevel(new.logging.level.upper())
-        return changes
+        return applied
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         if "/transfer/" in message.topic:

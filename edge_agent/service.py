@@ -15,6 +15,7 @@ from types import FrameType
 
 from edge_agent.agent import Agent
 from edge_agent.config.load import ConfigError, load_settings
+from edge_agent.reload import ReloadRefused
 from edge_agent.systemd import Notifier
 from edge_agent.telemetry import Telemetry
 from edge_agent.watch import DirectoryWatcher
@@ -156,9 +157,19 @@ class Service:
             )
             self.notifier.ready(self._status_text())
             return
-        changes = self.agent.reload(new)
+        try:
+            applied = self.agent.reload(new)
+        except ReloadRefused as exc:
+            self.agent.report(f"config not applied ({reason}), old settings kept: {exc}")
+            self.notifier.ready(self._status_text())
+            return
         logging.getLogger().setLevel(new.logging.level.upper())
-        log.info("reloaded (%s): %s", reason, ", ".join(changes) or "nothing changed")
+        log.info("reloaded (%s): %s", reason, applied.summary())
+        if applied.restart_required:
+            log.warning(
+                "changed in the config, takes effect at the next start: %s",
+                ", ".join(applied.restart_required),
+            )
         self.agent.last_error = ""
         self._rewatch()
         self.notifier.ready(self._status_text())

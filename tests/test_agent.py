@@ -204,8 +204,8 @@ decode = {{ top_k = 3 }}
         )
         new = settings_from(tmp_path, edited, "edited.toml")
         new.models["digits"].path = tmp_path / "digits_copy.tflite"
-        done = agent.reload(new)
-        assert "model digits swapped" in done
+        done = agent.reload(new).done
+        assert "model digits swapped, on cpu" in done
         assert "source other restarted" in done
         assert "pipeline changing settings applied" in done
         assert not any("untouched" in d or "steady" in d for d in done)

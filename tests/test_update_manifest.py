@@ -19,6 +19,7 @@ from edge_agent.updates.manifest import (
     canonical_bytes,
     check_limits,
     parse_manifest,
+    refuse_older,
 )
 from edge_agent.updates.signing import (
     generate_keypair,
@@ -237,3 +238,25 @@ def test_verify_file_checks_size_then_hash(tmp_path: Path) -> None:
         verify_file(good, ref, "model")
     with pytest.raises(UpdateRefused, match="cannot read"):
         verify_file(tmp_path / "missing", ref, "model")
+
+
+@pytest.mark.parametrize(
+    "version, created, installed, installed_created, ok",
+    [
+        ("1.2.0", 1795700000.0, "1.1.0", 1795600000.0, True),
+        ("1.1.0", 1795700000.0, "1.2.0", None, False),  # numbers say older
+        ("1.10.0", 1795700000.0, "1.9.0", None, True),  # 10 > 9, not text order
+        ("beta", 1795600000.0, "alpha", 1795700000.0, False),  # signed time says older
+        ("beta", 1795800000.0, "alpha", 1795700000.0, True),
+        ("2.0.0", 1795600000.0, "1.0.0", 1795700000.0, False),  # a replay re-versioned
+    ],
+)
+def test_an_update_older_than_the_installed_one_is_refused(
+    version: str, created: float, installed: str, installed_created: float | None, ok: bool
+) -> None:
+    manifest = parse_manifest(manifest_dict(version=version, created=created), LIMIT)
+    if ok:
+        refuse_older(manifest, installed, installed_created)
+    else:
+        with pytest.raises(UserError, match=f"older than the installed {installed}"):
+            refuse_older(manifest, installed, installed_created)

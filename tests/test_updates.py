@@ -266,3 +266,32 @@ def test_activate_and_rollback_commands_switch_versions_without_a_restart(
     missing = operator.call("activate_model", name="digits", version="7.0.0")
     assert missing["status"] == "error" and "not installed" in missing["reason"]
     assert json.dumps(listed)  # a reply the operator can print
+
+
+def test_a_replayed_older_update_is_refused(
+    tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
+) -> None:
+    """A signed manifest stays valid: replaying 1.1.0's after 1.2.0 must not downgrade."""
+    pushed = {}
+    for version in ("1.1.0", "1.2.0"):
+        manifest, folder = digits_update(tmp_path, keys, version)
+        pushed[version] = (manifest, folder)
+        with RangeHTTPServer(folder) as server:
+            source = {"kind": "http", "url": server.url}
+            reply = operator.call(
+                "update_model", manifest=with_source(manifest, source), timeout=60
+            )
+            assert reply["status"] == "ok" and reply["result"]["state"] == "committed", reply
+    old, folder = pushed["1.1.0"]
+    with RangeHTTPServer(folder) as server:
+        replay = operator.call(
+            "update_model",
+            manifest=with_source(old, {"kind": "http", "url": server.url}),
+            timeout=60,
+        )
+    assert replay["status"] == "error", replay
+    assert "older than the installed 1.2.0" in replay["reason"]
+    assert running_version(agent) == "1.2.0"
+    # The explicit way back still works.
+    back = operator.call("rollback_model", name="digits", timeout=30)
+    assert back["status"] == "ok" and running_version(agent) == "1.1.0"

@@ -17,6 +17,8 @@ from edge_agent.errors import UserError
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
+    from edge_agent.config.settings import AgentSettings
+    from edge_agent.reload import Applied
     from edge_agent.updates.updater import Updater
 
 
@@ -29,8 +31,8 @@ class CommandContext:
     agent: Agent
     updater: Updater
     config_path: Path | None
-    # Applies a config file that was just written, through the same path as an edit.
-    reload: Callable[[], list[str]]
+    # Applies validated settings as a file edit would; raises ReloadRefused, nothing changed.
+    apply: Callable[[AgentSettings], Applied]
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,24 @@ def get_config(ctx: CommandContext, cmd: s.GetConfig) -> Any:
 
 
 def set_config(ctx: CommandContext, cmd: s.SetConfig) -> Any:
-    from edge_agent.commands.config_edit import write_changes
+    """Checked, applied, then kept: a change that cannot take effect is not saved."""
+    from edge_agent.commands.config_edit import prepare
+    from edge_agent.reload import ReloadRefused
 
     if ctx.config_path is None:
         raise CommandError("the agent runs without a config file: nothing to change")
-    allow = ctx.agent.settings.commands.allow_remote_security_changes
-    previous = write_changes(ctx.config_path, cmd.changes, allow_security=allow)
-    return {"applied": ctx.reload(), "previous_file": str(previous)}
+    edit = prepare(ctx.config_path, cmd.changes, ctx.agent.settings)
+    try:
+        applied = ctx.apply(edit.settings)
+    except ReloadRefused as exc:
+        edit.discard()
+        raise CommandError(f"not applied, nothing changed: {exc}") from exc
+    previous = edit.keep()
+    return {
+        "applied": applied.done,
+        "restart_required": applied.restart_required,
+        "previous_file": str(previous),
+    }
 
 
 def _pipeline(ctx: CommandContext, name: str) -> Any:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.config.secrets import read_secret, secret_path
 from edge_agent.runtime.backend import BackendName
 from edge_agent.runtime.delegates import CpuConfig, DelegateEntry
@@ -32,7 +33,7 @@ class DeviceSettings(Section):
         description="Device id: MQTT client id and topic level. Default: the host name.",
     )
     groups: list[Name] = Field(default_factory=list, description="Fleet groups it belongs to.")
-    state_dir: Path = Field(
+    state_dir: Annotated[Path, LOCAL_ONLY] = Field(
         Path("../var"),
         description="Where the agent keeps its state (outbox, models, journals); "
         "relative paths are taken from the config file's folder.",
@@ -75,7 +76,9 @@ class InputOverrides(Section):
 
 
 class ModelSettings(Section):
-    path: Path = Field(description="The .tflite file; its manifest sits beside it.")
+    path: Annotated[Path, LOCAL_ONLY] = Field(
+        description="The .tflite file; its manifest sits beside it."
+    )
     threads: int | None = Field(
         None, ge=1, le=64, description="CPU threads for this model; empty: runtime.threads."
     )
@@ -142,7 +145,7 @@ class PipelineSettings(Section):
 
 
 class OutputSettings(Section):
-    jsonl: str | None = Field(
+    jsonl: Annotated[str | None, LOCAL_ONLY] = Field(
         None,
         description='Also write each result as a JSON line to this file ("-": stdout); '
         "relative paths are taken from the config file's folder.",
@@ -211,9 +214,13 @@ class OutboxSettings(Section):
 
 
 class TlsSettings(Section):
-    ca_file: Path | None = Field(None, description="CA certificate(s) to trust, PEM.")
-    cert_file: Path | None = Field(None, description="Client certificate, PEM.")
-    key_file: str | None = Field(
+    ca_file: Annotated[Path | None, LOCAL_ONLY] = Field(
+        None, description="CA certificate(s) to trust, PEM."
+    )
+    cert_file: Annotated[Path | None, LOCAL_ONLY] = Field(
+        None, description="Client certificate, PEM."
+    )
+    key_file: Annotated[str | None, LOCAL_ONLY] = Field(
         None, description="Client key: a file, or credential:NAME (systemd LoadCredential=)."
     )
 
@@ -234,7 +241,7 @@ class MqttSettings(Section):
     password: SecretStr | None = Field(
         None, description="Password; better kept in password_file than in this file."
     )
-    password_file: str | None = Field(
+    password_file: Annotated[str | None, LOCAL_ONLY] = Field(
         None,
         description="File holding the password, or credential:NAME for a systemd credential "
         "in $CREDENTIALS_DIRECTORY. Read at load: a missing one is a config error.",
@@ -329,6 +336,19 @@ class CommandsSettings(Section):
         False,
         description="set_config may change trusted keys, credentials and the broker address.",
     )
+    remote_paths: list[str] = Field(
+        default_factory=list,
+        description="Keys whose file path or library set_config may set, as patterns with * "
+        'for a name ("models.*.path", "sources.*.device"); empty: none. Paths and libraries '
+        "otherwise come only from this file. device.state_dir is never changed remotely.",
+    )
+
+    @field_validator("remote_paths")
+    @classmethod
+    def _not_the_state_dir(cls, value: list[str]) -> list[str]:
+        if "device.state_dir" in value:
+            raise ValueError("device.state_dir is never changed remotely")
+        return value
 
 
 class AgentSettings(BaseSettings):

@@ -11,11 +11,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import cv2
 from pydantic import Field, field_validator
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.sources.base import (
     EndOfStream,
     Frame,
@@ -39,7 +40,7 @@ NO_GSTREAMER = (
 
 class CameraConfig(SourceConfig):
     kind: Literal["camera"] = Field("camera", description="A camera or video through OpenCV.")
-    device: int | str = Field(
+    device: Annotated[int | str, LOCAL_ONLY] = Field(
         0,
         description="A device index, /dev/videoN, a video file, an rtsp:// or http(s):// "
         'URL, or a GStreamer pipeline (a string with "!").',

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.sources.base import Frame, Source, SourceError, SourceUnusable
 from edge_agent.sources.windows import WindowedConfig, Windower
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 class IioConfig(WindowedConfig):
     kind: Literal["iio"] = Field("iio", description="A Linux IIO sensor through sysfs.")
-    device: str = Field(
+    device: Annotated[str, LOCAL_ONLY] = Field(
         description='"iio:deviceN", or the value of its `name` file (e.g. "lsm6dsl").'
     )
     channels: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]+$")]] = Field(
@@ -30,7 +31,7 @@ class IioConfig(WindowedConfig):
         "files in_accel_x_raw and so on.",
     )
     rate_hz: float = Field(100.0, gt=0, le=10_000, description="Samples per second.")
-    sysfs_root: Path = Field(
+    sysfs_root: Annotated[Path, LOCAL_ONLY] = Field(
         Path("/sys/bus/iio/devices"), description="Where the IIO devices are listed."
     )
 

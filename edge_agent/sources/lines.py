@@ -15,10 +15,11 @@ import termios
 import time
 import tty
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.sources.base import EndOfStream, Frame, Source, SourceError, SourceUnusable
 from edge_agent.sources.windows import WindowedConfig, Windower
 from edge_agent.watch import Waker
@@ -31,7 +32,7 @@ _FOLLOW_POLL_S = 0.2  # appends keep no inotify event we watch for: poll the siz
 
 class LinesConfig(WindowedConfig):
     kind: Literal["lines"] = Field("lines", description="Sample lines from a file or stream.")
-    path: str = Field(
+    path: Annotated[str, LOCAL_ONLY] = Field(
         description="A file, a FIFO, a serial device (/dev/ttyUSB0) or tcp://host:port."
     )
     format: Literal["numbers", "json"] = Field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Final, Literal
 
@@ -186,6 +187,33 @@ def check_limits(manifest: UpdateManifest, max_bytes: int) -> None:
                 f"files.{role}.size: {ref.size} bytes is over the limit of {max_bytes} "
                 "(updates.max_model_bytes)"
             )
+
+
+def refuse_older(
+    new: UpdateManifest, installed_version: str, installed_created: float | None
+) -> None:
+    """A signed manifest stays valid forever, so replaying an old one would put its model
+    back: an update must be newer than what is installed (by its signed creation time, and
+    by version where both versions are dotted numbers). Going back is the rollback_model or
+    activate_model command's job."""
+    older = installed_created is not None and new.created < installed_created
+    both_numeric = _NUMERIC_VERSION.fullmatch(new.version) and _NUMERIC_VERSION.fullmatch(
+        installed_version
+    )
+    if both_numeric:
+        older = older or _numbers(new.version) < _numbers(installed_version)
+    if older:
+        raise UpdateRefused(
+            f"update {new.name} {new.version} is older than the installed {installed_version}: "
+            "refused (use rollback_model or activate_model to go back)"
+        )
+
+
+_NUMERIC_VERSION = re.compile(r"^\d+(\.\d+)*$")
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def parse_manifest(data: bytes | str | dict[str, Any], max_bytes: int) -> UpdateManifest:

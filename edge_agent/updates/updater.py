@@ -24,6 +24,7 @@ from edge_agent.updates.manifest import (
     UpdateRefused,
     check_limits,
     parse_manifest,
+    refuse_older,
 )
 from edge_agent.updates.signing import verify_file, verify_manifest
 from edge_agent.updates.staging import StageReport, stage
@@ -139,6 +140,10 @@ class Updater:
         record = self.store.active(name)
         if record is not None and record.version == version and record.state == "committed":
             return {"name": name, "version": version, "state": "already_active"}
+        if record is not None:
+            refuse_older(manifest, record.version, self._created(name, record.version))
+        elif name in self.agent.workers:
+            refuse_older(manifest, self.agent.workers[name].model.info.version, None)
         with self._claim(name):
             folder = self.downloads / f"{name}-{version}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -160,6 +165,12 @@ class Updater:
             report = self._stage(manifest)
             self._event(name, version, "staged", request_id=request_id, detail=report.as_dict())
             return self._switch(name, version, request_id, report)
+
+    def _created(self, name: str, version: str) -> float | None:
+        try:
+            return self.store.manifest(name, version).created
+        except (UserError, OSError, ValueError):
+            return None  # damaged or pruned: the version number alone decides
 
     def activate(self, name: str, version: str) -> dict[str, Any]:
         with self._claim(name):

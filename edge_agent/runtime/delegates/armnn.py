@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.runtime.delegates.base import DelegateConfig
 
 
 class ArmNnConfig(DelegateConfig):
     name: Literal["armnn"] = "armnn"
-    library: str = Field("libarmnnDelegate.so", description="Arm NN delegate shared library.")
+    library: Annotated[str, LOCAL_ONLY] = Field(
+        "libarmnnDelegate.so", description="Arm NN delegate shared library."
+    )
     backends: str = Field(
         "GpuAcc,CpuAcc,CpuRef",
         pattern=r"^\w+(,\w+)*$",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from edge_agent.config.local_only import LOCAL_ONLY
 
 
 class DelegateConfig(BaseModel):
@@ -11,7 +15,9 @@ class DelegateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Which delegate this entry is.")
-    library: str = Field(description="Shared library to load: a file name or a path.")
+    library: Annotated[str, LOCAL_ONLY] = Field(
+        description="Shared library to load: a file name or a path."
+    )
 
     def options(self) -> dict[str, str]:
         """Options as `load_delegate` takes them: every value a string."""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.runtime.delegates.base import DelegateConfig
 
 
 class EdgeTpuConfig(DelegateConfig):
     name: Literal["edgetpu"] = "edgetpu"
-    library: str = Field("libedgetpu.so.1", description="libedgetpu shared library.")
+    library: Annotated[str, LOCAL_ONLY] = Field(
+        "libedgetpu.so.1", description="libedgetpu shared library."
+    )
     device: str = Field(
         "",
         pattern=r"^(|:\d+|usb(:\d+)?|pci(:\d+)?)$",

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.runtime.delegates.base import DelegateConfig
 
 
@@ -21,7 +22,7 @@ OptionValue = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
 
 class ExternalConfig(DelegateConfig):
     name: Literal["external"] = "external"
-    library: str = Field(description="Path of the delegate library.")
+    library: Annotated[str, LOCAL_ONLY] = Field(description="Path of the delegate library.")
     label: str = Field("", description="Name shown in reports; defaults to the library's name.")
     options_: dict[str, OptionValue] = Field(
         default_factory=dict, alias="options", description="Options passed to the library."

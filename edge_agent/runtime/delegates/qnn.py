@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.runtime.delegates.base import DelegateConfig
 
 
 class QnnConfig(DelegateConfig):
     name: Literal["qnn"] = "qnn"
-    library: str = Field("libQnnTFLiteDelegate.so", description="QNN TFLite delegate library.")
+    library: Annotated[str, LOCAL_ONLY] = Field(
+        "libQnnTFLiteDelegate.so", description="QNN TFLite delegate library."
+    )
     backend_type: Literal["htp", "gpu", "dsp"] = Field("htp", description="QNN backend.")
 
     def options(self) -> dict[str, str]:
