@@ -5,6 +5,7 @@ at the next start without saying so."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 import tomllib
 
 from edge_agent.agent import Agent
+from edge_agent.errors import UserError
+from edge_agent.runtime.manifest import load_manifest
 from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online
 from tests.conftest import MODELS, ROOT
 from tests.mqtt_fixtures import Broker
@@ -214,3 +217,19 @@ port = 1
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "/etc/passwd: not a TFLite model" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "field, value", [("labels", "/etc/passwd"), ("labels", "../../etc/passwd"), ("cpu_twin", "/x")]
+)
+def test_a_model_manifest_names_files_beside_it_only(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    """A manifest arrives with a signed update: it must not point the agent at other files."""
+    model = tmp_path / "digits.tflite"
+    shutil.copy(MODELS / "digits_int8.tflite", model)
+    manifest = json.loads((MODELS / "digits_int8.json").read_text())
+    manifest[field] = value
+    (tmp_path / "digits.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=field):
+        load_manifest(model)

@@ -97,17 +97,24 @@ class DecodeSpec(_Strict):
     threshold: float | None = Field(None, description="anomaly: a score above this is anomalous.")
 
 
+# Files a manifest names sit beside it: a name, never a path, so a manifest that came with
+# an update cannot point the agent at another file on the device.
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")]
+
+
 class ModelManifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     version: str = Field("0.0.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-    file: str = Field(description="Model file, relative to the manifest.")
+    file: FileName = Field(description="Model file, beside the manifest.")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     task: Task = "raw"
     description: str = ""
     input: InputSpec = Field(default_factory=TensorInput)
-    labels: list[str] | str | None = None
-    cpu_twin: str | None = Field(None, description="CPU-only model to run when this one cannot.")
+    labels: list[str] | FileName | None = None
+    cpu_twin: FileName | None = Field(
+        None, description="CPU-only model beside this one, to run when this one cannot."
+    )
     # null reads as "the defaults", as people write it by hand.
     decode: Annotated[DecodeSpec, BeforeValidator(lambda v: {} if v is None else v)] = Field(
         default_factory=DecodeSpec
