@@ -96,6 +96,16 @@ def test_a_pipeline_naming_a_missing_source_or_model(tmp_path: Path) -> None:
     assert "pipelines.boxes.model: no model named 'nope'" in problem
 
 
+def test_a_section_in_another_letter_case_is_refused(tmp_path: Path) -> None:
+    """The settings class would take [MQTT] for [mqtt], and one of the two silently."""
+    path = tmp_path / "agent.toml"
+    path.write_text('[mqtt]\nhost = "a"\n\n[MQTT]\nhost = "b"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    [problem] = err.value.problems
+    assert problem == f"{path}:4: MQTT: sections are lower case, write mqtt"
+
+
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text("[device\nid = 1\n")

@@ -51,11 +51,27 @@ def load_settings(path: Path | None) -> AgentSettings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    _lower_case_sections(data, path, text)
     try:
         settings = AgentSettings(**data)
     except ValidationError as exc:
         raise ConfigError(_problems(exc, path, text)) from None
     return _resolve_paths(settings, path.resolve().parent)
+
+
+def _lower_case_sections(data: dict[str, Any], path: Path, text: str) -> None:
+    """The settings class would take `[MQTT]` for `[mqtt]` (and both at once, one silently
+    winning); a file spells its sections as documented."""
+    fields = {name.lower(): name for name in AgentSettings.model_fields}
+    wrong = [key for key in data if key not in fields.values() and key.lower() in fields]
+    if wrong:
+        raise ConfigError(
+            [
+                f"{path}:{_line_of(text, [key]) or '?'}: {key}: sections are lower case, "
+                f"write {fields[key.lower()]}"
+                for key in wrong
+            ]
+        )
 
 
 def _read(path: Path) -> str:
