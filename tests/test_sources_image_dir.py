@@ -1,13 +1,18 @@
 """The image directory source on real files: backlog, new files, the journal across
-restarts, undecodable files set aside."""
+restarts, undecodable files, decompression bombs and broken links set aside."""
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
+import threading
 import time
+import zlib
 from pathlib import Path
 
 import cv2
+import psutil
 import pytest
 
 from edge_agent.sources import create_source
@@ -189,3 +194,142 @@ def test_missing_directory_reconnects(tmp_path: Path) -> None:
     finally:
         runner.stop()
     assert runner.reconnects >= 1
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid all-black grayscale PNG: 20000 x 20000 packs into under 2 MB and decodes
+    (as BGR) to 1.2 GB."""
+    row = bytes(width + 1)  # filter type 0, then the pixels
+    rows_per_call = max(1, (16 << 20) // len(row))
+    deflate = zlib.compressobj(1)
+    parts = []
+    for start in range(0, height, rows_per_call):
+        parts.append(deflate.compress(row * min(rows_per_call, height - start)))
+    parts.append(deflate.flush())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
+
+
+class PeakRss:
+    """The highest resident set size of this process while it runs, sampled often enough to
+    see a decode of a second or so."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.peak = 0
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_decompression_bomb_is_set_aside_undecoded(
+    folders: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    folder, state = folders
+    bomb = bomb_png(20_000, 20_000)
+    assert len(bomb) < 2 << 20
+    put_image(folder, "a.png", 1, age=5)
+    (folder / "bomb.png").write_bytes(bomb)
+    past = time.time() - 5
+    os.utime(folder / "bomb.png", (past, past))
+    put_image(folder, "c.jpg", 2, age=5)
+    caplog.set_level(logging.INFO, logger="edge_agent.sources.image_dir")
+    before = psutil.Process().memory_info().rss
+    source = image_dir(folder, state)
+    collector = Collector()
+    with PeakRss() as rss:
+        runner = start_runner(source, collector)
+        try:
+            assert collector.wait_frames(2)
+            assert collector.wait(lambda: source.counters.get("rejected_files", 0) == 1)
+            put_image(folder, "d.png", 3)  # and it goes on taking new files
+            assert collector.wait_frames(3)
+        finally:
+            runner.stop()
+    assert names(collector) == ["a.png", "c.jpg", "d.png"]
+    assert (folder / ".rejected" / "bomb.png").read_bytes() == bomb
+    # Decoded, it would have taken 1.2 GB.
+    assert rss.peak - before < 100 << 20, f"RSS rose {(rss.peak - before) >> 20} MB"
+    lines = [r.getMessage() for r in caplog.records if "bomb.png" in r.getMessage()]
+    assert lines == [
+        f"source drop: {folder / 'bomb.png'} is 20000x20000 pixels (400.0 MP), over "
+        f"max_pixels (50.0 MP); moved to {folder / '.rejected' / 'bomb.png'}"
+    ]
+
+
+def test_max_pixels_is_a_setting(folders: tuple[Path, Path]) -> None:
+    folder, state = folders
+    put_image(folder, "big.png", 1, age=5)  # 64 x 48
+    (folder / "small.png").write_bytes(cv2.imencode(".png", numbered_image(2, 40, 30))[1].tobytes())
+    os.utime(folder / "small.png", (time.time() - 5,) * 2)
+    source = image_dir(folder, state, max_pixels=40 * 30)
+    collector = Collector()
+    runner = start_runner(source, collector)
+    try:
+        assert collector.wait_frames(1)
+        assert collector.wait(lambda: source.counters.get("rejected_files", 0) == 1)
+    finally:
+        runner.stop()
+    assert names(collector) == ["small.png"]
+    assert [p.name for p in (folder / ".rejected").iterdir()] == ["big.png"]
+
+
+@pytest.mark.parametrize("when", ["backlog", "new"])
+def test_symlink_loops_and_links_to_nothing_are_set_aside_with_one_line_each(
+    folders: tuple[Path, Path], caplog: pytest.LogCaptureFixture, when: str
+) -> None:
+    folder, state = folders
+    caplog.set_level(logging.INFO, logger="edge_agent.sources.image_dir")
+
+    def make_links() -> None:
+        os.symlink("loop-b.jpg", folder / "loop-a.jpg")  # a -> b -> a
+        os.symlink("loop-a.jpg", folder / "loop-b.jpg")
+        os.symlink("self.jpg", folder / "self.jpg")
+        os.symlink("missing.jpg", folder / "dangling.jpg")
+
+    if when == "backlog":
+        make_links()
+    put_image(folder, "good.jpg", 1, age=5)
+    source = image_dir(folder, state)
+    collector = Collector()
+    runner = start_runner(source, collector)
+    try:
+        assert collector.wait_frames(1)
+        if when == "new":
+            make_links()
+            put_image(folder, "later.jpg", 2)
+            assert collector.wait_frames(2)
+        assert collector.wait(lambda: source.counters.get("rejected_files", 0) == 4)
+        time.sleep(0.3)  # nothing more is logged about them
+    finally:
+        runner.stop()
+    links = ["dangling.jpg", "loop-a.jpg", "loop-b.jpg", "self.jpg"]
+    assert sorted(p.name for p in (folder / ".rejected").iterdir()) == links
+    assert not any(os.path.lexists(folder / name) for name in links)
+    for name in links:
+        lines = [r.getMessage() for r in caplog.records if f"/{name} " in r.getMessage()]
+        assert len(lines) == 1, (name, lines)
+        assert "symbolic link" in lines[0], lines

@@ -1,11 +1,14 @@
 """Image files dropped into a directory, each processed once: the backlog in name order at
 start, then new files as they are completed. A file is journaled under the state directory
 once its results are durable in the outbox, so a restart takes again only what had no
-stored result yet (at least once, never lost); files that do not decode are moved aside."""
+stored result yet (at least once, never lost). Files that do not decode, links that lead
+nowhere, and images larger than max_pixels (judged from the header, before decoding) are
+moved aside."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import functools
 import json
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 import cv2
+import imagesize
 import numpy as np
 from pydantic import Field
 
@@ -29,6 +33,10 @@ from edge_agent.watch import DirectoryWatcher
 log = logging.getLogger(__name__)
 
 _WAIT_S = 1.0  # how often an idle read looks at young files and at the directory itself
+_MEGA = 1_000_000
+# What imagesize reads; cv2 also decodes Radiance HDR, Sun raster and PFM, whose size it
+# cannot tell: those are set aside unread rather than decoded blind.
+_SIZED_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF, JPEG 2000, AVIF/HEIF, Netpbm"
 
 
 class ImageDirConfig(SourceConfig):
@@ -40,7 +48,18 @@ class ImageDirConfig(SourceConfig):
         description="File name patterns to take, any case; names starting with . are skipped.",
     )
     rejected_dir: Path | None = Field(
-        None, description="Where undecodable files are moved; empty: <path>/.rejected."
+        None,
+        description="Where undecodable, oversized and broken-link files are moved; "
+        "empty: <path>/.rejected.",
+    )
+    max_pixels: int = Field(
+        50_000_000,
+        gt=0,
+        description="Largest image taken, width x height, read from the file's header before "
+        "decoding: a larger one is set aside undecoded, so a small compressed file cannot "
+        "blow up to gigabytes. The default is above the largest camera frame (a 48 MP "
+        f"sensor is 8000 x 6000). Formats whose header gives no size ({_SIZED_FORMATS} do) "
+        "are set aside too.",
     )
     settle_s: float = Field(
         1.0,
@@ -78,7 +97,13 @@ class ImageDirSource(Source):
         # Watch before listing, so a file arriving in between is not missed.
         self._watcher = DirectoryWatcher(directory, fallback_interval=self.cfg.scan_interval_s)
         try:
-            names = {entry.name for entry in os.scandir(directory) if entry.is_file()}
+            # Every link is kept, to be set aside with a reason if its target is missing or
+            # loops; asked first, since is_file() on a loop raises ELOOP.
+            names = {
+                entry.name
+                for entry in os.scandir(directory)
+                if entry.is_symlink() or entry.is_file()
+            }
             self._load_journal(names)
         except OSError as err:
             self.close()
@@ -89,10 +114,15 @@ class ImageDirSource(Source):
         now = time.time()
         for name in sorted(names):
             if self._wanted(name):
+                path = directory / name
                 try:
-                    young = now - (directory / name).stat().st_mtime < self.cfg.settle_s
+                    young = now - path.stat().st_mtime < self.cfg.settle_s
                 except FileNotFoundError:
-                    continue
+                    if not path.is_symlink():
+                        continue  # gone since the listing
+                    young = False  # a link to nothing: _take sets it aside
+                except OSError:
+                    young = False  # a link loop, say: _take sets it aside
                 if young:
                     self._young.add(name)
                 else:
@@ -192,13 +222,37 @@ class ImageDirSource(Source):
     def _take(self, name: str) -> Frame | None:
         path = self.cfg.path / name
         try:
-            data = np.fromfile(path, dtype=np.uint8)
+            # One open file for the header check and the read: what is checked is what is
+            # decoded, and an oversized file is never read whole.
+            with path.open("rb") as file:
+                width, height = imagesize.get(file, exif_rotation=False)
+                if width <= 0 or height <= 0:
+                    self._reject(
+                        name,
+                        f"has no image size in its header ({_SIZED_FORMATS} have), "
+                        "so it is not decoded",
+                    )
+                    return None
+                if width * height > self.cfg.max_pixels:
+                    self._reject(
+                        name,
+                        f"is {width}x{height} pixels ({width * height / _MEGA:.1f} MP), over "
+                        f"max_pixels ({self.cfg.max_pixels / _MEGA:.1f} MP)",
+                    )
+                    return None
+                file.seek(0)
+                data = np.frombuffer(file.read(), dtype=np.uint8)
         except FileNotFoundError:
-            return None  # gone before its turn
+            if path.is_symlink():
+                self._reject(name, "is a symbolic link to a missing file")
+            return None  # else gone before its turn
         except OSError as err:
-            self._reject(name, f"cannot be read ({err.strerror})")
+            if err.errno == errno.ELOOP:
+                self._reject(name, "is a symbolic link loop")
+            else:
+                self._reject(name, f"cannot be read ({err.strerror})")
             return None
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
         if image is None:
             self._reject(name, "does not decode as an image")
             return None
@@ -213,7 +267,7 @@ class ImageDirSource(Source):
         target = self.rejected_dir / name
         try:
             self.rejected_dir.mkdir(parents=True, exist_ok=True)
-            if target.exists():
+            if os.path.lexists(target):  # a link there, even a broken one, is not replaced
                 target = target.with_name(f"{target.stem}.{time.time_ns()}{target.suffix}")
             shutil.move(self.cfg.path / name, target)
         except OSError as err:
