@@ -122,7 +122,18 @@ def test_stale_and_expired_commands_are_refused(agent: Agent, operator: Operator
         (b'{"request_id": "r-1", "pipeline": 5}', "pipeline"),
         (b'{"request_id": "r-2", "pipeline": "boxes", "extra": 1}', "extra"),
         (b'{"request_id": "r-3"}', "pipeline"),
-        (b"\xff\xfe", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        # json.loads on bytes would take this for UTF-16 and run it.
+        pytest.param(
+            '{"request_id": "u-1", "pipeline": "boxes"}'.encode("utf-16"), "not UTF-8", id="utf16"
+        ),
+        # NaN and infinity pass every age comparison.
+        (b'{"request_id": "t-1", "pipeline": "boxes", "issued_at": NaN}', "NaN"),
+        (b'{"request_id": "t-2", "pipeline": "boxes", "issued_at": 1e999999}', "out of range"),
+        (b'{"request_id": "t-3", "pipeline": "boxes", "expires_at": Infinity}', "Infinity"),
+        # The parser recursed once per level: RecursionError, and no reply at all.
+        pytest.param(b"[" * 10_000 + b"]" * 10_000, "10000 levels deep", id="deep-list"),
+        pytest.param(b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "10000 levels deep", id="deep-obj"),
     ],
 )
 def test_malformed_commands_get_an_error_reply_and_the_agent_keeps_running(
@@ -133,6 +144,20 @@ def test_malformed_commands_get_an_error_reply_and_the_agent_keeps_running(
     body = json.loads(reply.payload)
     assert body["status"] == "error" and reason in body["reason"], body
     assert operator.call("ping")["status"] == "ok"
+
+
+def test_a_deeply_nested_set_config_gets_one_malformed_reply(
+    agent: Agent, operator: Operator
+) -> None:
+    changes = b'{"pipelines":' * 5_000 + b"1" + b"}" * 5_000  # too deep for json.dumps
+    operator.send("set_config", raw=b'{"request_id": "deep", "changes": ' + changes + b"}")
+    [reply] = operator.wait_for(lambda m: "/reply/" in m.topic)
+    body = json.loads(reply.payload)
+    assert body["status"] == "error" and "5001 levels deep, more than 32" in body["reason"], body
+    before = agent.config_path.read_text() if agent.config_path else None
+    fine = operator.call("set_config", changes={"pipelines": {"boxes": {"queue_size": 5}}})
+    assert fine["status"] == "ok", fine  # a real change still nests well within the limit
+    assert agent.config_path is not None and agent.config_path.read_text() != before
 
 
 def test_unknown_and_oversized_commands_are_refused(agent: Agent, operator: Operator) -> None:

@@ -1,8 +1,9 @@
 """Takes commands off the broker and answers each one. Messages arrive on paho's network
-thread and are queued; the `commands` thread checks each (size, JSON, schema, age,
-signature, repeat) and runs its handler, so one slow command never stalls the network
-loop. Commands that take long (a model update) run on a thread of their own and reply
-when done. Every command gets exactly one reply, also a malformed one."""
+thread and are queued; the `commands` thread checks each (size, strict JSON: UTF-8,
+nesting depth, finite numbers; schema, age, signature, repeat) and runs its handler, so
+one slow command never stalls the network loop. Commands that take long (a model update)
+run on a thread of their own and reply when done. Every command gets exactly one reply,
+also a malformed one."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from edge_agent.commands.journal import CommandJournal
 from edge_agent.commands.schemas import REQUEST_ID_PATTERN, Command, Reply
 from edge_agent.config.settings import CommandsSettings
 from edge_agent.errors import UserError, validation_lines
+from edge_agent.json_body import BodyError, parse_object
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.payloads import Envelope
 from edge_agent.updates.signing import public_key_from_setting, verify_bytes
@@ -151,12 +153,9 @@ class CommandDispatcher:
                 f"({self.settings.max_bytes})"
             )
         try:
-            body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CommandError(f"body is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise CommandError(f"body must be a JSON object, not {type(body).__name__}")
-        return body
+            return parse_object(payload)
+        except BodyError as exc:
+            raise CommandError(str(exc)) from exc
 
     def _check_time(self, command: Command) -> None:
         now = time.time()

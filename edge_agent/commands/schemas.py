@@ -26,10 +26,15 @@ class Command(BaseModel):
     request_id: RequestId = Field(
         pattern=REQUEST_ID_PATTERN, description="Unique per request; a repeat gets the first reply."
     )
+    # NaN and infinity pass every age comparison: refused here, not only by the parser.
     issued_at: float | None = Field(
-        None, description="Unix time it was sent: refused when older than commands.max_age_s."
+        None,
+        allow_inf_nan=False,
+        description="Unix time it was sent: refused when older than commands.max_age_s.",
     )
-    expires_at: float | None = Field(None, description="Unix time after which it is refused.")
+    expires_at: float | None = Field(
+        None, allow_inf_nan=False, description="Unix time after which it is refused."
+    )
     nonce: str | None = Field(
         None, max_length=64, description="Signed commands: unique, a replay is refused."
     )
