@@ -93,6 +93,7 @@ def test_no_file_path_comes_from_the_network(agent: Agent, operator: Operator) -
         "models.*.path": {"models": {"detector": {"path": "/etc/passwd"}}},
         "output.jsonl": {"output": {"jsonl": "/tmp/elsewhere.jsonl"}},
         "sources.*.device": {"sources": {"cam": {"kind": "camera", "device": "/home/x.mp4"}}},
+        "sources.*.path": {"sources": {"pics": {"kind": "image_dir", "path": "/etc"}}},
     }
     for key, changes in attempts.items():
         reply = operator.call("set_config", changes=changes)

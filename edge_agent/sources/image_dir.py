@@ -20,13 +20,14 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Annotated, Literal
 
 import cv2
 import imagesize
 import numpy as np
 from pydantic import Field
 
+from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.sources.base import Frame, Source, SourceConfig, SourceError
 from edge_agent.watch import DirectoryWatcher
 
@@ -41,13 +42,15 @@ _SIZED_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF, JPEG 2000, AVIF/HEIF, Netpbm"
 
 class ImageDirConfig(SourceConfig):
     kind: Literal["image_dir"] = Field("image_dir", description="Images dropped in a folder.")
-    path: Path = Field(description="The directory to watch (not its subdirectories).")
+    path: Annotated[Path, LOCAL_ONLY] = Field(
+        description="The directory to watch (not its subdirectories)."
+    )
     patterns: list[str] = Field(
         ["*.jpg", "*.jpeg", "*.png", "*.bmp"],
         min_length=1,
         description="File name patterns to take, any case; names starting with . are skipped.",
     )
-    rejected_dir: Path | None = Field(
+    rejected_dir: Annotated[Path | None, LOCAL_ONLY] = Field(
         None,
         description="Where undecodable, oversized and broken-link files are moved; "
         "empty: <path>/.rejected.",
