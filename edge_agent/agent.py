@@ -32,7 +32,7 @@ from edge_agent.reload import Applied, Reload
 from edge_agent.runtime.backend import Backend, select_backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.sinks import FanOutSink, JsonlSink, ResultSink
+from edge_agent.sinks import JsonlCopy, ResultSink
 from edge_agent.sources import create_source
 from edge_agent.sources.base import Frame, Source
 from edge_agent.sources.runner import SourceRunner
@@ -81,13 +81,12 @@ class Agent:
         self.outbox = Outbox(outbox_path(settings), settings.outbox)
         if self.outbox.moved_aside is not None:
             self.last_error = f"outbox was damaged, moved to {self.outbox.moved_aside}"
-        self.writer = OutboxWriter(self.outbox, settings.mqtt.topic_prefix, settings.device.id)
-        if sink is None:
-            copies: list[ResultSink] = [self.writer]
-            if settings.output.jsonl:
-                copies.append(JsonlSink(settings.output.jsonl))
-            sink = FanOutSink(copies)
-        self.sink = sink
+        # The JSON-lines copy is fed by the writer, from each batch after its commit.
+        copies = [JsonlCopy(settings.output.jsonl)] if settings.output.jsonl else []
+        self.writer = OutboxWriter(
+            self.outbox, settings.mqtt.topic_prefix, settings.device.id, copies
+        )
+        self.sink: ResultSink = sink or self.writer
         self.link: MqttLink | None = None
         self.sender: Sender | None = None
         if settings.mqtt.enabled:
@@ -394,6 +393,8 @@ class Agent:
                 problems.append(f"source {name}: its thread died")
         if not self.writer.alive:
             problems.append("outbox writer thread died")
+        if self.sender is not None and self.sender.died:
+            problems.append("mqtt sender thread died")
         return problems
 
     def status_line(self) -> str:

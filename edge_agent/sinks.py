@@ -1,5 +1,6 @@
 """Where results go once a pipeline has them. Hand-off is a queue put; a writer thread
-does the I/O, so a slow disk never stalls inference. Nothing handed off is dropped."""
+does the I/O, so a slow disk never stalls inference. The outbox writer is the sink; a
+JSON-lines copy is fed from its committed batches."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from edge_agent.payloads import ResultPayload
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # lines written per flush at most
+_BATCH = 256  # lines gathered before a write and flush (a committed batch stays whole)
 
 
 OnDurable = Callable[[], None]
@@ -29,38 +30,41 @@ class ResultSink(Protocol):
     def close(self, timeout: float = 5.0) -> None: ...
 
 
-class JsonlSink:
-    """Results as JSON lines, to a file (appended) or to stdout ("-")."""
+class JsonlCopy:
+    """A copy of committed results as JSON lines, to a file (appended) or to stdout ("-").
+    The outbox writer hands it each batch after the batch's commit, so after a crash the
+    copy holds nothing the outbox lacks (it may lack the last lines the outbox has)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.written = 0
-        self._queue: queue.SimpleQueue[ResultPayload | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         if target == "-":
-            self._file: IO[str] = sys.stdout
+            self._file: IO[bytes] = sys.stdout.buffer
         else:
             path = Path(target)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("a", encoding="utf-8")
-        self._thread = threading.Thread(target=self._run, name="sink-jsonl", daemon=True)
+            self._file = path.open("ab")
+        self._thread = threading.Thread(target=self._run, name="copy-jsonl", daemon=True)
         self._thread.start()
 
-    def put(self, payload: ResultPayload, on_durable: OnDurable | None = None) -> None:
-        self._queue.put(payload)  # a copy for people: it never vouches for durability
+    def put_committed(self, bodies: list[bytes]) -> None:
+        if bodies:
+            self._queue.put(bodies)
 
     def close(self, timeout: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            return
         self._queue.put(None)
         self._thread.join(timeout)
-        if self._file is not sys.stdout:
+        if self._file is not sys.stdout.buffer:
             self._file.close()
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            lines = []
+            lines = [] if item is None else list(item)
             done = item is None
-            if item is not None:
-                lines.append(item.model_dump_json(by_alias=True))
             # Take what else is waiting, so a burst costs one write and one flush.
             while not done and len(lines) < _BATCH:
                 try:
@@ -70,30 +74,13 @@ class JsonlSink:
                 if more is None:
                     done = True
                 else:
-                    lines.append(more.model_dump_json(by_alias=True))
+                    lines.extend(more)
             if lines:
                 try:
-                    self._file.write("\n".join(lines) + "\n")
+                    self._file.write(b"\n".join(lines) + b"\n")
                     self._file.flush()
                     self.written += len(lines)
                 except OSError as exc:
                     log.error("results file %s: %s", self.target, exc)
             if done:
                 return
-
-
-class FanOutSink:
-    """Every result to each sink in turn: the outbox first, then any copies."""
-
-    def __init__(self, sinks: list[ResultSink]) -> None:
-        self.sinks = sinks
-
-    def put(self, payload: ResultPayload, on_durable: OnDurable | None = None) -> None:
-        first, *copies = self.sinks
-        first.put(payload, on_durable)  # the outbox says when it is durable
-        for sink in copies:
-            sink.put(payload)
-
-    def close(self, timeout: float = 5.0) -> None:
-        for sink in self.sinks:
-            sink.close(timeout)

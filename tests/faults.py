@@ -2,13 +2,21 @@
 tests/test_reliability.py with small counts and by scripts/fault_inject.py with large ones.
 
 What "lost" means here: a result the agent committed to its outbox that never reached a
-subscriber. The broker keeps a persistent session for the subscriber (persistence on), so a
-broker restart does not itself lose what it had acknowledged."""
+subscriber (in the disk-full scenario: one the agent made that neither reached a subscriber
+nor was counted as dropped). The broker keeps a persistent session for the subscriber
+(persistence on), so a broker restart does not itself lose what it had acknowledged. Every
+agent also writes the JSON-lines copy; it must hold nothing the outbox lacks."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
 import json
+import os
 import random
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +63,14 @@ keepalive_s = 5
 reconnect_min_s = 0.1
 reconnect_max_s = 0.5
 
+[output]
+jsonl = "{copy}"
+
 [logging]
 status_interval_s = 0
 """
+
+COPY = "results.jsonl"
 
 
 def persistent_broker(directory: Path) -> Broker:
@@ -130,6 +144,7 @@ class Report:
     lost: int = 0
     duplicates: int = 0
     seconds: float = 0.0
+    copy_extra: int | None = None  # results in the JSON-lines copy the outbox lacks
     notes: list[str] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)  # the agent's RSS, sampled
 
@@ -138,6 +153,8 @@ class Report:
             f"stored {self.stored}, delivered {self.delivered}, lost {self.lost}, "
             f"duplicates {self.duplicates}, {self.seconds:.1f} s"
         ]
+        if self.copy_extra is not None:
+            out.append(f"results in the JSON-lines copy but not in the outbox: {self.copy_extra}")
         if self.rss_mb:
             out.append(
                 f"agent RSS while draining: start {self.rss_mb[0]:.1f} MB, "
@@ -146,15 +163,16 @@ class Report:
         return out + self.notes
 
 
-def stored_results(state: Path, column: str) -> list[Any]:
-    """One column (id, payload, ...) of every result row in the agent's outbox, read beside
-    the running agent."""
+def stored_results(state: Path, column: str, where: str = "1") -> list[Any]:
+    """One column (id, payload, ...) of every result row in the agent's outbox (or those
+    matching `where`, "state=0": pending), read beside the running agent."""
     path = state / "outbox.db"
     if not path.exists():
         return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return [row[0] for row in db.execute(f"SELECT {column} FROM messages WHERE class='result'")]
+        query = f"SELECT {column} FROM messages WHERE class='result' AND {where}"
+        return [row[0] for row in db.execute(query)]
     except sqlite3.OperationalError:
         return []  # the agent has created the file but not yet its table
     finally:
@@ -179,35 +197,61 @@ def outbox_states(state: Path, ids: set[str]) -> dict[str, int]:
         db.close()
 
 
-def write_config(work: Path, port: int, fps: int) -> Path:
+def write_config(work: Path, port: int, fps: int, more: str = "") -> Path:
     config = work / "agent.toml"
-    config.write_text(config_text(work / "state", AGENT_BODY.format(port=port, fps=fps)))
+    body = AGENT_BODY.format(port=port, fps=fps, copy=work / COPY) + more
+    config.write_text(config_text(work / "state", body))
     return config
 
 
-def agent_process(config: Path) -> subprocess.Popen[bytes]:
+def agent_process(
+    config: Path, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The agent as a real process; its log appended to `log`, if given."""
     command = [sys.executable, "-m", "edge_agent", "run", "--config", str(config)]
-    return subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
+    err = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(command, cwd=ROOT, stderr=err, env=env)
+    finally:
+        if log is not None:
+            err.close()  # type: ignore[union-attr]
 
 
-def stop_agent(proc: subprocess.Popen[bytes]) -> None:
+def stop_agent(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, and the exit status (killed after 10 s: then not 0)."""
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(10)
+        return proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+        return -9
 
 
-def kill_while_offline(work: Path, rounds: int, seed: int = 0) -> Report:
+def copied_ids(work: Path) -> set[str]:
+    """The ids in the JSON-lines copy (a line cut short by a kill is left out)."""
+    path = work / COPY
+    ids = set()
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            with contextlib.suppress(ValueError):
+                ids.add(json.loads(line)["id"])
+    return ids
+
+
+def kill_while_offline(
+    work: Path, rounds: int, seed: int = 0, commit_interval_ms: float | None = None
+) -> Report:
     """Kill -9 the agent `rounds` times while it produces results with the broker down;
     then bring the broker up, start the agent once more and check every stored result
-    arrives."""
+    arrives. A longer commit interval keeps more results waiting for their commit at
+    each kill (the JSON-lines copy must not have them)."""
     rng = random.Random(seed)
     broker = persistent_broker(work / "broker").start()
     port = broker.port
     broker.stop()
-    config = write_config(work, port, fps=100)
+    more = f"\n[outbox]\ncommit_interval_ms = {commit_interval_ms}\n" if commit_interval_ms else ""
+    config = write_config(work, port, fps=100, more=more)
     state = work / "state"
     report = Report()
     started = time.monotonic()
@@ -225,6 +269,7 @@ def kill_while_offline(work: Path, rounds: int, seed: int = 0) -> Report:
             proc.wait(10)
         committed = stored_result_ids(state)
         report.stored = len(committed)
+        report.copy_extra = len(copied_ids(work) - committed)
         broker.start()
         subscriber = DurableSubscriber(port).start()
         proc = agent_process(config)
@@ -317,3 +362,295 @@ def drain_through_faults(work: Path, count: int) -> Report:
     report.duplicates = subscriber.duplicates()
     report.seconds = time.monotonic() - started
     return report
+
+
+def chaos_under_load(
+    work: Path, kills: int, restarts: int, cuts: int, seed: int = 0, fps: int = 100
+) -> Report:
+    """The agent makes results online, through a proxy, while it is killed with SIGKILL
+    `kills` times, the broker restarted `restarts` times and the connection cut `cuts`
+    times, in a random order at random moments. Then it is stopped with SIGTERM and run
+    once more to drain: every result ever stored must arrive, and the JSON-lines copy must
+    hold nothing the outbox lacks."""
+    rng = random.Random(seed)
+    broker = persistent_broker(work / "broker").start()
+    proxy = TcpProxy(broker).start()
+    config = write_config(work, proxy.port, fps=fps)
+    state = work / "state"
+    log = work / "agent.log"
+    subscriber = DurableSubscriber(broker.port).start()
+    faults = ["kill"] * kills + ["broker restart"] * restarts + ["cut"] * cuts
+    rng.shuffle(faults)
+    report = Report()
+    started = time.monotonic()
+    proc = agent_process(config, log)
+    try:
+        for fault in faults:
+            before = len(stored_result_ids(state))
+            wait_until(
+                lambda before=before: len(stored_result_ids(state)) > before + 20,
+                timeout=60,
+                what="new results committed",
+            )
+            time.sleep(rng.uniform(0.0, 1.0))  # at a random point of its work
+            if fault == "kill":
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                proc = agent_process(config, log)
+            elif fault == "broker restart":
+                broker.restart()
+            else:
+                proxy.cut()
+        copied = copied_ids(work)  # read before the outbox: a copy comes after its commit
+        committed = stored_result_ids(state)
+        report.copy_extra = len(copied - committed)
+        statuses = [stop_agent(proc)]
+        committed = stored_result_ids(state)
+        report.stored = len(committed)
+        proc = agent_process(config, log)  # sends what was still pending at the stop
+        wait_until(
+            lambda: committed <= subscriber.received(), timeout=120, what="every stored result"
+        )
+        statuses.append(stop_agent(proc))
+    finally:
+        if proc.poll() is None:
+            stop_agent(proc)
+        subscriber.stop()
+        proxy.stop()
+        broker.stop()
+    got = subscriber.received()
+    report.delivered = len(committed & got)
+    report.lost = len(committed - got)
+    report.duplicates = subscriber.duplicates()
+    report.seconds = time.monotonic() - started
+    report.notes.append(
+        f"faults: {kills} SIGKILL, {restarts} broker restarts, {cuts} connection cuts, at"
+        f" {fps} results/s, random order and moments (seed {seed})"
+    )
+    report.notes.append(f"exit status at SIGTERM: {statuses}; {_tracebacks(log)} traceback(s)")
+    return report
+
+
+def _tracebacks(log: Path) -> int:
+    return log.read_text(errors="replace").count("Traceback") if log.exists() else 0
+
+
+# The disk-full run --------------------------------------------------------------------------
+
+_SUMMARY = re.compile(
+    r"outbox: taken (?P<taken>[^;]*); stored (?P<stored>[^;]*); dropped (?P<dropped>[^;]*);"
+    r" WAL peak (?P<peak>\d+) kB \(bound (?P<bound>\d+) kB\)"
+)
+
+
+def writer_summaries(log: Path) -> list[dict[str, Any]]:
+    """The outbox writer's line at each stop: counts by class (or class:reason), WAL peak."""
+
+    def counts(text: str) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for part in text.split(", "):
+            if part != "none":
+                key, count = part.rsplit(" ", 1)
+                found[key] = int(count)
+        return found
+
+    return [
+        {
+            "taken": counts(m["taken"]),
+            "stored": counts(m["stored"]),
+            "dropped": counts(m["dropped"]),
+            "wal_peak_kb": int(m["peak"]),
+            "wal_bound_kb": int(m["bound"]),
+        }
+        for m in _SUMMARY.finditer(log.read_text(errors="replace"))
+    ]
+
+
+class WalWatch:
+    """Samples the size of the outbox's WAL every few milliseconds; `peak` is the largest."""
+
+    def __init__(self, state: Path, every_s: float = 0.005) -> None:
+        self.path = state / "outbox.db-wal"
+        self.every_s = every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-watch", daemon=True)
+
+    def start(self) -> WalWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with contextlib.suppress(OSError):
+                self.peak = max(self.peak, self.path.stat().st_size)
+
+
+@dataclass
+class DiskFullReport(Report):
+    made: int = 0  # results the agent made (its writer's count), over every run
+    dropped: int = 0  # results counted as dropped
+    wal_peak_kb: int = 0  # the agent's own figure, taken after every commit
+    wal_sampled_kb: int = 0  # the file's size, sampled from outside
+    wal_bound_kb: int = 0
+    budget_kb: int = 0
+    watchdog_gap_s: float = 0.0  # the longest time without a watchdog ping
+    unhealthy: list[str] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [
+            f"made {self.made}, delivered {self.delivered}, stored (still to go) {self.stored},"
+            f" dropped and counted {self.dropped}, lost {self.lost},"
+            f" duplicates {self.duplicates}, {self.seconds:.1f} s",
+            f"results in the JSON-lines copy but not in the outbox: {self.copy_extra}",
+            f"WAL peak {self.wal_peak_kb} kB by the agent, {self.wal_sampled_kb} kB sampled;"
+            f" bound {self.wal_bound_kb} kB, counted in the outbox budget of"
+            f" {self.budget_kb} kB",
+            f"watchdog: longest gap between pings {self.watchdog_gap_s:.1f} s, unhealthy"
+            f" reports {len(self.unhealthy)}{': ' + self.unhealthy[0] if self.unhealthy else ''}",
+            f"exit status at SIGTERM: {self.statuses}",
+            *self.notes,
+        ]
+
+
+def disk_full(work: Path, cycles: int = 3, fps: int = 100, size: str = "3m") -> DiskFullReport:
+    """The agent's state on a real tmpfs of `size` (root only). `cycles` times: online, the
+    link goes down, the disk fills up, the link comes back while the disk is still full,
+    then space returns. The agent is stopped (SIGTERM), run once more to drain, and then
+    stopped while the disk is full, so what it holds in memory is counted at the stop.
+    Every result made must have arrived, be stored, or be counted as dropped; the
+    watchdog pings (which stop when a thread dies) must go on throughout."""
+    from tests.test_systemd import NotifySocket
+
+    report = DiskFullReport()
+    started = time.monotonic()
+    state = work / "state"
+    log = work / "agent.log"
+    broker = persistent_broker(work / "broker").start()
+    proxy = TcpProxy(broker).start()
+    subscriber = DurableSubscriber(broker.port).start()
+    notify = NotifySocket(work / "notify.sock")
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
+    config = write_config(work, proxy.port, fps=fps, more='\n[outbox]\ndurability = "normal"\n')
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with tmpfs(state, size):
+            wal = WalWatch(state).start()
+            report.budget_kb = int(0.5 * shutil.disk_usage(state).total) // 1024
+            proc = agent_process(config, log, env)
+            wait_until(lambda: bool(notify.having("READY")), 30, "READY=1")
+            for _ in range(cycles):
+                time.sleep(2.0)  # online
+                proxy.refuse()
+                proxy.cut()
+                time.sleep(2.0)  # a backlog builds
+                filler = fill_disk(state)
+                time.sleep(2.0)  # results held in memory
+                proxy.accept()
+                time.sleep(3.0)  # the backlog goes; its marks cannot be written yet
+                filler.unlink()
+                time.sleep(3.0)  # space returns
+            report.statuses.append(stop_agent(proc))
+            watched = _watchdog_gaps(notify)
+            stored = stored_result_ids(state)
+            proc = agent_process(config, log, env)
+            wait_until(lambda: stored <= subscriber.received(), 60, "every stored result")
+            # A stop while the disk is full: what is held in memory is counted and logged.
+            fill_disk(state)
+            wait_until(lambda: "holding" in log.read_text(errors="replace")[-20000:], 30, "held")
+            report.statuses.append(stop_agent(proc))
+            proc = None
+            wal.stop()
+            report.wal_sampled_kb = wal.peak // 1024
+            pending = set(stored_results(state, "id", "state=0"))
+            every = set(stored_results(state, "id"))
+        copied = copied_ids(work)
+    finally:
+        if proc is not None and proc.poll() is None:
+            stop_agent(proc)
+        subscriber.stop()
+        notify.close()
+        proxy.stop()
+        broker.stop()
+    summaries = writer_summaries(log)
+    got = subscriber.received()
+    report.made = sum(s["taken"]["result"] for s in summaries)
+    report.dropped = sum(
+        n for s in summaries for k, n in s["dropped"].items() if k.startswith("result:")
+    )
+    report.delivered = len(got)
+    report.stored = len(pending - got)
+    report.lost = report.made - report.dropped - len(got | every)
+    report.duplicates = subscriber.duplicates()
+    report.copy_extra = len(copied - every)
+    report.wal_peak_kb = max(s["wal_peak_kb"] for s in summaries)
+    report.wal_bound_kb = max(s["wal_bound_kb"] for s in summaries)
+    report.watchdog_gap_s, report.unhealthy = watched
+    text = log.read_text(errors="replace")
+    report.notes += [
+        f"cycles: {cycles} of link down, disk filled, link up while full, space back;"
+        f" {fps} results/s on a {size} tmpfs",
+        f"lines saying the disk is full: {text.count('the disk holding the outbox is full')};"
+        f" marks kept in memory and retried: {text.count('acknowledgement(s) kept in memory')};"
+        f" lost-at-stop lines: {text.count('lost at stop')}; tracebacks: {text.count('Traceback')}",
+        f"writer at each stop: {[dict(s['dropped']) for s in summaries]}",
+    ]
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _watchdog_gaps(notify: Any) -> tuple[float, list[str]]:
+    """The longest time between two watchdog pings, and every unhealthy STATUS=."""
+    pings = [t for t, _ in notify.having("WATCHDOG")]
+    gap = max((b - a for a, b in itertools.pairwise(pings)), default=float("inf"))
+    unhealthy = [m["STATUS"] for _, m in notify.messages if "unhealthy" in m.get("STATUS", "")]
+    return gap, unhealthy
+
+
+# A real small filesystem ------------------------------------------------------------------
+
+
+class CannotMount(Exception):
+    """No tmpfs could be mounted here (not root, or no mount namespace)."""
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` ("3m") mounted on `mount` (root only), unmounted after."""
+    mount.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+    )
+    if proc.returncode != 0:
+        raise CannotMount(proc.stderr.decode().strip() or f"mount exited {proc.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """A file that takes every free byte of `folder`'s filesystem but `leave`."""
+    filler = folder / "filler"
+    chunk = b"\0" * 65536
+    with filler.open("ab", buffering=0) as f:
+        while True:
+            room = _free(folder) - leave
+            if room <= 0:
+                break
+            try:
+                f.write(chunk[: min(len(chunk), room)])
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+    return filler
+
+
+def _free(folder: Path) -> int:
+    return shutil.disk_usage(folder).free

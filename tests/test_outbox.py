@@ -1,10 +1,12 @@
 """The outbox on real SQLite files: order, policies, expiry, shrinking, corruption, a full
-disk on a real (tmpfs) filesystem."""
+disk on a real (tmpfs) filesystem: the WAL's bound, every write path, what is held in
+memory, and the JSON-lines copy written only after the commit."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.settings import ClassPolicy, OutboxSettings
-from edge_agent.outbox.store import Message, Outbox
+from edge_agent.outbox.store import Message, Outbox, OutboxWriteError, read_only
 from edge_agent.outbox.writer import OutboxWriter
+from edge_agent.sinks import JsonlCopy
 from tests.agent_helpers import wait_until
+from tests.faults import CannotMount, fill_disk, tmpfs
 
 
 def message(cls: str = "result", size: int = 100, created: float | None = None) -> Message:
@@ -65,7 +69,8 @@ def test_full_outbox_refuses_results_and_drops_oldest_telemetry(tmp_path: Path) 
     results = [message("result", 1000) for _ in range(120)]
     refused = box.append(results)
     assert 0 < len(refused) < 120
-    assert box.drops["result:rejected_full"] == len(refused)
+    # Refused, not dropped: the writer holds them, and counts them only if it gives up.
+    assert "result:rejected_full" not in box.drops
     kept = box.stats()["pending"]
     # Telemetry makes room by dropping its own oldest, never a result.
     box.append([message("telemetry", 1000) for _ in range(5)])
@@ -119,19 +124,23 @@ def test_a_damaged_page_is_found_at_open(tmp_path: Path) -> None:
     assert again.stats()["pending"] == 0
 
 
+def mounted(tmp_path: Path, size: str) -> Iterator[Path]:
+    try:
+        with tmpfs(tmp_path / "disk", size) as mount:
+            yield mount
+    except CannotMount as exc:
+        pytest.skip(f"cannot mount a small tmpfs here: {exc}")
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from mounted(tmp_path, "2m")
+
+
+@pytest.fixture
+def disk_3m(tmp_path: Path) -> Iterator[Path]:
+    """The size of the volume the chaos run used."""
+    yield from mounted(tmp_path, "3m")
 
 
 def test_full_disk_applies_the_policy_keeps_the_database_and_resumes(small_disk: Path) -> None:
@@ -142,11 +151,10 @@ def test_full_disk_applies_the_policy_keeps_the_database_and_resumes(small_disk:
     filler.write_bytes(b"\0" * (1024 * 1024 + 512 * 1024))
     for _ in range(400):
         writer.put_message("edge/d/results/p", b"r" * 2000, "result", uuid.uuid4().hex)
-    writer.flush(timeout=2)
+    writer.flush(timeout=1)
     stats = box.stats()
-    # Either refused by the size check or held back by SQLite's "disk is full": counted.
-    held_or_refused = box.drops.get("result:rejected_full", 0) + (400 - writer.committed)
-    assert held_or_refused > 0
+    # Either refused by the size check or held back by SQLite's "disk is full": held.
+    assert writer.waiting == 400 - writer.committed > 0
     # The database is intact while the disk is full.
     check = sqlite3.connect(path).execute("PRAGMA quick_check").fetchone()
     assert check == ("ok",)
@@ -158,4 +166,122 @@ def test_full_disk_applies_the_policy_keeps_the_database_and_resumes(small_disk:
         writer.put_message("edge/d/results/p", b"r" * 2000, "result", uuid.uuid4().hex)
     wait_until(lambda: writer.committed >= before + 50, what="commits after space returned")
     assert not writer.disk_full
+    writer.close(timeout=1.0)
+    # What still found no room by the stop is counted: nothing vanished.
+    assert writer.stored["result"] + box.drops.get("result:rejected_full", 0) == 450
+
+
+def test_the_wal_stays_within_its_bound_on_a_3_mb_disk(disk_3m: Path) -> None:
+    """Issue 10, item 6: results appended and marked delivered on a 3 MB volume grew the WAL
+    to 2.96 MB (no checkpoint before SQLite's 1,000 pages) until the disk was full. Now the
+    WAL stays near its bound, counted in the budget, and delivered rows give way."""
+    path = disk_3m / "outbox.db"
+    box = Outbox(path, OutboxSettings())
+    assert box.wal_limit <= 256 * 1024  # an eighth of the budget a 3 MB disk allows
+    peak = 0
+    for _ in range(300):
+        box.append([message("result", 700) for _ in range(20)])
+        box.mark_delivered([m.seq for m in box.pending(15)])
+        peak = max(peak, Path(f"{path}-wal").stat().st_size)
+    assert peak <= box.wal_limit + 32 * 1024  # one batch past the bound at most
+    assert box.wal_peak >= peak  # the agent's own figure, taken after every commit
+    files = path.stat().st_size + Path(f"{path}-wal").stat().st_size
+    assert files <= 0.5 * 3 * 2**20 + box.wal_limit  # max_disk_share of the volume
+    assert box.stats()["pending"] > 800  # results kept, delivered ones cleared for them
+
+
+def test_every_write_on_a_full_disk_names_the_disk_and_leaves_the_outbox_intact(
+    disk_3m: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10, items 5 and 6: the error read "cannot commit (cannot rollback - no
+    transaction is active)". Every write path now raises one error that says the disk
+    holding the outbox is full, with the path; housekeeping logs it and goes on."""
+    path = disk_3m / "outbox.db"
+    box = Outbox(path, OutboxSettings())
+    box.append([message("result", 700) for _ in range(1200)])
+    seqs = [m.seq for m in box.pending(2000)]
+    box.mark_delivered(seqs[:600])  # for housekeeping to remove
+    seqs = seqs[600:]
+    # A reader beside the agent (`edge-agent results tail`) holds the WAL: it cannot start
+    # over, so every write needs new space.
+    reader = read_only(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM messages").fetchone()
+    filler = fill_disk(disk_3m)
+    with pytest.raises(OutboxWriteError) as failed:
+        box.append([message("telemetry", 700) for _ in range(400)])  # drop_oldest: not refused
+    assert failed.value.disk_full
+    text = str(failed.value)
+    assert text.startswith(f"the disk holding the outbox is full: {path}")
+    assert "rollback" not in text
+    with pytest.raises(OutboxWriteError, match="disk holding the outbox is full"):
+        box.mark_delivered(seqs)
+    with caplog.at_level(logging.WARNING):
+        assert box.expire(time.time() + 10**6) == 0
+    assert "housekeeping postponed: the disk holding the outbox is full" in caplog.text
+    # Whole transactions only (marks that went before the failure stay), tallies right.
+    stats = box.stats()
+    truth = dict(
+        sqlite3.connect(path).execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+    )
+    assert (stats["pending"], stats["delivered_kept"]) == (truth[0], truth[1])
+    assert truth[0] + truth[1] == 1200 and truth[0] > 0
+    assert sqlite3.connect(path).execute("PRAGMA quick_check").fetchone() == ("ok",)
+    reader.close()
+    filler.unlink()
+    box.mark_delivered(seqs)
+    assert box.expire(time.time() + 10**6) == 0
+    assert box.stats()["pending"] == 0 and box.stats()["delivered_kept"] == 0
+
+
+def test_held_messages_are_stored_when_space_returns_and_counted_if_it_never_does(
+    disk_3m: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10, item 6: results held in memory were dropped at SIGTERM with no log line
+    and no count. They are stored once space returns; what is still held at stop is
+    counted and logged."""
+    box = Outbox(disk_3m / "outbox.db", OutboxSettings(durability="normal"))
+    writer = OutboxWriter(box, "edge", "d")
+    filler = fill_disk(disk_3m)
+    for _ in range(300):
+        writer.put_message("edge/d/results/p", b"r" * 700, "result", uuid.uuid4().hex)
+    wait_until(lambda: writer.waiting == 300, what="300 results held in memory")
+    filler.unlink()
+    wait_until(lambda: writer.committed == 300, what="the held results stored")
+    assert box.stats()["pending"] == 300 and box.drops == {}
+    filler = fill_disk(disk_3m)
+    for _ in range(500):  # telemetry is never refused for room: it meets the full disk
+        writer.put_message("edge/d/telemetry", b"t" * 700, "telemetry", uuid.uuid4().hex)
+    wait_until(lambda: bool(writer.write_error), what="a failed write")
+    assert writer.disk_full
+    with caplog.at_level(logging.INFO):
+        writer.close(timeout=1.0)
+    assert box.drops == {
+        "telemetry:disk_full": writer.taken["telemetry"] - writer.stored["telemetry"]
+    }
+    lost = [r.getMessage() for r in caplog.records if "lost at stop" in r.getMessage()]
+    assert len(lost) == 1 and "the disk holding the outbox is full" in lost[0]
+    assert f"telemetry {box.drops['telemetry:disk_full']}" in lost[0]
+    assert "dropped telemetry:disk_full" in caplog.records[-1].getMessage()  # the summary
+    filler.unlink()
+
+
+def test_the_jsonl_copy_is_written_only_after_the_commit(disk_3m: Path, tmp_path: Path) -> None:
+    """Issue 10, item 10: the copy was written before the outbox commit, so after kill -9 it
+    held results the outbox never had. It is now fed from each committed batch."""
+    box = Outbox(disk_3m / "outbox.db", OutboxSettings(durability="normal"))
+    copy_path = tmp_path / "copy.jsonl"
+    writer = OutboxWriter(box, "edge", "d", [JsonlCopy(str(copy_path))])
+    filler = fill_disk(disk_3m)
+    ids = [uuid.uuid4().hex for _ in range(100)]
+    for key in ids:
+        body = json.dumps({"id": key}).encode()
+        writer.put_message("edge/d/results/p", body, "result", key)
+    wait_until(lambda: writer.waiting == 100, what="results held: the disk is full")
+    time.sleep(0.2)
+    assert copy_path.read_text() == ""  # nothing stored, nothing copied
+    filler.unlink()
+    wait_until(lambda: writer.committed == 100, what="stored once space returned")
     writer.close()
+    copied = [json.loads(line)["id"] for line in copy_path.read_text().splitlines()]
+    assert copied == ids

@@ -1,7 +1,11 @@
 """Drains the outbox through the link: oldest rows first (events, results, telemetry),
 QoS 1, inside a bounded in-flight window. A row is marked delivered only on its PUBACK;
 rows in flight when the connection drops stay pending and go again after the reconnect,
-so delivery is at least once and duplicates stay within the window."""
+so delivery is at least once and duplicates stay within the window.
+
+Writing a mark can fail (a full disk): the acknowledgement is then kept in memory, the row
+is not sent again, and the mark is retried every second. The thread never dies of it; if
+it dies of anything else, `died` says so and the health check stops the watchdog."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS
 
 from edge_agent.config.settings import MqttSettings
 from edge_agent.link.mqtt import MqttLink
-from edge_agent.outbox.store import Outbox, Stored
+from edge_agent.outbox.store import Outbox, OutboxWriteError, Stored
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ _IDLE_S = 1.0  # with nothing pending, look again this often even without a wake
 # A row in flight at this many drops in a row is taken for the reason (a broker that
 # disconnects instead of refusing, e.g. an oversized message on MQTT 3.1.1).
 _SUSPECT_DROPS = 3
+_RETRY_S = 1.0  # marks that failed to be written are tried again this often
 
 
 class Sender:
@@ -50,20 +55,41 @@ class Sender:
         self._epoch = 0  # counts connection changes
         self._changed = threading.Condition()
         self._stop = False
+        self._started = False
         self._idle = False  # the outbox had nothing pending at the last look
+        # Acknowledged or refused, but not yet written to the outbox (its disk is full):
+        # touched by the sender thread only (and by stop() once it has ended).
+        self._unmarked: list[int] = []
+        self._unmarked_set: set[int] = set()
+        self._unrefused: list[tuple[int, str]] = []
+        self._write_error = ""
+        self._retry_at = 0.0
         link.on_publish = self._on_publish
         link.connection_listeners.append(self._on_connection)
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
 
     def start(self) -> None:
+        self._started = True
         self._thread.start()
+
+    @property
+    def died(self) -> bool:
+        """The thread ended without being asked to."""
+        return self._started and not self._thread.is_alive() and not self._stop
 
     def stop(self, timeout: float = 2.0) -> None:
         with self._changed:
             self._stop = True
             self._changed.notify_all()
         self._thread.join(timeout)
-        self._settle()
+        self._settle(final=True)
+        if self._unmarked:
+            log.error(
+                "outbox: %d acknowledged message(s) could not be marked delivered (%s): they"
+                " go again after the restart, as duplicates",
+                len(self._unmarked),
+                self._write_error,
+            )
 
     def wake(self) -> None:
         """New rows were committed."""
@@ -138,6 +164,13 @@ class Sender:
             if room < refill or not self.link.connected.is_set():
                 continue
             rows = self.outbox.pending_after(room, after)
+            if self._unmarked_set:
+                # Acknowledged already, only the mark is missing: not sent again.
+                rows = [row for row in rows if row.seq not in self._unmarked_set]
+                if rows:
+                    with self._changed:
+                        for row in rows:
+                            self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
             if not rows:
                 with self._changed:
                     self._idle = True  # until new rows are committed (wake) or a timeout
@@ -162,18 +195,11 @@ class Sender:
     def _publish(self, row: Stored, epoch: int) -> bool:
         limit = self.link.max_packet_size
         if limit and len(row.payload) + len(row.topic) + _FIXED_HEADER > limit:
-            self.outbox.set_aside(row.seq, "too_large")
-            log.warning(
-                "outbox row %d (%s) is larger than the broker takes: set aside", row.seq, row.topic
-            )
+            self._put_aside(row, "too_large", "is larger than the broker takes")
             return True
         if self._suspects.get(row.seq, 0) >= _SUSPECT_DROPS:
-            self.outbox.set_aside(row.seq, "dropped_connection")
-            log.warning(
-                "outbox row %d (%s) was in flight at %d drops in a row: set aside",
-                row.seq,
-                row.topic,
-                _SUSPECT_DROPS,
+            self._put_aside(
+                row, "dropped_connection", f"was in flight at {_SUSPECT_DROPS} drops in a row"
             )
             return True
         # Not under our lock: paho calls on_publish holding its own, and publish() takes
@@ -195,14 +221,50 @@ class Sender:
             self.sent += 1
         return True
 
-    def _settle(self) -> None:
-        """Writes what the broker acknowledged or refused to the outbox."""
+    def _put_aside(self, row: Stored, reason: str, why: str) -> None:
+        log.warning("outbox row %d (%s) %s: set aside", row.seq, row.topic, why)
+        with self._changed:
+            self._refused.append((row.seq, reason))
+            self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
+
+    def _settle(self, final: bool = False) -> None:
+        """Writes what the broker acknowledged or refused to the outbox. When that fails
+        (a full disk) it is kept and tried again after a while, not on every call."""
         with self._changed:
             acked, self._acked = self._acked, []
             refused, self._refused = self._refused, []
-        for start in range(0, len(acked), _MARK_BATCH):
-            self.outbox.mark_delivered(acked[start : start + _MARK_BATCH])
-        self.acked += len(acked)
         for seq, reason in refused:
-            self.outbox.set_aside(seq, reason)
-            log.warning("broker refused outbox row %d (%s): set aside", seq, reason)
+            if reason not in ("too_large", "dropped_connection"):
+                log.warning("broker refused outbox row %d (%s): set aside", seq, reason)
+        self.acked += len(acked)
+        self._unmarked.extend(acked)
+        self._unmarked_set.update(acked)
+        self._unrefused.extend(refused)
+        if not self._unmarked and not self._unrefused:
+            return
+        if self._write_error and time.monotonic() < self._retry_at and not final:
+            return
+        try:
+            while self._unmarked:
+                chunk = self._unmarked[:_MARK_BATCH]
+                self.outbox.mark_delivered(chunk)
+                del self._unmarked[: len(chunk)]
+                self._unmarked_set.difference_update(chunk)
+            while self._unrefused:
+                seq, reason = self._unrefused[0]
+                self.outbox.set_aside(seq, reason)
+                del self._unrefused[0]
+        except OutboxWriteError as exc:
+            if str(exc) != self._write_error:
+                log.error(
+                    "outbox: %s; %d acknowledgement(s) kept in memory, retrying every %.0f s",
+                    exc,
+                    len(self._unmarked) + len(self._unrefused),
+                    _RETRY_S,
+                )
+            self._write_error = str(exc)
+            self._retry_at = time.monotonic() + _RETRY_S
+            return
+        if self._write_error:
+            log.info("outbox: acknowledgements written again (%s before)", self._write_error)
+            self._write_error = ""

@@ -4,10 +4,16 @@ read oldest-first by the sender, marked delivered on PUBACK, kept a while for lo
 Durability: WAL with synchronous=FULL survives power loss; NORMAL survives a crash of the
 process. Cheap SD cards may acknowledge an fsync they have not done: no setting here can
 help with that. A file that is not a database, or fails its check, is moved aside and a
-new one started, so a corrupt outbox never becomes a crash loop."""
+new one started, so a corrupt outbox never becomes a crash loop.
+
+Room: the WAL is bounded (a checkpoint every half of `wal_limit`, truncated back to it) and
+that bound is counted against the outbox's budget, beside the messages themselves. A write
+that fails (most often for a full disk) rolls back whole and raises OutboxWriteError, which
+names the cause and the file; the database stays intact and the caller keeps what it had."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sqlite3
@@ -26,6 +32,23 @@ MessageClass = Literal["event", "result", "telemetry"]
 # Delivery order after a reconnect: events, then results, then telemetry.
 PRIORITY: dict[str, int] = {"event": 0, "result": 1, "telemetry": 2}
 PENDING, DELIVERED, SET_ASIDE = 0, 1, 2
+
+# The WAL's bound: an eighth of the outbox's budget at open, within these limits. SQLite's
+# own default (1,000 pages, never truncated) once filled a 3 MB volume with WAL alone.
+_WAL_SHARE = 8
+_WAL_MIN = 64 * 1024
+_WAL_MAX = 4 * 1024 * 1024
+# On-disk cost of a row beyond its topic and payload (row header, the id, index entries):
+# used only to judge the free disk, so a guess on the high side is safe.
+_ROW_OVERHEAD = 160
+# Below this much free space, an I/O error on a write is taken for a full disk (SQLite
+# reports some ENOSPC failures as SQLITE_IOERR rather than SQLITE_FULL).
+_LOW_FREE = 256 * 1024
+# SQLite's primary result codes (stable; the stubs of the sqlite3 module lack them).
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 10, 11, 13, 26
+# How long the WAL's truncation waits for a reader beside the agent (`edge-agent results`).
+_TRUNCATE_WAIT_MS = 100
+_BUSY_WAIT_MS = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -71,6 +94,25 @@ class OutboxFull(Exception):
     """No room for a message whose class refuses rather than drops."""
 
 
+class OutboxWriteError(Exception):
+    """A write the outbox could not make; nothing of it was stored. `disk_full` says the
+    cause was a full disk (the message then says so, with the path)."""
+
+    def __init__(self, path: Path, cause: sqlite3.Error) -> None:
+        self.path = path
+        self.cause = cause
+        free = _free_bytes(path.parent)
+        code = getattr(cause, "sqlite_errorcode", None)
+        self.disk_full = code == _SQLITE_FULL or (
+            code is not None and code & 0xFF == _SQLITE_IOERR and free < _LOW_FREE
+        )
+        if self.disk_full:
+            text = f"the disk holding the outbox is full: {path} ({free // 1024} kB free)"
+        else:
+            text = f"cannot write the outbox {path}: {cause}"
+        super().__init__(text)
+
+
 class Outbox:
     """One SQLite file. Thread-safe: every call takes the connection's lock; the writer
     thread (outbox/writer.py) makes the appends, the sender the reads and marks."""
@@ -82,7 +124,11 @@ class Outbox:
         self.moved_aside: Path | None = None
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
+        budget = min(settings.max_bytes, int(settings.max_disk_share * self._disk_span()))
+        self.wal_limit = min(_WAL_MAX, max(_WAL_MIN, budget // _WAL_SHARE))
+        self.wal_peak = 0  # the WAL's size after the largest commit so far
         self._db = self._open()
+        self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         # Tallies kept in memory: counting a 100,000-row backlog in SQL takes tens of
         # milliseconds under the lock the sender needs.
         self._pending: dict[str, list[int]] = {}  # class -> [count, bytes]
@@ -97,6 +143,8 @@ class Outbox:
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise  # a full disk or a lock held elsewhere: the file itself is fine
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error(
                 "outbox %s is damaged (%s); moved to %s, starting a new one", self.path, exc, aside
@@ -109,16 +157,28 @@ class Outbox:
             return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=_BUSY_WAIT_MS / 1000,
+        )
         try:
             # auto_vacuum must be set before the first table exists to take effect.
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             sync = "FULL" if self.settings.durability == "full" else "NORMAL"
             db.execute(f"PRAGMA synchronous={sync}")
+            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+            # A passive checkpoint at a quarter of the bound; once it has caught up, the next
+            # write starts the WAL over and truncates the file back to the bound. With writes
+            # of at most about 0.4 of the bound each (write_bytes, rows_per_write), the WAL
+            # stays within it.
+            db.execute(f"PRAGMA wal_autocheckpoint={max(1, self.wal_limit // 4 // page)}")
+            db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
             result = db.execute("PRAGMA quick_check").fetchone()
             if result is None or result[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {result[0] if result else 'no answer'}")
+                raise _Damaged(f"quick_check: {result[0] if result else 'no answer'}")
             db.executescript(_SCHEMA)
         except sqlite3.DatabaseError:
             db.close()
@@ -133,27 +193,32 @@ class Outbox:
 
     def append(self, messages: list[Message]) -> list[Message]:
         """Commits `messages` in one transaction; returns those refused for room (their
-        class says reject_new). Raises sqlite3.OperationalError when the disk is full:
-        nothing of the batch is then stored, and the caller keeps it."""
+        class says reject_new), not counted: the caller holds them or counts them dropped.
+        Raises OutboxWriteError when the write fails (a full disk): nothing of the batch is
+        then stored, and the caller keeps it."""
         refused: list[Message] = []
+        dropped: dict[str, int] = {}
         with self._lock:
-            room = self._room()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
+                by_size, by_disk = self._room_locked()
                 rows = []
-                added = 0
-                dropped: dict[str, int] = {}
                 for m in messages:
                     size = len(m.payload) + len(m.topic)
-                    policy = self._policy(m.cls)
-                    if added + size > room:
-                        if policy.when_full == "reject_new":
+                    cost = size + _ROW_OVERHEAD
+                    if cost > by_disk:
+                        # Delivered rows are kept for local use only: they give way first.
+                        by_disk += self._clear_delivered_locked(cost - by_disk)
+                    if size > by_size or cost > by_disk:
+                        if self._policy(m.cls).when_full == "reject_new":
                             refused.append(m)
                             continue
-                        freed, count = self._drop_oldest_locked(m.cls, added + size - room)
-                        room += freed
-                        dropped[m.cls] = dropped.get(m.cls, 0) + count
-                    expires = m.created + policy.ttl_s if policy.ttl_s else None
+                        need = max(size - by_size, cost - by_disk)
+                        freed, count = self._drop_oldest_locked(m.cls, need)
+                        by_size += freed
+                        by_disk += freed + count * _ROW_OVERHEAD
+                        if count:
+                            dropped[m.cls] = dropped.get(m.cls, 0) + count
+                    ttl = self._policy(m.cls).ttl_s
                     rows.append(
                         (
                             m.id,
@@ -163,21 +228,17 @@ class Outbox:
                             m.cls,
                             PRIORITY[m.cls],
                             m.created,
-                            expires,
+                            m.created + ttl if ttl else None,
                             size,
                         )
                     )
-                    added += size
+                    by_size -= size
+                    by_disk -= cost
                 inserted = self._db.executemany(
                     "INSERT OR IGNORE INTO messages (id, topic, payload, qos, class, priority,"
                     " created, expires, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 ).rowcount
-                self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._db.execute("ROLLBACK")
-                self._recount_locked()  # drops made inside the batch were rolled back too
-                raise
             if inserted == len(rows):
                 for row in rows:
                     self._tally(row[4], 1, row[8])
@@ -185,9 +246,81 @@ class Outbox:
                 self._recount_locked()  # some ids were already stored: rare, count again
         for cls, count in dropped.items():
             self._count(f"{cls}:dropped_oldest", count)
-        for m in refused:
-            self._count(f"{m.cls}:rejected_full")
         return refused
+
+    @property
+    def write_bytes(self) -> int:
+        """Message bytes one append should carry at most: its WAL is about 1.5 times that."""
+        return self.wal_limit // 4
+
+    @property
+    def rows_per_write(self) -> int:
+        """Rows one update or delete may touch (about 1 kB of WAL each, as a page holds a
+        few rows and every one rewrites its page)."""
+        return max(16, self.wal_limit // 4096)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT, with the lock held. A failure rolls back whole (SQLite
+        has already done so itself after a full disk) and raises OutboxWriteError."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self._recount_locked()  # drops and clears made inside it were undone too
+            raise OutboxWriteError(self.path, exc) from exc
+        self._bound_wal_locked()
+
+    def _bound_wal_locked(self) -> None:
+        wal = _size(Path(f"{self.path}-wal"))
+        self.wal_peak = max(self.wal_peak, wal)
+        if wal <= self.wal_limit:
+            return
+        # Past the bound: a transaction larger than the checkpoint interval, or a reader
+        # beside the agent that held the passive checkpoint back. Checkpoint and truncate
+        # now, waiting only briefly for such a reader; on a full disk this fails until
+        # space returns, and the next commit tries again.
+        self._db.execute(f"PRAGMA busy_timeout={_TRUNCATE_WAIT_MS}")
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.debug("outbox: WAL checkpoint failed: %s", exc)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_WAIT_MS}")
+
+    def _room_locked(self) -> tuple[int, int]:
+        """Bytes of messages that may still be added: by the size bound, and by the disk.
+        The WAL's bound counts against both: against max_bytes whole, and on the disk as
+        what the WAL may still grow to. Pages SQLite freed for reuse count as room."""
+        by_size = self.settings.max_bytes - self.wal_limit - self._bytes
+        files = _size(self.path) + _size(Path(f"{self.path}-wal"))
+        wal = _size(Path(f"{self.path}-wal"))
+        reusable = self._scalar_locked("PRAGMA freelist_count", []) * self._page
+        share = int(self.settings.max_disk_share * (_free_bytes(self.path.parent) + files))
+        by_disk = share - files - max(0, self.wal_limit - wal) + reusable
+        return max(0, by_size), max(0, by_disk)
+
+    def _clear_delivered_locked(self, need: int) -> int:
+        """Deletes the oldest delivered rows, at most a write's worth, to free about `need`
+        bytes of disk; returns the bytes freed."""
+        victims = []
+        freed = 0
+        for seq, size in self._db.execute(
+            "SELECT seq, size FROM messages WHERE state=1 ORDER BY seq LIMIT ?",
+            (self.rows_per_write,),
+        ):
+            if freed >= need:
+                break
+            victims.append((seq,))
+            freed += size + _ROW_OVERHEAD
+        self._db.executemany("DELETE FROM messages WHERE seq=?", victims)
+        self._delivered -= len(victims)
+        return freed
 
     def _recount_locked(self) -> None:
         self._pending = {cls: [0, 0] for cls in PRIORITY}
@@ -211,11 +344,10 @@ class Outbox:
         policy: ClassPolicy = getattr(self.settings, f"{cls}s" if cls != "telemetry" else cls)
         return policy
 
-    def _room(self) -> int:
-        """Bytes that may still be added: the size bound, and a share of the free disk."""
-        free = shutil.disk_usage(self.path.parent).free
-        limit = min(self.settings.max_bytes, int(free * self.settings.max_disk_share) + self._bytes)
-        return max(0, limit - self._bytes)
+    def _disk_span(self) -> int:
+        """The free disk plus what the outbox's files already take."""
+        files = sum(_size(Path(f"{self.path}{s}")) for s in ("", "-wal"))
+        return _free_bytes(self.path.parent) + files
 
     def _drop_oldest_locked(self, cls: str, need: int) -> tuple[int, int]:
         """Deletes the oldest undelivered messages of `cls` until `need` bytes are free;
@@ -265,30 +397,34 @@ class Outbox:
         return found
 
     def mark_delivered(self, seqs: list[int]) -> None:
-        if not seqs:
-            return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            marked = self._db.execute(
-                "UPDATE messages SET state=1, delivered=? WHERE state=0"
-                f" AND seq IN ({_marks(seqs)}) RETURNING class, size",
-                [time.time(), *seqs],
-            ).fetchall()
-            self._db.execute("COMMIT")
-            for cls, size in marked:
-                self._tally(cls, -1, -size)
-            self._delivered += len(marked)
+        """Marks rows acknowledged, a write's worth per transaction. Raises
+        OutboxWriteError (a full disk): rows marked before it stay marked, and marking the
+        same seqs again is harmless."""
+        step = self.rows_per_write
+        for start in range(0, len(seqs), step):
+            chunk = seqs[start : start + step]
+            with self._lock:
+                with self._transaction():
+                    marked = self._db.execute(
+                        "UPDATE messages SET state=1, delivered=? WHERE state=0"
+                        f" AND seq IN ({_marks(chunk)}) RETURNING class, size",
+                        [time.time(), *chunk],
+                    ).fetchall()
+                for cls, size in marked:
+                    self._tally(cls, -1, -size)
+                self._delivered += len(marked)
 
     def set_aside(self, seq: int, reason: str) -> None:
         """A message that can never be delivered (too large for the broker): kept, counted,
-        and out of the way of the rest."""
+        and out of the way of the rest. Raises OutboxWriteError (a full disk)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT class, size FROM messages WHERE seq=? AND state=0", (seq,)
             ).fetchone()
             if row is None:
                 return
-            self._db.execute("UPDATE messages SET state=2 WHERE seq=?", (seq,))
+            with self._transaction():
+                self._db.execute("UPDATE messages SET state=2 WHERE seq=?", (seq,))
             self._tally(row[0], -1, -row[1])
             self._set_aside += 1
         self._count(f"{row[0]}:{reason}")
@@ -296,30 +432,46 @@ class Outbox:
     # Housekeeping --------------------------------------------------------------------------
 
     def expire(self, now: float | None = None) -> int:
-        """Drops undelivered messages past their TTL and delivered ones past retention,
-        then lets the file shrink."""
+        """Drops undelivered messages past their TTL and delivered ones past retention, a
+        write's worth per transaction, then lets the file shrink. On a write that fails (a
+        full disk) it logs and stops; the next call goes on."""
         now = time.time() if now is None else now
-        with self._lock:
-            expired = self._db.execute(
-                "SELECT class, COUNT(*), SUM(size) FROM messages WHERE state=0 AND expires < ?"
-                " GROUP BY class",
-                (now,),
-            ).fetchall()
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM messages WHERE state=0 AND expires < ?", (now,))
-            self._delivered -= self._db.execute(
-                "DELETE FROM messages WHERE state=1 AND delivered < ?",
-                (now - self.settings.retention_s,),
-            ).rowcount
-            self._db.execute("COMMIT")
-            # Each step frees one page; executescript runs it to the end (execute stops
-            # after the first step).
-            self._db.executescript("PRAGMA incremental_vacuum;")
-            for cls, count, size in expired:
-                self._tally(cls, -count, -size)
-        for cls, count, _ in expired:
+        expired: dict[str, int] = {}
+        try:
+            while self._delete_some("state=0 AND expires < ?", now, expired) or self._delete_some(
+                "state=1 AND delivered < ?", now - self.settings.retention_s
+            ):
+                pass
+            with self._lock:
+                # Each step frees one page; executescript runs it to the end (execute stops
+                # after the first step).
+                self._db.executescript("PRAGMA incremental_vacuum;")
+        except OutboxWriteError as exc:
+            log.warning("outbox: housekeeping postponed: %s", exc)
+        except sqlite3.Error as exc:
+            log.warning("outbox: housekeeping postponed: %s", OutboxWriteError(self.path, exc))
+        for cls, count in expired.items():
             self._count(f"{cls}:expired", count)
-        return sum(count for _, count, _ in expired)
+        return sum(expired.values())
+
+    def _delete_some(self, where: str, before: float, counts: dict[str, int] | None = None) -> bool:
+        """Deletes up to a write's worth of rows matching `where`; True if it found a full
+        write's worth (there may be more). Undelivered ones are counted by class."""
+        with self._lock:
+            with self._transaction():
+                gone = self._db.execute(
+                    f"DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE {where}"
+                    " LIMIT ?) RETURNING class, size, state",
+                    (before, self.rows_per_write),
+                ).fetchall()
+            for cls, size, state in gone:
+                if state == PENDING:
+                    self._tally(cls, -1, -size)
+                    if counts is not None:
+                        counts[cls] = counts.get(cls, 0) + 1
+                elif state == DELIVERED:
+                    self._delivered -= 1
+        return len(gone) >= self.rows_per_write
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -365,6 +517,26 @@ class Outbox:
 
 def _marks(items: list[Any]) -> str:
     return ",".join("?" * len(items))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+class _Damaged(sqlite3.DatabaseError):
+    """The file opened but failed its check."""
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, _Damaged) or code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 def read_only(path: Path) -> sqlite3.Connection:
