@@ -297,6 +297,33 @@ def test_max_pixels_is_a_setting(folders: tuple[Path, Path]) -> None:
     assert [p.name for p in (folder / ".rejected").iterdir()] == ["big.png"]
 
 
+def test_formats_whose_header_gives_no_size_are_set_aside_undecoded(
+    folders: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """cv2 decodes these, but their size cannot be checked first: not decoded blind."""
+    folder, state = folders
+    caplog.set_level(logging.INFO, logger="edge_agent.sources.image_dir")
+    image = numbered_image(1, 64, 48)
+    unsized = {".hdr": image.astype("float32"), ".pfm": image.astype("float32"), ".ras": image}
+    for suffix, pixels in unsized.items():
+        (folder / f"x{suffix}").write_bytes(cv2.imencode(suffix, pixels)[1].tobytes())
+        os.utime(folder / f"x{suffix}", (time.time() - 5,) * 2)
+    put_image(folder, "y.webp", 2, age=5)
+    put_image(folder, "z.tiff", 3, age=5)
+    patterns = ["*.hdr", "*.pfm", "*.ras", "*.webp", "*.tiff"]
+    source = image_dir(folder, state, patterns=patterns)
+    collector = Collector()
+    runner = start_runner(source, collector)
+    try:
+        assert collector.wait_frames(2)
+        assert collector.wait(lambda: source.counters.get("rejected_files", 0) == 3)
+    finally:
+        runner.stop()
+    assert names(collector) == ["y.webp", "z.tiff"]
+    assert sorted(p.name for p in (folder / ".rejected").iterdir()) == ["x.hdr", "x.pfm", "x.ras"]
+    assert caplog.text.count("has no image size in its header") == 3
+
+
 @pytest.mark.parametrize("when", ["backlog", "new"])
 def test_symlink_loops_and_links_to_nothing_are_set_aside_with_one_line_each(
     folders: tuple[Path, Path], caplog: pytest.LogCaptureFixture, when: str

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 _WAIT_S = 1.0  # how often an idle read looks at young files and at the directory itself
 _MEGA = 1_000_000
-# What imagesize reads; cv2 also decodes Radiance HDR, Sun raster and PFM, whose size it
-# cannot tell: those are set aside unread rather than decoded blind.
-_SIZED_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF, JPEG 2000, AVIF/HEIF, Netpbm"
+# What imagesize reads; cv2 also decodes PAM, Radiance HDR, Sun raster and PFM, whose size
+# it cannot tell: those are set aside undecoded rather than decoded blind.
+_SIZED_FORMATS = "PNG, JPEG, BMP, GIF, WebP, TIFF, JPEG 2000, AVIF/HEIF, PBM/PGM/PPM"
 
 
 class ImageDirConfig(SourceConfig):
