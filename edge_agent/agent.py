@@ -173,14 +173,11 @@ class Agent:
         delegates = model_settings.delegates or settings.runtime.delegates
         threads = model_settings.threads or settings.runtime.threads
         path = self.store.model_path(name) or model_settings.path
+        overrides = model_settings.overrides()
         replicas = [
-            load_model(path, self.backend, delegates, threads)
+            load_model(path, self.backend, delegates, threads, overrides)
             for _ in range(model_settings.replicas)
         ]
-        overrides = model_settings.input.model_dump(exclude_none=True)
-        if overrides:
-            for replica in replicas:
-                replica.override_input(overrides)
         model = replicas[0]
         log.info(
             "model %s: %s %s on %s (%s)",

@@ -1,5 +1,6 @@
 """`edge-agent models list|activate|rollback`: the installed model versions and which one
-runs, changed on the local store in the config's state dir."""
+runs, changed on the local store in the config's state dir. `models inspect|manifest`
+look at one model file (cli/inspect.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ if TYPE_CHECKING:
 
 
 def add_parser(commands: Any) -> None:
-    parser = commands.add_parser("models", help="installed model versions and which one runs")
+    from edge_agent.cli import inspect
+
+    parser = commands.add_parser(
+        "models", help="installed model versions and which one runs; inspect a model file"
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     list_ = actions.add_parser("list", help="every model: versions installed, which runs")
     activate = actions.add_parser("activate", help="run an installed version (on trial)")
@@ -24,10 +29,14 @@ def add_parser(commands: Any) -> None:
     activate.add_argument("version", help="an installed version")
     rollback = actions.add_parser("rollback", help="back to the previous version")
     rollback.add_argument("name", help="the model ([models.NAME] in the config)")
+    from edge_agent.cli import quantize  # the quantize subcommand lives in its own module
+
+    quantize.add_parser(actions)
     for action in (list_, activate, rollback):
         action.add_argument("--config", type=Path, help="agent TOML file (for the state dir)")
         action.add_argument("--json", action="store_true", help="machine-readable output")
         action.set_defaults(handler=run)
+    inspect.add_actions(actions)
 
 
 def open_store(settings: AgentSettings) -> ModelStore:

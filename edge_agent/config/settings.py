@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -13,6 +13,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.config.secrets import read_secret, secret_path
 from edge_agent.runtime.backend import BackendName
+from edge_agent.runtime.decoders.options import (
+    AnomalyThreshold,
+    IouThreshold,
+    MaxDetections,
+    ScoreThreshold,
+    TopK,
+)
 from edge_agent.runtime.delegates import CpuConfig, DelegateEntry
 from edge_agent.sources import SourceEntry
 
@@ -65,14 +72,38 @@ class BatchSettings(Section):
 
 
 class InputOverrides(Section):
-    """Image preprocessing that differs from what the model's manifest says."""
+    """How the model's input is fed, where it differs from what the manifest, the model's
+    metadata or its tensors say. Unset fields keep what those say."""
 
+    kind: Literal["image", "sensor", "tensor"] | None = Field(
+        None, description="image: frames and image files; sensor: windows; tensor: .npy as is."
+    )
+    layout: Literal["NHWC", "NCHW"] | None = Field(
+        None, description="Image tensor layout: NHWC [1,H,W,C] or NCHW [1,C,H,W]."
+    )
     resize: Literal["stretch", "letterbox"] | None = Field(None, description="Resize mode.")
     interpolation: Literal["auto", "area", "linear", "nearest"] | None = Field(
         None, description="Resize filter."
     )
     letterbox_fill: int | None = Field(None, ge=0, le=255, description="Padding value.")
     color: Literal["RGB", "BGR", "GRAY"] | None = Field(None, description="Channel order.")
+    range: tuple[float, float] | None = Field(
+        None, description="Image: pixel 0 maps to the first value, 255 to the second."
+    )
+    mean: list[float] | None = Field(
+        None, description="Per-channel mean (image: on the 0..255 scale); goes with std."
+    )
+    std: list[float] | None = Field(None, description="Per-channel std; goes with mean.")
+    window: int | None = Field(None, gt=0, description="Sensor: samples per window.")
+    channels: int | None = Field(None, gt=0, description="Sensor: values per sample.")
+
+    @model_validator(mode="after")
+    def _one_normalisation(self) -> InputOverrides:
+        if self.range is not None and (self.mean is not None or self.std is not None):
+            raise ValueError("give either range or mean/std, not both")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together")
+        return self
 
 
 class ModelSettings(Section):
@@ -87,7 +118,21 @@ class ModelSettings(Section):
     )
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")
     input: InputOverrides = Field(
-        default_factory=InputOverrides, description="Overrides of the manifest's preprocessing."
+        default_factory=InputOverrides,
+        description="Overrides of how the input is fed (manifest, metadata or inference).",
+    )
+    task: str | None = Field(
+        None,
+        description="Decoder: a built-in name (classification, detection, ...) or "
+        "module:Class; empty: the manifest's, else chosen from the outputs.",
+    )
+    decode: dict[str, Any] | None = Field(
+        None, description="Options of the decoder, checked by its own config at load."
+    )
+    labels: Annotated[Path | None, LOCAL_ONLY] = Field(
+        None,
+        description="Labels file, one a line; a relative path is taken from the model's "
+        "folder; empty: the manifest's or the model's own.",
     )
     replicas: int = Field(
         1,
@@ -98,14 +143,38 @@ class ModelSettings(Section):
         "of memory and of results finishing out of order by a frame or so.",
     )
 
+    def overrides(self) -> dict[str, Any]:
+        """What this entry sets over the model's own description (see runtime.describe)."""
+        found: dict[str, Any] = {}
+        input_overrides = self.input.model_dump(exclude_none=True)
+        if input_overrides:
+            found["input"] = input_overrides
+        for key in ("task", "decode", "labels"):
+            if getattr(self, key) is not None:
+                found[key] = getattr(self, key)
+        return found
+
 
 class DecodeOverrides(Section):
-    top_k: int | None = Field(None, gt=0, description="classification: classes reported.")
-    score_threshold: float | None = Field(
-        None, ge=0, le=1, description="detection: lowest score reported."
+    """Options of the pipeline's decoder over its model's manifest: any option that
+    decoder's Config has (docs/decoders.md), checked when the model is loaded. The options
+    several built-in decoders share are checked here already."""
+
+    model_config = ConfigDict(extra="allow")
+
+    top_k: TopK | None = Field(None, description="classification: classes reported.")
+    score_threshold: ScoreThreshold | None = Field(
+        None, description="detection, yolo, ssd_anchors: lowest score reported."
     )
-    max_detections: int | None = Field(None, gt=0, description="detection: most boxes.")
-    threshold: float | None = Field(None, description="anomaly: score above which it is one.")
+    max_detections: MaxDetections | None = Field(
+        None, description="detection, yolo, ssd_anchors: most boxes per frame."
+    )
+    iou_threshold: IouThreshold | None = Field(
+        None, description="yolo, ssd_anchors: overlap above which NMS drops a box."
+    )
+    threshold: AnomalyThreshold | None = Field(
+        None, description="anomaly: a score above this is anomalous."
+    )
 
 
 class GateSettings(Section):
@@ -138,7 +207,8 @@ class PipelineSettings(Section):
         "latency stays bounded.",
     )
     decode: DecodeOverrides = Field(
-        default_factory=DecodeOverrides, description="Overrides of the manifest's decoding."
+        default_factory=DecodeOverrides,
+        description="Decoder options over the manifest's (a table of the decoder's options).",
     )
     gate: GateSettings = Field(default_factory=GateSettings, description="Change gating.")
     cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")

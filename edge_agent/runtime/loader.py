@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,13 +19,16 @@ from edge_agent.errors import UserError
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.delegates import CpuConfig, DelegateConfig
 from edge_agent.runtime.delegates.external import ExternalConfig
+from edge_agent.runtime.describe import Description, describe
 from edge_agent.runtime.manifest import (
     ModelManifest,
+    bare_manifest,
     load_manifest,
     manifest_path,
+    read_sidecar,
     verify_sha256,
 )
-from edge_agent.runtime.model import DelegateAttempt, LoadedModel, ModelInfo
+from edge_agent.runtime.model import DelegateAttempt, LoadedModel, ModelInfo, TensorSpec
 from edge_agent.runtime.model_file import read_model_file
 from edge_agent.runtime.native_log import native_stderr_to_debug_log
 
@@ -49,8 +52,11 @@ def load_model(
     backend: Backend,
     delegates: Sequence[DelegateConfig] = (),
     threads: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
-    manifest, labels = load_manifest(path)
+    """`overrides`: the config's `[models.NAME]` settings over the model's description."""
+    sidecar = read_sidecar(path)
+    manifest = sidecar[0] if sidecar is not None else bare_manifest(path)
     content = read_model_file(path)
     sha256 = verify_sha256(content, manifest, path)
     threads = threads or os.cpu_count() or 1
@@ -67,19 +73,22 @@ def load_model(
             if isinstance(entry, CpuConfig) and _CUSTOM_OP_MARK in reason and manifest.cpu_twin:
                 _log_skipped(path, attempts)
                 return _load_twin(
-                    path, manifest, labels, sha256, backend, threads, attempts, reason
+                    path, sidecar, overrides, sha256, backend, threads, attempts, reason
                 )
             attempts.append(DelegateAttempt(label, used=False, reason=reason))
             continue
         _log_skipped(path, attempts)
         attempts.append(DelegateAttempt(label, used=True, reason=opened.note))
+        description = _describe(path, content, opened.interpreter, sidecar, overrides)
+        manifest = description.manifest
         info = ModelInfo(manifest.name, manifest.version, sha256, path, path)
         return LoadedModel(
             opened.interpreter,
             first_invoke_s=opened.first_invoke_s,
             info=info,
             manifest=manifest,
-            labels=labels,
+            labels=description.labels,
+            rules=description.rules,
             backend=backend.name,
             delegate=label,
             attempts=attempts,
@@ -97,10 +106,36 @@ def _log_skipped(path: Path, attempts: list[DelegateAttempt]) -> None:
         log.warning("%s: delegate %s skipped: %s", path.name, attempt.delegate, attempt.reason)
 
 
+def describe_interpreter(
+    path: Path,
+    content: bytes,
+    interpreter: Any,
+    sidecar: tuple[ModelManifest, list[str]] | None,
+    overrides: Mapping[str, Any] | None,
+) -> Description:
+    """The model's description, with its tensors and ops read from a built interpreter."""
+    inputs = [TensorSpec.from_detail(d) for d in interpreter.get_input_details()]
+    outputs = [TensorSpec.from_detail(d) for d in interpreter.get_output_details()]
+    ops = {op["op_name"] for op in interpreter._get_ops_details()} - {"DELEGATE"}
+    return describe(path, content, inputs, outputs, ops, sidecar, overrides)
+
+
+def _describe(
+    path: Path,
+    content: bytes,
+    interpreter: Any,
+    sidecar: tuple[ModelManifest, list[str]] | None,
+    overrides: Mapping[str, Any] | None,
+) -> Description:
+    description = describe_interpreter(path, content, interpreter, sidecar, overrides)
+    log.info("%s: %s", path.name, description.summary())
+    return description
+
+
 def _load_twin(
     path: Path,
-    manifest: ModelManifest,
-    labels: list[str],
+    sidecar: tuple[ModelManifest, list[str]] | None,
+    overrides: Mapping[str, Any] | None,
     sha256: str,
     backend: Backend,
     threads: int,
@@ -108,8 +143,10 @@ def _load_twin(
     reason: str,
 ) -> LoadedModel:
     """A model compiled for an accelerator (Edge TPU custom op) runs as its CPU twin."""
-    assert manifest.cpu_twin is not None
-    twin_path = path.parent / manifest.cpu_twin
+    assert sidecar is not None and sidecar[0].cpu_twin is not None
+    manifest = sidecar[0]
+    twin_name = sidecar[0].cpu_twin
+    twin_path = path.parent / twin_name
     twin_content = read_model_file(twin_path)
     if manifest_path(twin_path).exists():
         verify_sha256(twin_content, load_manifest(twin_path)[0], twin_path)
@@ -128,12 +165,14 @@ def _load_twin(
             + (f"; {opened.note}" if opened.note else ""),
         )
     )
+    description = _describe(path, twin_content, opened.interpreter, sidecar, overrides)
     return LoadedModel(
         opened.interpreter,
         first_invoke_s=opened.first_invoke_s,
         info=ModelInfo(manifest.name, manifest.version, sha256, path, twin_path),
-        manifest=manifest,
-        labels=labels,
+        manifest=description.manifest,
+        labels=description.labels,
+        rules=description.rules,
         backend=backend.name,
         delegate="cpu",
         attempts=attempts,
@@ -266,3 +305,24 @@ def _quiet_delegate_teardown() -> Iterator[None]:
     finally:
         gc.collect()
         sys.unraisablehook = previous
+
+
+def build_for_inspection(
+    backend: Backend, entry: DelegateConfig | None, content: bytes, threads: int
+) -> Any:
+    """An allocated interpreter for looking at the graph: `None` for the built-in kernels
+    alone, the CPU entry for XNNPACK, else that delegate. UserError says why one cannot."""
+    with native_stderr_to_debug_log(log):
+        try:
+            if entry is None:
+                resolver = backend.without_default_delegates
+                return _build(backend, content, threads, resolver=resolver).interpreter
+            if isinstance(entry, CpuConfig):
+                return _build(backend, content, threads).interpreter
+            return _open(backend, entry, content, threads).interpreter
+        except _Skip as skip:
+            raise UserError(str(skip)) from None
+
+
+def delegate_label(entry: DelegateConfig) -> str:
+    return _label(entry)

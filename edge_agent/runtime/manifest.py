@@ -6,13 +6,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import UserError, validation_lines
 
-Task = Literal["classification", "detection", "anomaly", "regression", "raw"]
+# A decoder: a name registered in the entry-point group edge_agent.decoders (the built-ins
+# are: classification, detection, yolo, ssd_anchors, segmentation, anomaly, regression,
+# raw) or a plugin's module:Class.
+Task = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_]*)?$",
+        description="Decoder of the outputs: a registered name or module:Class.",
+    ),
+]
 
 
 class _Strict(BaseModel):
@@ -23,6 +32,11 @@ class ImageInput(_Strict):
     """Camera frames and image files. Pixels 0..255 map to `range`, or to (p - mean) / std."""
 
     kind: Literal["image"] = "image"
+    layout: Literal["NHWC", "NCHW"] = Field(
+        "NHWC",
+        description="NHWC: [1,H,W,C] (TFLite's own); NCHW: [1,C,H,W] (onnx2tf and PyTorch "
+        "exports), given the frame transposed.",
+    )
     color: Literal["RGB", "BGR", "GRAY"] = Field(
         "RGB", description="Channel order the model wants."
     )
@@ -88,15 +102,6 @@ class TensorInput(_Strict):
 InputSpec = Annotated[ImageInput | SensorInput | TensorInput, Field(discriminator="kind")]
 
 
-class DecodeSpec(_Strict):
-    """Task-specific reading of the outputs; each task uses its own fields."""
-
-    top_k: int = Field(5, gt=0, description="classification: how many classes to report.")
-    score_threshold: float = Field(0.5, ge=0, le=1, description="detection: lowest score reported.")
-    max_detections: int = Field(20, gt=0, description="detection: most boxes reported.")
-    threshold: float | None = Field(None, description="anomaly: a score above this is anomalous.")
-
-
 # Files a manifest names sit beside it: a name, never a path, so a manifest that came with
 # an update cannot point the agent at another file on the device.
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")]
@@ -115,9 +120,10 @@ class ModelManifest(_Strict):
     cpu_twin: FileName | None = Field(
         None, description="CPU-only model beside this one, to run when this one cannot."
     )
-    # null reads as "the defaults", as people write it by hand.
-    decode: Annotated[DecodeSpec, BeforeValidator(lambda v: {} if v is None else v)] = Field(
-        default_factory=DecodeSpec
+    # null reads as "the defaults", as people write it by hand. The decoder's own Config
+    # checks these options when the model is loaded.
+    decode: Annotated[dict[str, Any], BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=dict, description="Options of the task's decoder."
     )
 
 
@@ -127,9 +133,22 @@ def manifest_path(model_path: Path) -> Path:
 
 def load_manifest(model_path: Path) -> tuple[ModelManifest, list[str]]:
     """The model's manifest and labels; a bare model gets a `raw` manifest of its own."""
+    sidecar = read_sidecar(model_path)
+    if sidecar is None:
+        return bare_manifest(model_path), []
+    return sidecar
+
+
+def bare_manifest(model_path: Path) -> ModelManifest:
+    """What is known of a model with no manifest before its file is read."""
+    return ModelManifest(name=safe_name(model_path.stem), file=model_path.name)
+
+
+def read_sidecar(model_path: Path) -> tuple[ModelManifest, list[str]] | None:
+    """The manifest beside the model and its labels, or None when there is none."""
     path = manifest_path(model_path)
     if not path.exists():
-        return ModelManifest(name=_safe_name(model_path.stem), file=model_path.name), []
+        return None
     try:
         manifest = ModelManifest.model_validate(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
@@ -143,15 +162,19 @@ def _labels(manifest: ModelManifest, folder: Path) -> list[str]:
     if isinstance(manifest.labels, list):
         return manifest.labels
     if isinstance(manifest.labels, str):
-        labels_file = folder / manifest.labels
-        try:
-            return [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            raise UserError(f"{labels_file}: cannot read labels: {exc.strerror}") from None
+        return read_labels(folder / manifest.labels)
     return []
 
 
-def _safe_name(stem: str) -> str:
+def read_labels(labels_file: Path) -> list[str]:
+    """One label a line; blank lines skipped."""
+    try:
+        return [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise UserError(f"{labels_file}: cannot read labels: {exc.strerror}") from None
+
+
+def safe_name(stem: str) -> str:
     cleaned = "".join(c if c.isalnum() or c in "_.-" else "_" for c in stem.lower())
     return cleaned[:64] or "model"
 

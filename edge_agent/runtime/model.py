@@ -9,9 +9,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import ValidationError
 
-from edge_agent.errors import UserError
 from edge_agent.runtime.manifest import ImageInput, ModelManifest
 from edge_agent.runtime.quantization import QuantParams
 
@@ -76,6 +74,7 @@ class LoadedModel:
         manifest: ModelManifest,
         labels: list[str],
         backend: str,
+        rules: dict[str, str] | None = None,
         delegate: str,
         attempts: list[DelegateAttempt],
         threads: int,
@@ -85,6 +84,8 @@ class LoadedModel:
         self.info = info
         self.manifest = manifest
         self.labels = labels
+        # Which source chose each part of the description (runtime.describe).
+        self.rules = rules or {}
         self.backend = backend
         self.delegate = delegate
         self.attempts = attempts
@@ -96,18 +97,16 @@ class LoadedModel:
         self.outputs = [TensorSpec.from_detail(d) for d in interpreter.get_output_details()]
         self._batch = self.input.shape[0] if self.input.shape else 1
 
-    def override_input(self, overrides: dict[str, Any]) -> None:
-        """Preprocessing settings from the config over the manifest's (image input only)."""
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of an image input, in either layout; (1, 1) for other inputs."""
         spec = self.manifest.input
-        if not isinstance(spec, ImageInput):
-            raise UserError(f"model {self.info.name}: input overrides apply to image models")
-        try:
-            new_input = ImageInput.model_validate({**spec.model_dump(), **overrides})
-        except ValidationError as exc:
-            raise UserError(
-                f"model {self.info.name}: input override: {exc.errors()[0]['msg']}"
-            ) from None
-        self.manifest = self.manifest.model_copy(update={"input": new_input})
+        shape = self.input.sample_shape
+        if not isinstance(spec, ImageInput) or len(shape) != 3:
+            return (1, 1)
+        if spec.layout == "NCHW":
+            return (shape[2], shape[1])
+        return (shape[1], shape[0])
 
     def run(self, batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Invoke on `batch` (already in the input dtype, leading batch dimension) and

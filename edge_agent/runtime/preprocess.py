@@ -48,9 +48,14 @@ class ImagePreprocessor:
     def __init__(self, spec: ImageInput, tensor: TensorSpec) -> None:
         if len(tensor.sample_shape) != 3:
             raise UserError(
-                f"model input {tensor.name}: shape {list(tensor.shape)} is not an image (NHWC)"
+                f"model input {tensor.name}: shape {list(tensor.shape)} is not an image "
+                f"({spec.layout})"
             )
-        self.height, self.width, self.channels = tensor.sample_shape
+        self.channels_first = spec.layout == "NCHW"
+        if self.channels_first:
+            self.channels, self.height, self.width = tensor.sample_shape
+        else:
+            self.height, self.width, self.channels = tensor.sample_shape
         if self.channels not in (1, 3):
             raise UserError(f"model input {tensor.name}: {self.channels} channels, expected 1 or 3")
         if (spec.color == "GRAY") != (self.channels == 1):
@@ -90,7 +95,10 @@ class ImagePreprocessor:
             if self.spec.color == "RGB":
                 resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)  # after resizing: smaller
         resized = resized.reshape(self.height, self.width, self.channels)
-        return cv2.LUT(resized, self._lut).reshape(self.height, self.width, self.channels), geometry
+        sample = cv2.LUT(resized, self._lut).reshape(self.height, self.width, self.channels)
+        if self.channels_first:
+            sample = np.ascontiguousarray(sample.transpose(2, 0, 1))
+        return sample, geometry
 
     def _interp(self, image: Image, width: int, height: int) -> int:
         choice = self.spec.interpolation

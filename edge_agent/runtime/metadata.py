@@ -1,0 +1,300 @@
+"""TFLite Model Metadata read from the model file itself: the `TFLITE_METADATA` flatbuffer
+(Model Maker, MediaPipe, the metadata writers) and the associated files zipped after the
+model (labels; Ultralytics' `metadata.json`).
+
+The model's own tables are walked by hand (a few fields, no schema module to import); the
+metadata flatbuffer is parsed with the vendored flatc module, which needs `flatbuffers`.
+Where that package is missing (tflite-runtime installs) the metadata is skipped with a note
+and only the zip is read."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+METADATA_ENTRY = "TFLITE_METADATA"
+_METADATA_IDENTIFIER = b"M001"
+# Model table slots (schema.fbs): buffers, metadata; Buffer: data, offset, size;
+# Metadata: name, buffer.
+_MODEL_BUFFERS, _MODEL_METADATA = 4, 6
+_BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
+_ENTRY_NAME, _ENTRY_BUFFER = 0, 1
+ULTRALYTICS_FILE = "metadata.json"
+# Colour spaces of the schema's ColorSpaceType, by value.
+_COLOR_SPACES = {1: "RGB", 2: "GRAY"}
+_LABEL_FILE_TYPES = {2: "axis", 3: "value"}  # TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What the metadata says of one tensor, in the metadata's own order."""
+
+    name: str
+    content: str | None = None  # image, feature, bounding_box, audio
+    color: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    stats_range: tuple[float, float] | None = None
+    label_file: str | None = None
+    label_kind: str | None = None  # axis (one per class index) or value (class ids as values)
+    score_threshold: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    entries: list[str] = field(default_factory=list)
+    name: str | None = None
+    description: str | None = None
+    version: str | None = None
+    author: str | None = None
+    license: str | None = None
+    inputs: list[TensorMeta] = field(default_factory=list)
+    outputs: list[TensorMeta] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    ultralytics: dict[str, Any] | None = None
+    note: str | None = None  # why part of it could not be read
+
+    @property
+    def found(self) -> bool:
+        return bool(self.inputs or self.outputs or self.ultralytics or self.name)
+
+    def text_file(self, name: str) -> list[str] | None:
+        """An associated text file as its non-empty lines."""
+        raw = self.files.get(name)
+        if raw is None:
+            return None
+        text = raw.decode("utf-8", errors="replace")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def as_dict(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "entries": self.entries,
+            "files": sorted(self.files),
+        }
+        for key in ("name", "description", "version", "author", "license", "note"):
+            if getattr(self, key):
+                info[key] = getattr(self, key)
+        if self.inputs:
+            info["inputs"] = [t.as_dict() for t in self.inputs]
+        if self.outputs:
+            info["outputs"] = [t.as_dict() for t in self.outputs]
+        if self.ultralytics is not None:
+            info["ultralytics"] = {
+                k: v for k, v in self.ultralytics.items() if k in ("task", "imgsz", "stride")
+            } | {"names": len(self.ultralytics.get("names") or {})}
+        return info
+
+
+def read_metadata(content: bytes) -> ModelMetadata:
+    """Everything the file says about itself. A file whose metadata cannot be parsed reads
+    as having none, with the reason in `note`: it must still run."""
+    files = _associated_files(content)
+    ultralytics = _ultralytics(files)
+    try:
+        entries = _metadata_entries(content)
+    except (struct.error, IndexError, ValueError) as exc:
+        return ModelMetadata(files=files, ultralytics=ultralytics, note=f"unreadable: {exc}")
+    raw = entries.get(METADATA_ENTRY)
+    names = sorted(entries)
+    if not raw or raw[4:8] != _METADATA_IDENTIFIER:
+        return ModelMetadata(entries=names, files=files, ultralytics=ultralytics)
+    schema = _schema()
+    if schema is None:
+        return ModelMetadata(
+            entries=names,
+            files=files,
+            ultralytics=ultralytics,
+            note=f"{METADATA_ENTRY} skipped: the flatbuffers package is not installed",
+        )
+    try:
+        parsed = schema.ModelMetadataT.InitFromPackedBuf(raw, 0)
+    except Exception as exc:  # a corrupt flatbuffer fails in many ways inside flatc code
+        return ModelMetadata(
+            entries=names, files=files, ultralytics=ultralytics, note=f"unreadable: {exc!r}"
+        )
+    subgraphs = parsed.subgraphMetadata or []
+    first = subgraphs[0] if subgraphs else None
+    return ModelMetadata(
+        entries=names,
+        name=_text(parsed.name),
+        description=_text(parsed.description),
+        version=_text(parsed.version),
+        author=_text(parsed.author),
+        license=_text(parsed.license),
+        inputs=[_tensor(t) for t in (first.inputTensorMetadata or [])] if first else [],
+        outputs=[_tensor(t) for t in (first.outputTensorMetadata or [])] if first else [],
+        files=files,
+        ultralytics=ultralytics,
+    )
+
+
+def _schema() -> Any:
+    try:
+        return importlib.import_module("edge_agent.runtime.metadata_schema_generated")
+    except ImportError:
+        return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _tensor(meta: Any) -> TensorMeta:
+    content = meta.content
+    kind = color = None
+    if content is not None and content.contentProperties is not None:
+        kind = {1: "feature", 2: "image", 3: "bounding_box", 4: "audio"}.get(
+            int(content.contentPropertiesType)
+        )
+        if kind == "image":
+            color = _COLOR_SPACES.get(int(content.contentProperties.colorSpace))
+    mean = std = None
+    threshold = None
+    for unit in meta.processUnits or []:
+        options = unit.options
+        # ProcessUnitOptions: 1 NormalizationOptions, 3 ScoreThresholdingOptions.
+        if int(unit.optionsType) == 1 and options is not None:
+            mean = [float(v) for v in (options.mean if options.mean is not None else [])] or None
+            std = [float(v) for v in (options.std if options.std is not None else [])] or None
+        elif int(unit.optionsType) == 3 and options is not None:
+            threshold = float(options.globalScoreThreshold)
+    stats = meta.stats
+    stats_range = None
+    has_stats = stats is not None and stats.min is not None and stats.max is not None
+    if has_stats and len(stats.min) and len(stats.max):
+        stats_range = (float(stats.min[0]), float(stats.max[0]))
+    label_file = label_kind = None
+    for associated in meta.associatedFiles or []:
+        kind_name = _LABEL_FILE_TYPES.get(int(associated.type))
+        if kind_name is not None and associated.name:
+            label_file, label_kind = _text(associated.name), kind_name
+            break
+    return TensorMeta(
+        name=_text(meta.name) or "",
+        content=kind,
+        color=color,
+        mean=mean,
+        std=std,
+        stats_range=stats_range,
+        label_file=label_file,
+        label_kind=label_kind,
+        score_threshold=threshold,
+    )
+
+
+def _associated_files(content: bytes) -> dict[str, bytes]:
+    """The zip appended after the flatbuffer (empty in many models: no names, no harm)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            return {n: archive.read(n) for n in archive.namelist() if not n.endswith("/")}
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
+        return {}
+
+
+def _ultralytics(files: dict[str, bytes]) -> dict[str, Any] | None:
+    raw = files.get(ULTRALYTICS_FILE)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def ultralytics_names(data: dict[str, Any]) -> list[str] | None:
+    """`names` as Ultralytics writes it: {"0": "person", ...} (or a list)."""
+    names = data.get("names")
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if isinstance(names, dict):
+        try:
+            by_index = {int(k): str(v) for k, v in names.items()}
+        except ValueError:
+            return None
+        if sorted(by_index) == list(range(len(by_index))):
+            return [by_index[i] for i in range(len(by_index))]
+    return None
+
+
+# The model's own flatbuffer: just the metadata entries and the buffers they point at.
+
+
+def _metadata_entries(content: bytes) -> dict[str, bytes]:
+    root = _u32(content, 0)
+    entries = _field_ref(content, root, _MODEL_METADATA)
+    buffers = _field_ref(content, root, _MODEL_BUFFERS)
+    if entries is None:
+        return {}
+    found: dict[str, bytes] = {}
+    for entry in _tables(content, entries):
+        name_at = _field_ref(content, entry, _ENTRY_NAME)
+        name = _string(content, name_at) if name_at is not None else ""
+        index = _field_scalar(content, entry, _ENTRY_BUFFER, "<I")
+        found[name] = _buffer(content, buffers, int(index)) if buffers is not None else b""
+    return found
+
+
+def _buffer(content: bytes, buffers: int, index: int) -> bytes:
+    tables = _tables(content, buffers)
+    if index >= len(tables):
+        raise ValueError(f"metadata buffer {index} of {len(tables)}")
+    table = tables[index]
+    data = _field_ref(content, table, _BUFFER_DATA)
+    if data is not None:
+        size = _u32(content, data)
+        return content[data + 4 : data + 4 + size]
+    # Models over 2 GB keep buffers after the flatbuffer, by offset and size.
+    offset = int(_field_scalar(content, table, _BUFFER_OFFSET, "<Q"))
+    size = int(_field_scalar(content, table, _BUFFER_SIZE, "<Q"))
+    return content[offset : offset + size] if offset > 1 else b""
+
+
+def _u32(content: bytes, at: int) -> int:
+    value: int = struct.unpack_from("<I", content, at)[0]
+    return value
+
+
+def _field_offset(content: bytes, table: int, slot: int) -> int:
+    vtable = table - struct.unpack_from("<i", content, table)[0]
+    vt_size = struct.unpack_from("<H", content, vtable)[0]
+    if 4 + 2 * slot + 2 > vt_size:
+        return 0
+    offset: int = struct.unpack_from("<H", content, vtable + 4 + 2 * slot)[0]
+    return offset
+
+
+def _field_ref(content: bytes, table: int, slot: int) -> int | None:
+    offset = _field_offset(content, table, slot)
+    if offset == 0:
+        return None
+    at = table + offset
+    return at + _u32(content, at)
+
+
+def _field_scalar(content: bytes, table: int, slot: int, fmt: str) -> float:
+    offset = _field_offset(content, table, slot)
+    if offset == 0:
+        return 0
+    value: float = struct.unpack_from(fmt, content, table + offset)[0]
+    return value
+
+
+def _tables(content: bytes, vector: int) -> list[int]:
+    count = _u32(content, vector)
+    return [vector + 4 + 4 * i + _u32(content, vector + 4 + 4 * i) for i in range(count)]
+
+
+def _string(content: bytes, at: int) -> str:
+    size = _u32(content, at)
+    return content[at + 4 : at + 4 + size].decode("utf-8", errors="replace")
