@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from edge_agent.runtime.decoders import ClassificationDecoder, DetectionDecoder
-from edge_agent.runtime.manifest import DecodeSpec, ImageInput
+from edge_agent.runtime.decoders import Decoder, make_decoder
+from edge_agent.runtime.manifest import ImageInput
 from edge_agent.runtime.model import TensorSpec
 from edge_agent.runtime.preprocess import ImagePreprocessor
 from edge_agent.runtime.quantization import QuantParams
@@ -14,6 +14,16 @@ from edge_agent.runtime.quantization import QuantParams
 pytestmark = pytest.mark.runtime
 
 LABELS = ["person", "car", "dog"]
+
+
+def float_spec(name: str, shape: tuple[int, ...], index: int = 0) -> TensorSpec:
+    quant = QuantParams.from_detail({"dtype": np.float32, "quantization": (0.0, 0)})
+    return TensorSpec(index, name, shape, np.dtype(np.float32), quant, False)
+
+
+def detection_decoder(threshold: float, size: tuple[int, int], names: list[str]) -> Decoder:
+    outputs = [float_spec(n, (1, 1), i) for i, n in enumerate(names)]
+    return make_decoder("detection", {"score_threshold": threshold}, LABELS, size, outputs)
 
 
 def ssd_outputs() -> dict[str, np.ndarray]:
@@ -38,7 +48,7 @@ def test_detection_outputs_are_found_by_shape_and_meaning_in_any_order(
     outputs = ssd_outputs()
     # Names that say nothing: only shapes and values can tell the tensors apart.
     names = [f"StatefulPartitionedCall:{i}" for i in range(4)]
-    decoder = DetectionDecoder(DecodeSpec(score_threshold=0.5), LABELS, (100, 50), names)
+    decoder = detection_decoder(0.5, (100, 50), names)
     result = decoder([outputs[k][0] if k != "count" else outputs[k] for k in order])
     found = result["detections"]
     # Entry 3 scores 0.95 but lies past `count`; entry 1 is under the threshold.
@@ -53,7 +63,7 @@ def test_ambiguous_classes_and_scores_fall_back_to_tensor_names() -> None:
     scores = np.array([1.0, 0.0], np.float32)
     classes = np.array([0.0, 0.0], np.float32)
     names = ["detection_boxes", "detection_scores", "detection_classes", "num"]
-    decoder = DetectionDecoder(DecodeSpec(score_threshold=0.5), LABELS, (10, 10), names)
+    decoder = detection_decoder(0.5, (10, 10), names)
     found = decoder([boxes, scores, classes, np.array([2.0], np.float32)])["detections"]
     assert [(d["label"], d["score"]) for d in found] == [("person", 1.0)]
 
@@ -86,9 +96,7 @@ def test_letterbox_round_trip_maps_boxes_back_to_source_pixels(src_w: int, src_h
     # Where the rectangle landed in the model input, as a normalised SSD box.
     ys, xs = np.nonzero(sample[:, :, 0] > 0)
     box = np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], np.float32) / 96
-    decoder = DetectionDecoder(
-        DecodeSpec(score_threshold=0.1), LABELS, (96, 96), ["b", "c", "s", "n"]
-    )
+    decoder = detection_decoder(0.1, (96, 96), ["b", "c", "s", "n"])
     outputs = [box[None], np.array([1.0], np.float32), np.array([0.8], np.float32), np.array(1.0)]
     [found] = decoder(outputs, geometry)["detections"]
     # Back in source pixels within one model-input pixel's worth of source pixels.
@@ -109,6 +117,7 @@ def test_letterbox_pads_with_the_fill_and_keeps_aspect() -> None:
 
 
 def test_classification_top_k_with_labels() -> None:
-    decoder = ClassificationDecoder(DecodeSpec(top_k=2), LABELS)
+    outputs = [float_spec("scores", (1, 3))]
+    decoder = make_decoder("classification", {"top_k": 2}, LABELS, (1, 1), outputs)
     result = decoder([np.array([[0.1, 0.7, 0.2]], np.float32)])
     assert [(t["label"], t["score"]) for t in result["top"]] == [("car", 0.7), ("dog", 0.2)]

@@ -17,8 +17,10 @@ from edge_agent.pipeline.gate import ChangeGate
 from edge_agent.pipeline.jobs import Job
 from edge_agent.pipeline.stats import PipelineStats
 from edge_agent.pipeline.worker import InferenceWorker
+from edge_agent.runtime.decoders import DecoderImportError
 from edge_agent.runtime.model import LoadedModel
 from edge_agent.runtime.predictor import Predictor
+from edge_agent.runtime.preprocess import Geometry
 from edge_agent.sinks import ResultSink
 from edge_agent.sources.base import Frame
 
@@ -42,6 +44,13 @@ class Pipeline:
         self.stats = PipelineStats()
         self.paused = threading.Event()
         self.last_result: ResultPayload | None = None  # for snapshots with detections drawn
+        # A segmentation decoder's last class mask (model-input pixels) and how it maps to
+        # the frame, for snapshots to draw; None for other decoders.
+        self.last_mask: tuple[npt.NDArray[Any], Geometry | None] | None = None
+        # Why this pipeline has no decoder (a plugin that does not import): its frames are
+        # counted as errors, the other pipelines go on.
+        self.unusable: str | None = None
+        self._decode_failure_logged = False
         self._gate = ChangeGate(settings.gate) if settings.gate.enabled else None
         self._cache = ResultCache(settings.cache.size) if settings.cache.enabled else None
         # (predictor, generation): replaced whole, so a reader sees one or the other.
@@ -71,9 +80,21 @@ class Pipeline:
             self.use_model(predictor.model, generation)
 
     def use_model(self, model: LoadedModel, generation: int) -> None:
-        overrides = {k: v for k, v in self.settings.decode.model_dump().items() if v is not None}
-        decode = model.manifest.decode.model_copy(update=overrides)
-        self._prepared = (Predictor(model, decode), generation)
+        """Builds the predictor for `model`. Bad decoder options raise UserError (a config
+        problem); a decoder plugin that does not import leaves this pipeline unusable,
+        said once, and the others running."""
+        overrides = self.settings.decode.model_dump(exclude_none=True)
+        try:
+            predictor = Predictor(model, overrides, where=f"pipelines.{self.name}.decode")
+        except DecoderImportError as exc:
+            self._prepared = None
+            if self.unusable != str(exc):
+                log.error("pipeline %s: %s; its frames count as errors", self.name, exc)
+            self.unusable = str(exc)
+            return
+        self.unusable = None
+        self._decode_failure_logged = False
+        self._prepared = (predictor, generation)
         if self._cache is not None:
             self._cache.clear()
 
@@ -89,6 +110,8 @@ class Pipeline:
             return
         prepared = self._prepared
         if prepared is None:
+            if self.unusable is not None:
+                self.stats.count("errors")
             return
         predictor, generation = prepared
         sample, geometry = predictor.prepare(frame.data)
@@ -121,8 +144,26 @@ class Pipeline:
         prepared = self._prepared
         if prepared is None:
             return
-        result = prepared[0].decoder(outputs, job.geometry)
+        decoder = prepared[0].decoder
+        try:
+            result = decoder(outputs, job.geometry)
+        except Exception as exc:  # a decoder (a plugin's, say) failing must not stop the others
+            self.stats.count("errors")
+            if not self._decode_failure_logged:
+                self._decode_failure_logged = True
+                log.error(
+                    "pipeline %s: decoder %s failed on a frame: %s: %s (said once; further "
+                    "failures are counted in the pipeline's errors)",
+                    self.name,
+                    prepared[0].model.manifest.task,
+                    type(exc).__name__,
+                    exc,
+                )
+            return
         job.timings["decode"] = time.perf_counter() - started
+        mask = getattr(decoder, "last_mask", None)
+        if mask is not None:
+            self.last_mask = (mask, job.geometry)
         if job.digest is not None and self._cache is not None:
             self._cache.put(job.digest, result)
         self._emit(job, result, model, cached=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import UserError
-from edge_agent.runtime.decoders import Decoder, make_decoder
-from edge_agent.runtime.manifest import DecodeSpec, ImageInput, SensorInput
+from edge_agent.runtime.decoders import Decoder, check_options, make_decoder
+from edge_agent.runtime.manifest import ImageInput, SensorInput
 from edge_agent.runtime.model import LoadedModel
 from edge_agent.runtime.preprocess import Geometry, ImagePreprocessor, SensorPreprocessor
 
@@ -23,9 +24,15 @@ class Prediction:
 
 
 class Predictor:
-    """Preprocessing and decoding for one loaded model; `decode` overrides the manifest's."""
+    """Preprocessing and decoding for one loaded model. `overrides` are decoder options
+    over the manifest's; `where` names them in errors (a config key)."""
 
-    def __init__(self, model: LoadedModel, decode: DecodeSpec | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        overrides: Mapping[str, Any] | None = None,
+        where: str = "decode",
+    ) -> None:
         self.model = model
         spec = model.manifest.input
         self.image = ImagePreprocessor(spec, model.input) if isinstance(spec, ImageInput) else None
@@ -33,13 +40,20 @@ class Predictor:
             SensorPreprocessor(spec, model.input) if isinstance(spec, SensorInput) else None
         )
         shape = model.input.sample_shape
-        input_size = (shape[1], shape[0]) if len(shape) == 3 else (1, 1)
+        if self.image is not None:
+            input_size = (self.image.width, self.image.height)
+        else:
+            input_size = (shape[1], shape[0]) if len(shape) == 3 else (1, 1)
+        manifest = model.manifest
+        # The manifest's options alone first, so a bad one is blamed on the manifest.
+        check_options(manifest.task, manifest.decode, f"model {model.info.name}: decode")
         self.decoder: Decoder = make_decoder(
-            model.manifest.task,
-            decode or model.manifest.decode,
+            manifest.task,
+            {**manifest.decode, **(overrides or {})},
             model.labels,
             input_size,
-            [o.name for o in model.outputs],
+            model.outputs,
+            where=where,
         )
 
     def load_input(self, path: Path) -> tuple[npt.NDArray[Any], Geometry | None]:

@@ -1,48 +1,22 @@
-"""Reads a model's dequantized outputs for one input into a result a person can use."""
+"""SSD-style post-processed detection: the four outputs of TFLite_Detection_PostProcess
+(SSD MobileNet, EfficientDet-Lite) or a model shaped like them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from edge_agent.errors import UserError
-from edge_agent.runtime.manifest import DecodeSpec, Task
+from edge_agent.runtime.decoders.base import DecoderContext, Floats, Options, source_box
+from edge_agent.runtime.decoders.options import (
+    DEFAULT_MAX_DETECTIONS,
+    DEFAULT_SCORE_THRESHOLD,
+    MaxDetections,
+    ScoreThreshold,
+)
 from edge_agent.runtime.preprocess import Geometry
-
-Floats = npt.NDArray[np.float32]
-
-
-class Decoder(Protocol):
-    def __call__(
-        self, outputs: Sequence[Floats], geometry: Geometry | None = None
-    ) -> dict[str, Any]: ...
-
-
-class ClassificationDecoder:
-    def __init__(self, spec: DecodeSpec, labels: list[str]) -> None:
-        self.top_k = spec.top_k
-        self.labels = labels
-
-    def __call__(
-        self, outputs: Sequence[Floats], geometry: Geometry | None = None
-    ) -> dict[str, Any]:
-        scores = outputs[0].reshape(-1)
-        k = min(self.top_k, scores.size)
-        # argpartition then sort the k: cheaper than a full sort of 1,000 classes.
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return {
-            "top": [
-                {"index": int(i), "label": self._label(int(i)), "score": round(float(scores[i]), 6)}
-                for i in top
-            ]
-        }
-
-    def _label(self, index: int) -> str:
-        return self.labels[index] if index < len(self.labels) else str(index)
 
 
 class DetectionDecoder:
@@ -50,14 +24,16 @@ class DetectionDecoder:
     exports order them differently. Boxes are [ymin, xmin, ymax, xmax] normalised to the
     model input; results are [x1, y1, x2, y2] in source-image pixels."""
 
-    def __init__(
-        self, spec: DecodeSpec, labels: list[str], input_size: tuple[int, int], names: list[str]
-    ) -> None:
-        self.threshold = spec.score_threshold
-        self.max_detections = spec.max_detections
-        self.labels = labels
-        self.input_width, self.input_height = input_size
-        self.names = names
+    class Config(Options):
+        score_threshold: ScoreThreshold = DEFAULT_SCORE_THRESHOLD
+        max_detections: MaxDetections = DEFAULT_MAX_DETECTIONS
+
+    def __init__(self, config: Config, context: DecoderContext) -> None:
+        self.threshold = config.score_threshold
+        self.max_detections = config.max_detections
+        self.context = context
+        self.input_width, self.input_height = context.input_size
+        self.names = context.output_names
         self._roles: tuple[int, int, int, int | None] | None = None
 
     def __call__(
@@ -78,9 +54,7 @@ class DetectionDecoder:
             detections.append(
                 {
                     "class_id": class_id,
-                    "label": self.labels[class_id]
-                    if 0 <= class_id < len(self.labels)
-                    else str(class_id),
+                    "label": self.context.label(class_id),
                     "score": round(float(scores[i]), 6),
                     "box": self._to_source(boxes[i], geometry),
                 }
@@ -91,10 +65,7 @@ class DetectionDecoder:
         ymin, xmin, ymax, xmax = (float(v) for v in box)
         x1, y1 = xmin * self.input_width, ymin * self.input_height
         x2, y2 = xmax * self.input_width, ymax * self.input_height
-        if geometry is not None:
-            x1, y1 = geometry.to_source(x1, y1)
-            x2, y2 = geometry.to_source(x2, y2)
-        return [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]
+        return source_box(x1, y1, x2, y2, geometry)
 
     def _find_roles(self, outputs: Sequence[Floats]) -> tuple[int, int, int, int | None]:
         boxes = [i for i, o in enumerate(outputs) if o.ndim >= 2 and o.shape[-1] == 4]
@@ -144,50 +115,3 @@ class DetectionDecoder:
 def _whole(values: Floats) -> bool:
     # Tight: a saturated score (0.996, 0.0039) must not pass for a class id.
     return bool(np.all(np.abs(values - np.round(values)) < 1e-3))
-
-
-class AnomalyDecoder:
-    def __init__(self, spec: DecodeSpec) -> None:
-        self.threshold = spec.threshold
-
-    def __call__(
-        self, outputs: Sequence[Floats], geometry: Geometry | None = None
-    ) -> dict[str, Any]:
-        score = float(outputs[0].reshape(-1)[0])
-        result: dict[str, Any] = {"score": round(score, 6)}
-        if self.threshold is not None:
-            result["threshold"] = self.threshold
-            result["anomalous"] = score > self.threshold
-        return result
-
-
-class RegressionDecoder:
-    def __call__(
-        self, outputs: Sequence[Floats], geometry: Geometry | None = None
-    ) -> dict[str, Any]:
-        return {"values": [round(float(v), 6) for v in outputs[0].reshape(-1)]}
-
-
-class RawDecoder:
-    def __call__(
-        self, outputs: Sequence[Floats], geometry: Geometry | None = None
-    ) -> dict[str, Any]:
-        return {}
-
-
-def make_decoder(
-    task: Task,
-    spec: DecodeSpec,
-    labels: list[str],
-    input_size: tuple[int, int],
-    output_names: list[str],
-) -> Decoder:
-    if task == "classification":
-        return ClassificationDecoder(spec, labels)
-    if task == "detection":
-        return DetectionDecoder(spec, labels, input_size, output_names)
-    if task == "anomaly":
-        return AnomalyDecoder(spec)
-    if task == "regression":
-        return RegressionDecoder()
-    return RawDecoder()

@@ -1,0 +1,1 @@
+"""YOLO heads (placeholder until the decoder lands)."""
