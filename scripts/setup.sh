@@ -2,6 +2,8 @@
 # Creates (or refreshes) the virtual environments the README commands use.
 #   scripts/setup.sh          .venv        : LiteRT, NumPy 2, dev tools
 #   scripts/setup.sh legacy   .venv-legacy : tflite-runtime 2.14, NumPy 1 (Python <= 3.11)
+#   scripts/setup.sh quantize .venv-quantize: the agent with its `quantize` extra
+#                                             (ai-edge-quantizer, scipy: ~500 MB, ~15 s)
 # A stamp of the dependency files makes a second run skip the installs; the cached real
 # assets (scripts/fetch_assets.py) are checked on every run, in a few tens of ms.
 set -euo pipefail
@@ -12,7 +14,8 @@ python=${PYTHON:-python3}
 case "$kind" in
   main)   venv=.venv;        deps=(pyproject.toml) ;;
   legacy) venv=.venv-legacy; deps=(pyproject.toml requirements-legacy.txt) ;;
-  *) echo "setup.sh: unknown environment '$kind' (main or legacy)" >&2; exit 2 ;;
+  quantize) venv=.venv-quantize; deps=(pyproject.toml) ;;
+  *) echo "setup.sh: unknown environment '$kind' (main, legacy or quantize)" >&2; exit 2 ;;
 esac
 
 # The MQTT tests start their own Mosquitto brokers. Checked before the stamp below, so a machine
@@ -43,6 +46,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # agent names this mismatch plainly. Skipped where no wheel exists (Python 3.12+).
     "$venv/bin/python" -m pip install -q --no-deps 'tflite-runtime==2.14.0' 2>/dev/null \
       || echo "no tflite-runtime wheel for this Python; that check will be skipped" >&2
+  elif [ "$kind" = quantize ]; then
+    "$venv/bin/python" -m pip install -q -e '.[quantize]'
   else
     "$venv/bin/python" -m pip install -q -r requirements-legacy.txt
     "$venv/bin/python" -m pip install -q --no-deps -e .

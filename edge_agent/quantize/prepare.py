@@ -1,0 +1,116 @@
+"""Makes a float .tflite acceptable to ai-edge-quantizer, with LiteRT's own flatbuffer
+tools (no TensorFlow). Models from outside often need three repairs:
+
+- operator codes from the old schema set only `deprecated_builtin_code`; the quantizer
+  reads `builtin_code` and would take every operator for ADD;
+- fp16 weights (a FLOAT16 constant feeding a DEQUANTIZE) look like activations to the
+  quantizer, which then gives CONV_2D weights a zero point LiteRT refuses: each pair is
+  folded into one FLOAT32 constant;
+- the quantizer calibrates per SignatureDef: a model without one gets `serving_default`
+  over its subgraph's inputs and outputs.
+
+Associated files (a zip appended to the flatbuffer: labels, Ultralytics' metadata.json)
+do not survive a re-serialisation; `reattach_files` puts them back."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SIGNATURE_KEY = "serving_default"
+
+
+@dataclass
+class Prepared:
+    content: bytes
+    signature_key: str
+    input_name: str
+    repairs: list[str] = field(default_factory=list)
+
+
+def prepare(content: bytes) -> Prepared:
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    repairs: list[str] = []
+    stale = 0
+    for code in model.operatorCodes:
+        if code.deprecatedBuiltinCode > code.builtinCode:
+            code.builtinCode = code.deprecatedBuiltinCode
+            stale += 1
+    if stale:
+        repairs.append(f"{stale} operator codes from the old schema")
+    folded = sum(_fold_fp16(model, graph, schema) for graph in model.subgraphs)
+    if folded:
+        repairs.append(f"{folded} fp16 weights folded to float32")
+    if not model.signatureDefs:
+        model.signatureDefs = [_signature(model.subgraphs[0], schema)]
+        repairs.append(f"signature {SIGNATURE_KEY!r} added")
+    signature = model.signatureDefs[0]
+    out = bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if repairs else content
+    return Prepared(
+        out,
+        signature.signatureKey.decode(),
+        signature.inputs[0].name.decode(),
+        repairs,
+    )
+
+
+def _fold_fp16(model: Any, graph: Any, schema: Any) -> int:
+    dequantize = schema.BuiltinOperator.DEQUANTIZE
+    kept, folded = [], 0
+    for op in graph.operators:
+        if model.operatorCodes[op.opcodeIndex].builtinCode == dequantize:
+            source, target = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+            data = model.buffers[source.buffer].data
+            if source.type == schema.TensorType.FLOAT16 and data is not None and len(data):
+                halves = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float16)
+                buffer = schema.BufferT()
+                buffer.data = np.frombuffer(halves.astype(np.float32).tobytes(), np.uint8)
+                model.buffers.append(buffer)
+                target.buffer = len(model.buffers) - 1
+                folded += 1
+                continue
+        kept.append(op)
+    graph.operators = kept
+    return folded
+
+
+def _signature(graph: Any, schema: Any) -> Any:
+    def entry(index: int) -> Any:
+        tensor_map = schema.TensorMapT()
+        tensor_map.name = graph.tensors[index].name
+        tensor_map.tensorIndex = index
+        return tensor_map
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey = SIGNATURE_KEY.encode()
+    signature.subgraphIndex = 0
+    signature.inputs = [entry(i) for i in graph.inputs]
+    signature.outputs = [entry(i) for i in graph.outputs]
+    return signature
+
+
+def attached_files(content: bytes) -> dict[str, bytes]:
+    """Files in a zip appended to the flatbuffer; none if there is no such zip."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            return {name: archive.read(name) for name in archive.namelist()}
+    except zipfile.BadZipFile:
+        return {}
+
+
+def reattach_files(content: bytes, files: dict[str, bytes]) -> bytes:
+    if not files:
+        return content
+    buffer = io.BytesIO(content)
+    # Mode "a" on data that is not a zip appends a new archive after it.
+    with zipfile.ZipFile(buffer, "a", zipfile.ZIP_STORED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
