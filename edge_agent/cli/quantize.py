@@ -119,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
         "runs": args.runs,
         "threads": float_model.threads,
         "eval": eval_names,
-        "agreement": agreement.summary(),
-        "agreement_problems": agreement.problems(),
+        "agreement": agreement.as_dict(),
         "task": quant_model.manifest.task,
     }
     sys.stdout.write(json.dumps(report) + "\n" if args.json else _table(report, recipe))
@@ -299,11 +298,11 @@ def _table(report: dict[str, Any], recipe: Recipe) -> str:
         f"   {speedup:.2f}x speed-up{' (slower)' if speedup < 1 else ''} "
         f"(median of {report['runs']} invokes, "
         f"{report['threads']} thread{'s' if report['threads'] > 1 else ''})",
-        f"{'agreement':12}{report['agreement']} on {report['eval']}",
+        f"{'agreement':12}{report['agreement']['summary']} on {report['eval']}",
     ]
-    if report["agreement_problems"]:
+    if report["agreement"]["problems"]:
         rows.append(
-            "POOR AGREEMENT: " + "; ".join(report["agreement_problems"]) + ". Check the model "
+            "POOR AGREEMENT: " + "; ".join(report["agreement"]["problems"]) + ". Check the model "
             "before use, or try another --recipe (weights-int8 keeps activations float)"
         )
     return "\n".join(rows) + "\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,12 @@ class Agreement:
         worst = max(self.errors or [0.0])
         mean = float(np.mean(self.errors)) if self.errors else 0.0
         return f"outputs relative error mean {mean:.4f}, worst {worst:.4f}"
+
+    def as_dict(self) -> dict[str, Any]:
+        figures = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.ious is not None:
+            figures["mean_iou"] = round(float(np.mean(self.ious)), 4) if self.ious else None
+        return {**figures, "summary": self.summary(), "problems": self.problems()}
 
     def problems(self) -> list[str]:
         """Why the quantized model cannot be trusted without a second look; none if it can."""
