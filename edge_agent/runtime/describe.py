@@ -79,7 +79,10 @@ def describe(
     else:
         # Metadata is read only here: a model with a manifest never pays for it.
         metadata = read_metadata(content)
-        manifest, labels = _from_file(path, inputs, outputs, op_names, metadata, rules)
+        normalised = any(k in overrides.get("input", {}) for k in ("range", "mean"))
+        manifest, labels = _from_file(
+            path, inputs, outputs, op_names, metadata, rules, quiet=normalised
+        )
     manifest, labels = _apply_overrides(path, manifest, labels, overrides, rules)
     return Description(manifest, labels, rules, metadata)
 
@@ -91,10 +94,11 @@ def _from_file(
     op_names: Collection[str],
     metadata: ModelMetadata,
     rules: dict[str, str],
+    quiet: bool,
 ) -> tuple[ModelManifest, list[str]]:
     tensor = inputs[0]
     input_meta = metadata.inputs[0] if len(metadata.inputs) == len(inputs) else None
-    spec = _input_from_tensor(path, tensor, input_meta, metadata, rules)
+    spec = _input_from_tensor(path, tensor, input_meta, metadata, rules, quiet)
     labels = _labels_from_metadata(metadata, outputs, rules)
     from edge_agent.runtime.decoders import choose_task
 
@@ -125,6 +129,7 @@ def _input_from_tensor(
     meta: TensorMeta | None,
     metadata: ModelMetadata,
     rules: dict[str, str],
+    quiet: bool = False,
 ) -> ImageInput | SensorInput | TensorInput:
     shape = list(tensor.shape)
     layout = image_layout(tensor.shape)
@@ -171,11 +176,12 @@ def _input_from_tensor(
     elif np.issubdtype(tensor.dtype, np.floating):
         fields["range"] = DEFAULT_FLOAT_RANGE
         notes.insert(0, "float input with nothing else to go on: range [0, 1]")
-        log.warning(
-            "%s: float image input with no manifest or metadata: pixels scaled to [0, 1]; "
-            "set [models.NAME.input] range or mean/std if the model wants otherwise",
-            path.name,
-        )
+        if not quiet:  # the config's own normalisation follows
+            log.warning(
+                "%s: float image input with no manifest or metadata: pixels scaled to [0, 1]; "
+                "set [models.NAME.input] range or mean/std if the model wants otherwise",
+                path.name,
+            )
     rules["preprocessing"] = "; ".join(notes)
     return ImageInput.model_validate(fields)
 

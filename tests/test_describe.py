@@ -1,0 +1,230 @@
+"""Models without a hand-written manifest: described from their metadata and tensors (and
+the config's overrides), run by the real runtime on real images, frames and windows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config.load import load_settings
+from edge_agent.runtime.backend import Backend
+from edge_agent.runtime.loader import load_model
+from edge_agent.runtime.predictor import Predictor
+from tests.agent_helpers import ListSink, wait_until
+from tests.conftest import MODELS, raw_interpreter, run_cli
+
+surgery = pytest.importorskip("tests.model_surgery", reason="needs LiteRT's flatbuffer tools")
+SAMPLES = MODELS / "samples"
+DIGITS = [SAMPLES / f"digit_{d}.png" for d in (0, 3, 7)]
+
+
+def bare(tmp_path: Path, name: str, as_name: str | None = None) -> Path:
+    """A shipped model copied without its manifest, as a user would bring one."""
+    target = tmp_path / (as_name or name)
+    shutil.copy(MODELS / name, target)
+    return target
+
+
+def infer_json(model: Path, *inputs: Path) -> list[dict[str, Any]]:
+    done = run_cli("infer", str(model), *map(str, inputs), "--json")
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_int8_image_model_without_manifest_runs_on_a_photo(tmp_path: Path) -> None:
+    """Its input's own scale and zero point take the pixels: the same outputs as the model
+    with the manifest written for it (range [0, 1])."""
+    model = bare(tmp_path, "mobilenet_v2_int8.tflite", "stock.tflite")
+    photo = SAMPLES / "detector_scene.png"
+    (found,) = infer_json(model, photo)
+    (shipped,) = infer_json(MODELS / "mobilenet_v2_int8.tflite", photo)
+    assert found["task"] == "classification"
+    assert len(found["result"]["top"]) == 5
+    assert found["outputs"]["Identity"] == shipped["outputs"]["Identity"]
+
+
+def test_uint8_input_model_without_manifest_agrees_with_the_int8_one(tmp_path: Path) -> None:
+    u8 = surgery.uint8_input(MODELS / "digits_int8.tflite", tmp_path / "digits_u8.tflite")
+    found = infer_json(u8, *DIGITS)
+    shipped = infer_json(MODELS / "digits_int8.tflite", *DIGITS)
+    tops = [r["result"]["top"][0]["index"] for r in found]
+    assert tops == [r["result"]["top"][0]["index"] for r in shipped] == [0, 3, 7]
+
+
+def test_nchw_model_gets_the_frame_transposed(tmp_path: Path, backend: Backend) -> None:
+    nchw = surgery.nchw_input(MODELS / "digits_float.tflite", tmp_path / "digits_nchw.tflite")
+    model = load_model(nchw, backend, threads=1, overrides={"input": {"range": [0.0, 16.0]}})
+    assert model.manifest.input.layout == "NCHW"  # type: ignore[union-attr]
+    assert "NCHW" in model.rules["input"]
+    shipped = Predictor(load_model(MODELS / "digits_float.tflite", backend, threads=1))
+    mine = Predictor(model)
+    for path in DIGITS:
+        a = mine.predict(*map(list, zip(mine.load_input(path), strict=True)))[0]
+        b = shipped.predict(*map(list, zip(shipped.load_input(path), strict=True)))[0]
+        assert a.result["top"][:3] == b.result["top"][:3]
+
+
+def test_metadata_labels_and_normalisation_are_used(tmp_path: Path, backend: Backend) -> None:
+    labels = [f"kind {i}" for i in range(1000)]
+    model_path = surgery.with_metadata(
+        MODELS / "mobilenet_v2_int8.tflite", tmp_path / "md.tflite", labels, [127.5], [127.5]
+    )
+    (record,) = infer_json(model_path, SAMPLES / "detector_scene.png")
+    assert record["model"]["version"] == "2.1"
+    assert all(t["label"] == f"kind {t['index']}" for t in record["result"]["top"])
+    model = load_model(model_path, backend, threads=1)
+    assert model.rules["labels"] == "metadata: labels.txt (1000) for output 0"
+    # mean/std 127.5: pixel 0 -> -1.0 and 255 -> 1.0, then the input's own quantization.
+    sample, _ = Predictor(model).prepare(np.array([[[0, 255, 128]]], np.uint8))
+    scale = float(model.input.quant.scales[0])
+    zero = int(model.input.quant.zero_points[0])
+    expect = np.clip(
+        np.round(np.array([-1.0, 1.0, (128 - 127.5) / 127.5]) / scale) + zero, -128, 127
+    )
+    assert sample[0, 0].tolist() == expect[::-1].astype(int).tolist()  # BGR frame -> RGB
+
+
+def test_metadata_labels_that_fit_no_output_are_ignored(tmp_path: Path, backend: Backend) -> None:
+    """Metadata is positional and some files get it wrong (MediaPipe's hand landmarker)."""
+    model_path = surgery.with_metadata(
+        MODELS / "digits_int8.tflite", tmp_path / "wrong.tflite", ["Left", "Right"], [0.0], [16.0]
+    )
+    model = load_model(model_path, backend, threads=1)
+    assert model.labels == []
+    assert "fits no output" in model.rules["labels"]
+
+
+def test_ultralytics_names_in_the_zip_become_labels(tmp_path: Path, backend: Backend) -> None:
+    names = {str(i): f"digit {i}" for i in range(10)}
+    meta = json.dumps({"task": "classify", "names": names, "imgsz": [8, 8]}).encode()
+    model_path = surgery.zip_only(
+        MODELS / "digits_int8.tflite", tmp_path / "u.tflite", {"metadata.json": meta}
+    )
+    model = load_model(model_path, backend, threads=1)
+    assert model.labels == [f"digit {i}" for i in range(10)]
+    assert model.manifest.input.resize == "letterbox"  # type: ignore[union-attr]
+
+
+def test_float_input_with_nothing_to_go_on_says_so(
+    tmp_path: Path, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        model = load_model(bare(tmp_path, "digits_float.tflite"), backend, threads=1)
+    assert model.manifest.input.range == (0.0, 1.0)  # type: ignore[union-attr]
+    warned = [r.getMessage() for r in caplog.records if "float image input" in r.getMessage()]
+    assert len(warned) == 1 and "[0, 1]" in warned[0]
+
+
+def test_config_overrides_set_labels_task_and_options(tmp_path: Path, backend: Backend) -> None:
+    (tmp_path / "digits.txt").write_text("\n".join(f"n{i}" for i in range(10)))
+    model_path = bare(tmp_path, "digits_int8.tflite")
+    overrides = {"input": {"range": [0.0, 16.0]}, "labels": Path("digits.txt")}
+    overrides |= {"task": "classification", "decode": {"top_k": 2}}
+    model = load_model(model_path, backend, threads=1, overrides=overrides)
+    assert model.rules["task"] == "config [models.NAME] task" or "config" in model.rules["task"]
+    predictor = Predictor(model)
+    (prediction,) = predictor.predict(*map(list, zip(predictor.load_input(DIGITS[1]), strict=True)))
+    assert [t["label"] for t in prediction.result["top"]][:1] == ["n3"]
+    assert len(prediction.result["top"]) == 2
+
+
+def test_a_sidecar_manifest_comes_before_the_metadata(tmp_path: Path, backend: Backend) -> None:
+    model_path = surgery.with_metadata(
+        MODELS / "digits_int8.tflite", tmp_path / "digits.tflite", ["x"] * 10, [0.0], [1.0]
+    )
+    manifest = json.loads((MODELS / "digits_int8.json").read_text())
+    manifest.update(file="digits.tflite", sha256=None)
+    (tmp_path / "digits.json").write_text(json.dumps(manifest))
+    model = load_model(model_path, backend, threads=1)
+    assert model.rules["input"] == "sidecar manifest"
+    assert model.manifest.input.range == (0.0, 16.0)  # type: ignore[union-attr]
+
+
+def config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[device]\nid = "t"\nstate_dir = "{tmp_path / "state"}"\n{body}')
+    return path
+
+
+def run_agent(path: Path, pipeline: str, count: int) -> ListSink:
+    sink = ListSink()
+    agent = Agent(load_settings(path), sink=sink)
+    agent.start()
+    try:
+        wait_until(lambda: len(sink.of(pipeline)) >= count, timeout=30, what=f"{count} results")
+    finally:
+        agent.stop()
+    return sink
+
+
+def test_stock_mobilenet_without_manifest_runs_on_camera_frames(tmp_path: Path) -> None:
+    """640x480 frames into a 224x224 model: resized to the model's input, no manifest."""
+    model = bare(tmp_path, "mobilenet_v2_int8.tflite", "stock_mobilenet.tflite")
+    body = f"""
+[models.stock]
+path = "{model}"
+threads = 1
+
+[sources.camera]
+kind = "synthetic"
+pattern = "moving_box"
+width = 640
+height = 480
+count = 5
+fps = 10
+
+[pipelines.look]
+source = "camera"
+model = "stock"
+"""
+    sink = run_agent(config(tmp_path, body), "look", 5)
+    results = sink.of("look")
+    assert len(results) == 5
+    assert all(len(r.result["top"]) == 5 for r in results)
+
+
+def test_sensor_model_without_manifest_is_fed_from_a_line_source(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """A [1,64,3] int8 model: windows from a lines file, each result the model's own output
+    (regression on its [1,1] output), the same as the raw interpreter's."""
+    model = bare(tmp_path, "sensor_anomaly_int8.tflite", "sensor.tflite")
+    windows = np.load(MODELS / "data" / "sensor_windows.npz")["normal"][:8]
+    lines = tmp_path / "samples.txt"
+    lines.write_text("".join(f"{x:.6f},{y:.6f},{z:.6f}\n" for w in windows for x, y, z in w))
+    body = f"""
+[models.sensor]
+path = "{model}"
+threads = 1
+
+[sources.imu]
+kind = "lines"
+path = "{lines}"
+channels = 3
+window = 64
+hop = 64
+
+[pipelines.imu]
+source = "imu"
+model = "sensor"
+queue_size = 100
+"""
+    sink = run_agent(config(tmp_path, body), "imu", len(windows))
+    results = sink.of("imu")
+    interpreter = raw_interpreter(backend, model, threads=1)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    for window, result in zip(windows, results, strict=True):
+        q = np.clip(np.round(window / scale) + zero, -128, 127).astype(np.int8)
+        interpreter.set_tensor(inp["index"], q[None])
+        interpreter.invoke()
+        value = (float(interpreter.get_tensor(out["index"])[0, 0]) - out_zero) * out_scale
+        assert result.result["values"] == pytest.approx([value], abs=1e-6)
