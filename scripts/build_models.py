@@ -442,6 +442,172 @@ def build_xnnpack_refusal(tf, out):
     )
 
 
+# Post-processed SSD: TFLite's own TFLite_Detection_PostProcess custom op, made the way the
+# TF2 Object Detection API export makes it (a function marked experimental_implements).
+SSD_GRID, SSD_SIZE = 4, 96
+SSD_POSTPROCESS = {
+    "max_detections": ("i", 10),
+    "max_classes_per_detection": ("i", 1),
+    "use_regular_nms": ("b", "false"),
+    "nms_score_threshold": ("f", 0.3),
+    "nms_iou_threshold": ("f", 0.5),
+    "y_scale": ("f", 10.0),
+    "x_scale": ("f", 10.0),
+    "h_scale": ("f", 5.0),
+    "w_scale": ("f", 5.0),
+    "num_classes": ("i", 3),
+}
+
+
+def build_ssd_postprocess(tf, out):
+    """A 4x4-grid detector (cells scored by colour, as `detector`) whose boxes, classes,
+    scores and count come from a real TFLite_Detection_PostProcess op. uint8 input, two
+    output orders: TF 2.x's (count first) and the TF1 export's (boxes first)."""
+    attrs = " ".join(
+        f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, (t, v) in SSD_POSTPROCESS.items()
+    )
+    centres = (np.arange(SSD_GRID, dtype=np.float32) + 0.5) / SSD_GRID
+    yc, xc = np.meshgrid(centres, centres, indexing="ij")
+    side = np.full(SSD_GRID * SSD_GRID, 1 / SSD_GRID, np.float32)
+    anchors = np.stack([yc.ravel(), xc.ravel(), side, side], -1)  # yc, xc, h, w
+
+    @tf.function(experimental_implements='name: "TFLite_Detection_PostProcess" ' + attrs)
+    def postprocess(box_encodings, class_predictions, anchors):
+        # The converter replaces this call with the op; the body is never run.
+        zero = tf.constant(0.0)
+        return zero, zero, zero, zero
+
+    class Ssd(tf.Module):
+        @tf.function(
+            input_signature=[tf.TensorSpec([1, SSD_SIZE, SSD_SIZE, 3], tf.float32, name="image")]
+        )
+        def serve(self, x):
+            cells = SSD_GRID * SSD_GRID
+            cell = tf.nn.avg_pool2d(x, SSD_SIZE // SSD_GRID, SSD_SIZE // SSD_GRID, "VALID")
+            logits = tf.reshape(12.0 * (cell - 0.5), [1, cells, 3])
+            background = tf.zeros([1, cells, 1])
+            scores = tf.sigmoid(tf.concat([background, logits], -1))
+            encodings = tf.zeros([1, cells, 4]) + 0.0 * tf.reduce_mean(x)  # box = anchor
+            b, c, s, n = postprocess(encodings, scores, tf.constant(anchors))
+            return {
+                "detection_boxes": b,
+                "detection_classes": c,
+                "detection_scores": s,
+                "num_detections": n,
+            }
+
+    module = Ssd()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module
+    )
+    conv.allow_custom_ops = True
+    rng = np.random.default_rng(SEED)
+
+    def rep():
+        for _ in range(32):
+            v = np.round(rng.random((1, SSD_GRID, SSD_GRID, 3), dtype=np.float32))
+            step = SSD_SIZE // SSD_GRID
+            yield [np.repeat(np.repeat(v, step, 1), step, 2)]
+
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.uint8
+    path = out / "ssd_postprocess_uint8.tflite"
+    path.write_bytes(conv.convert())
+    reordered = "ssd_postprocess_uint8_reordered.tflite"
+    reorder_outputs(
+        path,
+        out / reordered,
+        [
+            (key, f"TFLite_Detection_PostProcess{suffix}", key)
+            for key, suffix in (
+                ("detection_boxes", ""),
+                ("detection_classes", ":1"),
+                ("detection_scores", ":2"),
+                ("num_detections", ":3"),
+            )
+        ],
+    )
+    image = {"kind": "image", "color": "RGB", "resize": "letterbox", "range": [0.0, 1.0]}
+    for fname, name in ((path.name, "ssd_postprocess"), (reordered, "ssd_postprocess_reordered")):
+        write_manifest(
+            out,
+            fname,
+            name,
+            "detection",
+            "Toy 4x4-grid detector through a real TFLite_Detection_PostProcess op.",
+            image,
+            ["red", "green", "blue"],
+            {"score_threshold": 0.5, "max_detections": 10},
+        )
+
+
+YOLO_CLASSES = 80
+YOLO_STRIDES = (8, 16, 32)
+YOLO_COLOURS = ["red", "green", "blue"]  # classes 0..2; the other 77 never score
+
+
+def yolo_head(tf, x, size, version):
+    """YOLO-shaped head over colour: every grid cell of every stride is a candidate box four
+    cells wide at its centre, scored per class by how red/green/blue the cell is.
+    v8: [1, 4 + 80, N], boxes normalised (as Ultralytics' TFLite export gives them);
+    v5: [1, 3N, 5 + 80], boxes in input pixels, objectness = best colour score."""
+    levels = []
+    for stride in YOLO_STRIDES:
+        g = size // stride
+        cell = tf.nn.avg_pool2d(x, stride, stride, "VALID")
+        c = (np.arange(g, dtype=np.float32) + 0.5) / g
+        yy, xx = np.meshgrid(c, c, indexing="ij")
+        wh = np.full(g * g, 4.0 / g, np.float32)
+        box = np.stack([xx.ravel(), yy.ravel(), wh, wh], 0)[None]  # [1, 4, g*g]
+        colour = tf.sigmoid(12.0 * (tf.reshape(cell, [1, g * g, 3]) - 0.5))
+        # Zero rows that depend on the input: broadcast at run time, not stored.
+        rest = tf.tile(colour[:, :, :1] * 0.0, [1, 1, YOLO_CLASSES - 3])
+        scores = tf.concat([colour, rest], -1)  # [1, g*g, 80]
+        if version == "v8":
+            levels.append(tf.concat([tf.constant(box), tf.transpose(scores, [0, 2, 1])], 1))
+        else:
+            pixels = tf.constant(np.transpose(box[0]) * size)  # [g*g, 4]
+            objectness = tf.reduce_max(colour, -1, keepdims=True)
+            row = tf.concat([pixels[None] + 0.0 * objectness, objectness, scores], -1)
+            levels.append(tf.tile(row, [1, 3, 1]))  # three anchors per cell
+    return tf.concat(levels, 2 if version == "v8" else 1)
+
+
+def build_yolo(tf, out):
+    """YOLO-shaped toys: v8 int8 at 320 (2,100 candidates) and float at 640 (8,400, for the
+    decoder benchmark); v5 float at 320 (6,300)."""
+    rng = np.random.default_rng(SEED)
+    builds = (
+        ("yolov8_toy_int8.tflite", "yolov8_toy", 320, "v8", True),
+        ("yolov8_toy_640_f32.tflite", "yolov8_toy_640", 640, "v8", False),
+        ("yolov5_toy_f32.tflite", "yolov5_toy", 320, "v5", False),
+    )
+    for fname, name, size, version, int8 in builds:
+        rep = np.round(rng.random((16, 4, 4, 3), dtype=np.float32))
+        rep = np.repeat(np.repeat(rep, size // 4, 1), size // 4, 2)
+        convert(
+            tf,
+            lambda x, size=size, version=version: yolo_head(tf, x, size, version),
+            tf.TensorSpec([1, size, size, 3], tf.float32),
+            rep,
+            out / fname,
+            int8=int8,
+        )
+        write_manifest(
+            out,
+            fname,
+            name,
+            "yolo",
+            f"YOLO{version}-shaped toy head ({size}x{size}): boxes over red, green and blue "
+            "regions, 80 classes of which 3 ever score.",
+            {"kind": "image", "color": "RGB", "resize": "letterbox", "range": [0.0, 1.0]},
+            YOLO_COLOURS + [f"class_{i}" for i in range(3, YOLO_CLASSES)],
+            {"version": version},
+        )
+
+
 BUILDS = (  # in build order: edgetpu patches digits' digits_int8.tflite
     "mobilenet",
     "digits",
@@ -450,6 +616,8 @@ BUILDS = (  # in build order: edgetpu patches digits' digits_int8.tflite
     "sensor",
     "detector",
     "xnnpack_refusal",
+    "ssd_postprocess",
+    "yolo",
 )
 
 
@@ -469,6 +637,8 @@ def build(out, only=None):
         "sensor": lambda: build_sensor(tf, keras, out),
         "detector": lambda: build_detector(tf, out),
         "xnnpack_refusal": lambda: build_xnnpack_refusal(tf, out),
+        "ssd_postprocess": lambda: build_ssd_postprocess(tf, out),
+        "yolo": lambda: build_yolo(tf, out),
     }
     for name in BUILDS:
         if only is None or name in only:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,11 @@ from edge_agent.runtime.decoders import Decoder, check_options, make_decoder
 from edge_agent.runtime.manifest import ImageInput, SensorInput
 from edge_agent.runtime.model import LoadedModel
 from edge_agent.runtime.preprocess import Geometry, ImagePreprocessor, SensorPreprocessor
+
+log = logging.getLogger(__name__)
+
+# Models already said to run as raw: once per model file, however many pipelines use it.
+_said_raw: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,19 @@ class Predictor:
             model.outputs,
             where=where,
         )
+        rule = model.rules.get("task", "")
+        if (
+            manifest.task == "raw"
+            and ": raw" in rule
+            and model.info.sha256 not in _said_raw
+        ):
+            _said_raw.add(model.info.sha256)
+            log.warning(
+                "model %s: %s; each result carries every output, dequantized, by name "
+                "(give task and decode options in a manifest or [models.NAME] to decode them)",
+                model.info.name,
+                rule,
+            )
 
     def load_input(self, path: Path) -> tuple[npt.NDArray[Any], Geometry | None]:
         """One input sample from a file: a `.npy` tensor, else an image."""
