@@ -79,6 +79,8 @@ def describe(
     else:
         # Metadata is read only here: a model with a manifest never pays for it.
         metadata = read_metadata(content)
+        if metadata.note:
+            log.warning("%s: model metadata: %s", path.name, metadata.note)
         normalised = any(k in overrides.get("input", {}) for k in ("range", "mean"))
         manifest, labels = _from_file(
             path, inputs, outputs, op_names, metadata, rules, quiet=normalised
