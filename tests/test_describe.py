@@ -20,7 +20,14 @@ from edge_agent.runtime.predictor import Predictor
 from tests.agent_helpers import ListSink, wait_until
 from tests.conftest import MODELS, raw_interpreter, run_cli
 
-surgery = pytest.importorskip("tests.model_surgery", reason="needs LiteRT's flatbuffer tools")
+pytestmark = pytest.mark.runtime
+
+
+def surgery() -> Any:
+    """Model variants made with LiteRT's flatbuffer tools (skipped where they are missing)."""
+    return pytest.importorskip("tests.model_surgery", reason="needs LiteRT's flatbuffer tools")
+
+
 SAMPLES = MODELS / "samples"
 DIGITS = [SAMPLES / f"digit_{d}.png" for d in (0, 3, 7)]
 
@@ -51,7 +58,7 @@ def test_int8_image_model_without_manifest_runs_on_a_photo(tmp_path: Path) -> No
 
 
 def test_uint8_input_model_without_manifest_agrees_with_the_int8_one(tmp_path: Path) -> None:
-    u8 = surgery.uint8_input(MODELS / "digits_int8.tflite", tmp_path / "digits_u8.tflite")
+    u8 = surgery().uint8_input(MODELS / "digits_int8.tflite", tmp_path / "digits_u8.tflite")
     found = infer_json(u8, *DIGITS)
     shipped = infer_json(MODELS / "digits_int8.tflite", *DIGITS)
     tops = [r["result"]["top"][0]["index"] for r in found]
@@ -59,7 +66,7 @@ def test_uint8_input_model_without_manifest_agrees_with_the_int8_one(tmp_path: P
 
 
 def test_nchw_model_gets_the_frame_transposed(tmp_path: Path, backend: Backend) -> None:
-    nchw = surgery.nchw_input(MODELS / "digits_float.tflite", tmp_path / "digits_nchw.tflite")
+    nchw = surgery().nchw_input(MODELS / "digits_float.tflite", tmp_path / "digits_nchw.tflite")
     model = load_model(nchw, backend, threads=1, overrides={"input": {"range": [0.0, 16.0]}})
     assert model.manifest.input.layout == "NCHW"  # type: ignore[union-attr]
     assert "NCHW" in model.rules["input"]
@@ -73,7 +80,7 @@ def test_nchw_model_gets_the_frame_transposed(tmp_path: Path, backend: Backend) 
 
 def test_metadata_labels_and_normalisation_are_used(tmp_path: Path, backend: Backend) -> None:
     labels = [f"kind {i}" for i in range(1000)]
-    model_path = surgery.with_metadata(
+    model_path = surgery().with_metadata(
         MODELS / "mobilenet_v2_int8.tflite", tmp_path / "md.tflite", labels, [127.5], [127.5]
     )
     (record,) = infer_json(model_path, SAMPLES / "detector_scene.png")
@@ -93,7 +100,7 @@ def test_metadata_labels_and_normalisation_are_used(tmp_path: Path, backend: Bac
 
 def test_metadata_labels_that_fit_no_output_are_ignored(tmp_path: Path, backend: Backend) -> None:
     """Metadata is positional and some files get it wrong (MediaPipe's hand landmarker)."""
-    model_path = surgery.with_metadata(
+    model_path = surgery().with_metadata(
         MODELS / "digits_int8.tflite", tmp_path / "wrong.tflite", ["Left", "Right"], [0.0], [16.0]
     )
     model = load_model(model_path, backend, threads=1)
@@ -104,7 +111,7 @@ def test_metadata_labels_that_fit_no_output_are_ignored(tmp_path: Path, backend:
 def test_ultralytics_names_in_the_zip_become_labels(tmp_path: Path, backend: Backend) -> None:
     names = {str(i): f"digit {i}" for i in range(10)}
     meta = json.dumps({"task": "classify", "names": names, "imgsz": [8, 8]}).encode()
-    model_path = surgery.zip_only(
+    model_path = surgery().zip_only(
         MODELS / "digits_int8.tflite", tmp_path / "u.tflite", {"metadata.json": meta}
     )
     model = load_model(model_path, backend, threads=1)
@@ -136,7 +143,7 @@ def test_config_overrides_set_labels_task_and_options(tmp_path: Path, backend: B
 
 
 def test_a_sidecar_manifest_comes_before_the_metadata(tmp_path: Path, backend: Backend) -> None:
-    model_path = surgery.with_metadata(
+    model_path = surgery().with_metadata(
         MODELS / "digits_int8.tflite", tmp_path / "digits.tflite", ["x"] * 10, [0.0], [1.0]
     )
     manifest = json.loads((MODELS / "digits_int8.json").read_text())

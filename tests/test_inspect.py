@@ -7,7 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import BACKEND, MODELS, run_cli
+
+pytestmark = pytest.mark.runtime
 
 MOBILENET = MODELS / "mobilenet_v2_int8.tflite"
 
