@@ -263,13 +263,20 @@ def _compare(
 
     label, float_in = _eval_samples(source, calibration, float_p)
     _, quant_in = _eval_samples(source, calibration, quant_p)
-    floats = [float_p.predict([s], [g])[0] for s, g in float_in]
-    quants = [quant_p.predict([s], [g])[0] for s, g in quant_in]
+    floats, quants, masks = [], [], []
+    for (f_sample, f_geometry), (q_sample, q_geometry) in zip(float_in, quant_in, strict=True):
+        floats.append(float_p.predict([f_sample], [f_geometry])[0])
+        quants.append(quant_p.predict([q_sample], [q_geometry])[0])
+        # A segmentation decoder keeps its last class mask (for snapshots).
+        f_mask = getattr(float_p.decoder, "last_mask", None)
+        q_mask = getattr(quant_p.decoder, "last_mask", None)
+        masks.append(None if f_mask is None or q_mask is None else (f_mask, q_mask))
     agreement = agree(
         [p.result for p in floats],
         [p.result for p in quants],
         [p.outputs for p in floats],
         [p.outputs for p in quants],
+        masks,
     )
     return label, agreement
 

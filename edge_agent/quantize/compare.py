@@ -21,7 +21,7 @@ MATCH_IOU = 0.5
 
 @dataclass
 class Agreement:
-    kind: str  # "top-1", "boxes" or "outputs"
+    kind: str  # "top-1", "boxes", "pixels" or "outputs"
     samples: int = 0
     # top-1: samples whose best class agrees
     same_top1: int = 0
@@ -31,7 +31,10 @@ class Agreement:
     matched: int = 0
     ious: list[float] | None = None
     score_pairs: list[tuple[float, float]] | None = None  # (float, quantized) per match
-    # outputs: relative error of the dequantized tensors, per sample
+    # pixels: share of mask pixels of the same class, per sample
+    pixel_shares: list[float] | None = None
+    # outputs: RMS difference of the dequantized tensors over the float values' range,
+    # per sample (a relative error would blow up on outputs near zero)
     errors: list[float] | None = None
 
     def summary(self) -> str:
@@ -48,9 +51,15 @@ class Agreement:
                 f_mean, q_mean = np.mean(self.score_pairs, axis=0)
                 text += f", mean score {f_mean:.3f} float vs {q_mean:.3f} quantized"
             return text
+        if self.kind == "pixels":
+            shares = self.pixel_shares or [0.0]
+            return (
+                f"mask pixels of the same class {float(np.mean(shares)):.1%}, "
+                f"worst sample {min(shares):.1%}"
+            )
         worst = max(self.errors or [0.0])
         mean = float(np.mean(self.errors)) if self.errors else 0.0
-        return f"outputs relative error mean {mean:.4f}, worst {worst:.4f}"
+        return f"outputs differ by {mean:.2%} of their range (worst sample {worst:.2%})"
 
     def as_dict(self) -> dict[str, Any]:
         figures = {k: v for k, v in asdict(self).items() if v is not None}
@@ -75,15 +84,18 @@ class Agreement:
             shift = max((abs(f - q) for f, q in self.score_pairs or []), default=0.0)
             if shift > GOOD_SCORE_SHIFT:
                 found.append(f"scores moved by up to {shift:.2f}")
-        if self.kind == "outputs" and max(self.errors or [0.0]) > GOOD_RELATIVE_ERROR:
-            found.append(f"outputs differ by more than {GOOD_RELATIVE_ERROR:.0%}")
+        if self.kind == "pixels" and float(np.mean(self.pixel_shares or [0.0])) < GOOD_PIXELS:
+            found.append(f"fewer than {GOOD_PIXELS:.0%} of mask pixels agree")
+        if self.kind == "outputs" and max(self.errors or [0.0]) > GOOD_OUTPUT_ERROR:
+            found.append(f"outputs differ by more than {GOOD_OUTPUT_ERROR:.0%} of their range")
         return found
 
 
 GOOD_SHARE = 0.9  # of top-1 answers or float boxes found again
 GOOD_IOU = 0.8  # mean IoU of matched boxes
 GOOD_SCORE_SHIFT = 0.1  # largest score change of a matched box
-GOOD_RELATIVE_ERROR = 0.05  # ||int8 - float|| / ||float||, raw outputs
+GOOD_PIXELS = 0.95  # mean share of mask pixels of the same class
+GOOD_OUTPUT_ERROR = 0.05  # RMS difference over the float values' range, raw outputs
 
 
 def agree(
@@ -91,8 +103,10 @@ def agree(
     quants: Sequence[dict[str, Any]],
     float_outputs: Sequence[dict[str, npt.NDArray[np.float32]]],
     quant_outputs: Sequence[dict[str, npt.NDArray[np.float32]]],
+    masks: Sequence[tuple[npt.NDArray[Any], npt.NDArray[Any]] | None] = (),
 ) -> Agreement:
-    """Results of both models on the same samples, in the same order."""
+    """Results of both models on the same samples, in the same order; `masks`: the class
+    masks (float, quantized) of a segmentation decoder, per sample."""
     first = floats[0] if floats else {}
     if "top" in first:
         agreement = Agreement("top-1", samples=len(floats))
@@ -115,11 +129,21 @@ def agree(
                 (f["detections"][i]["score"], q["detections"][j]["score"]) for _, i, j in matches
             )
         return agreement
+    if masks and all(pair is not None for pair in masks):
+        shares = [float(np.mean(f == q)) for f, q in (p for p in masks if p is not None)]
+        return Agreement("pixels", samples=len(floats), pixel_shares=shares)
+    spans = {
+        name: float(max(np.max(o[name]) for o in float_outputs))
+        - float(min(np.min(o[name]) for o in float_outputs))
+        for name in (float_outputs[0] if float_outputs else {})
+    }
     errors = []
     for f_out, q_out in zip(float_outputs, quant_outputs, strict=True):
-        diff = sum(float(np.sum((q_out[k] - v) ** 2)) for k, v in f_out.items())
-        norm = sum(float(np.sum(v**2)) for v in f_out.values())
-        errors.append(float(np.sqrt(diff / norm)) if norm else float(np.sqrt(diff)))
+        per_output = [
+            float(np.sqrt(np.mean((q_out[name] - value) ** 2))) / (spans[name] or 1.0)
+            for name, value in f_out.items()
+        ]
+        errors.append(max(per_output, default=0.0))
     return Agreement("outputs", samples=len(floats), errors=errors)
 
 
