@@ -442,6 +442,54 @@ def build_xnnpack_refusal(tf, out):
     )
 
 
+SENSOR_CLASSES = ("normal", "spike", "flatline", "burst")
+
+
+def build_sensor_classifier(tf, keras, out):
+    """[1,64,3] int8 -> [1,4]: which of SENSOR_CLASSES a window is, trained on the same
+    synthetic windows as the anomaly model. Its held-out windows go to data/ for tests."""
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED + 1)
+
+    def windows(n):
+        xs = [sensor_windows(rng, n, kind) for kind in SENSOR_CLASSES]
+        ys = np.repeat(np.arange(len(SENSOR_CLASSES)), n)
+        return np.concatenate(xs), ys
+
+    train_x, train_y = windows(3000)
+    test_x, test_y = windows(50)
+    L = keras.layers
+    net = keras.Sequential(
+        [
+            keras.Input((64, 3)),
+            L.Conv1D(16, 5, activation="relu"),
+            L.MaxPooling1D(2),
+            L.Conv1D(16, 5, activation="relu"),
+            L.GlobalMaxPooling1D(),
+            L.Dense(len(SENSOR_CLASSES), activation="softmax"),
+        ]
+    )
+    net.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    net.fit(train_x, train_y, epochs=8, batch_size=128, verbose=0, shuffle=True)
+    accuracy = net.evaluate(test_x, test_y, verbose=0)[1]
+    print(f"sensor classifier (keras): held-out accuracy {accuracy:.3f}")
+    path = out / "sensor_classifier_int8.tflite"
+    # Calibrated on every kind of window, spikes included, so none saturates.
+    rep = train_x[rng.permutation(len(train_x))[:400]]
+    convert(tf, lambda x: net(x, training=False), tf.TensorSpec([1, 64, 3]), rep, path)
+    np.savez_compressed(out / "data" / "sensor_classes.npz", windows=test_x, labels=test_y)
+    write_manifest(
+        out,
+        path.name,
+        "sensor_classifier",
+        "classification",
+        "Which kind of 64-sample 3-axis window: normal, spike, flatline or burst.",
+        {"kind": "sensor", "window": 64, "channels": 3},
+        list(SENSOR_CLASSES),
+        {"top_k": 2},
+    )
+
+
 # Post-processed SSD: TFLite's own TFLite_Detection_PostProcess custom op, made the way the
 # TF2 Object Detection API export makes it (a function marked experimental_implements).
 SSD_GRID, SSD_SIZE = 4, 96
@@ -618,6 +666,7 @@ BUILDS = (  # in build order: edgetpu patches digits' digits_int8.tflite
     "xnnpack_refusal",
     "ssd_postprocess",
     "yolo",
+    "sensor_classifier",
 )
 
 
@@ -639,6 +688,7 @@ def build(out, only=None):
         "xnnpack_refusal": lambda: build_xnnpack_refusal(tf, out),
         "ssd_postprocess": lambda: build_ssd_postprocess(tf, out),
         "yolo": lambda: build_yolo(tf, out),
+        "sensor_classifier": lambda: build_sensor_classifier(tf, keras, out),
     }
     for name in BUILDS:
         if only is None or name in only:

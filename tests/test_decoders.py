@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from edge_agent.runtime.decoders import Decoder, make_decoder
+from edge_agent.errors import UserError
+from edge_agent.runtime.decoders import Decoder, choose_task, make_decoder
 from edge_agent.runtime.manifest import ImageInput
 from edge_agent.runtime.model import TensorSpec
 from edge_agent.runtime.preprocess import ImagePreprocessor
@@ -121,3 +122,46 @@ def test_classification_top_k_with_labels() -> None:
     decoder = make_decoder("classification", {"top_k": 2}, LABELS, (1, 1), outputs)
     result = decoder([np.array([[0.1, 0.7, 0.2]], np.float32)])
     assert [(t["label"], t["score"]) for t in result["top"]] == [("car", 0.7), ("dog", 0.2)]
+
+
+@pytest.mark.parametrize(
+    ("shapes", "ops", "task", "options"),
+    [
+        ([(1,), (1, 10, 4), (1, 10), (1, 10)], {"TFLite_Detection_PostProcess"}, "detection", {}),
+        ([(1, 10, 4), (1, 10), (1, 10), (1,)], set(), "detection", {}),
+        ([(1, 84, 8400)], set(), "yolo", {"version": "v8"}),
+        ([(1, 25200, 85)], set(), "yolo", {"version": "v5"}),
+        ([(1, 1001)], set(), "classification", {}),
+        ([(1, 256, 256, 21)], set(), "segmentation", {}),
+        ([(1, 1)], set(), "regression", {}),
+        ([(1, 64, 3)], set(), "raw", {}),
+        ([(1, 63), (1, 1), (1, 1), (1, 63)], set(), "raw", {}),
+        # An anchor head of no known layout: raw until the layout is given.
+        ([(1, 1000, 16), (1, 1000, 1)], set(), "raw", {}),
+    ],
+)
+def test_choose_task_from_the_outputs(
+    shapes: list[tuple[int, ...]], ops: set[str], task: str, options: dict[str, object]
+) -> None:
+    outputs = [float_spec(f"out{i}", s, i) for i, s in enumerate(shapes)]
+    choice = choose_task(outputs, ops)
+    assert (choice.task, choice.options) == (task, options)
+    assert choice.rule and "\n" not in choice.rule
+
+
+def test_known_anchor_layouts_apply_only_on_their_exact_count() -> None:
+    palm = choose_task([float_spec("r", (1, 2016, 18)), float_spec("s", (1, 2016, 1), 1)], ())
+    assert palm.task == "ssd_anchors" and palm.options["label"] == "palm"
+    assert "2016 anchors match exactly" in palm.rule
+    # The face layout's count with a palm's 7 keypoints is no known model.
+    odd = choose_task([float_spec("r", (1, 896, 18)), float_spec("s", (1, 896, 1), 1)], ())
+    assert odd.task == "raw" and "anchor layout" in odd.rule
+
+
+def test_decoder_options_are_checked_by_the_decoder_naming_the_key() -> None:
+    outputs = [float_spec("scores", (1, 3))]
+    with pytest.raises(UserError) as err:
+        make_decoder("classification", {"top_k": 0}, LABELS, (1, 1), outputs, where="p.decode")
+    assert str(err.value).startswith("p.decode.top_k: Input should be greater than 0")
+    with pytest.raises(UserError, match="no such decoder"):
+        make_decoder("no_such_decoder", {}, LABELS, (1, 1), outputs)

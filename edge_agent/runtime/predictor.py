@@ -62,11 +62,7 @@ class Predictor:
             where=where,
         )
         rule = model.rules.get("task", "")
-        if (
-            manifest.task == "raw"
-            and ": raw" in rule
-            and model.info.sha256 not in _said_raw
-        ):
+        if manifest.task == "raw" and ": raw" in rule and model.info.sha256 not in _said_raw:
             _said_raw.add(model.info.sha256)
             log.warning(
                 "model %s: %s; each result carries every output, dequantized, by name "

@@ -64,4 +64,9 @@ def make_decoder(
     DecoderImportError (a UserError) when a plugin does not import."""
     config = check_options(task, options, where)
     context = DecoderContext(list(labels), input_size, tuple(outputs))
-    return decoder_class(task)(config, context)
+    try:
+        return decoder_class(task)(config, context)
+    except UserError:
+        raise
+    except Exception as exc:  # a plugin's constructor may fail any way it likes
+        raise UserError(f"decoder {task}: cannot start: {type(exc).__name__}: {exc}") from None

@@ -3,7 +3,6 @@ built-ins are registered there too, in pyproject.toml), or `module:Class`."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, cast
@@ -21,9 +20,9 @@ class DecoderImportError(UserError):
     half-installed plugin). The agent reports it once and runs the other pipelines."""
 
 
-@functools.lru_cache(maxsize=1)
 def registered() -> dict[str, EntryPoint]:
-    """Every decoder the installed packages register, by name (read once per process)."""
+    """Every decoder the installed packages register, by name. Read at each model load
+    (milliseconds), so a plugin installed since the start is found at the next reload."""
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
