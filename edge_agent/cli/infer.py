@@ -14,7 +14,12 @@ def add_parser(commands: Any) -> None:
     from edge_agent.cli.runtime_args import add_runtime_options
 
     parser = commands.add_parser("infer", help="run a model once on image or .npy inputs")
-    parser.add_argument("model", type=Path, help=".tflite model (its manifest sits beside it)")
+    parser.add_argument(
+        "model",
+        type=Path,
+        help=".tflite model; described by its manifest beside it, else by the file itself "
+        "(and by a [models.NAME] entry of --config whose path is this file)",
+    )
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image or .npy")
     parser.add_argument("--json", action="store_true", help="one JSON object per input")
     add_runtime_options(parser)
@@ -22,10 +27,14 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_agent.cli.runtime_args import open_model, runtime_settings
+    from edge_agent.cli.inspect import runtime_and_overrides
+    from edge_agent.runtime.backend import select_backend
+    from edge_agent.runtime.loader import load_model
     from edge_agent.runtime.predictor import Predictor
 
-    model = open_model(args.model, runtime_settings(args))
+    runtime, overrides = runtime_and_overrides(args)
+    backend = select_backend(runtime.backend)
+    model = load_model(args.model, backend, runtime.delegates, runtime.threads, overrides)
     predictor = Predictor(model)
     # Every input is checked before any inference, so a bad one fails the run up front.
     loaded = [predictor.load_input(path) for path in args.inputs]
@@ -75,4 +84,7 @@ def summary(result: dict[str, Any], outputs: dict[str, Any]) -> str:
         return f"score {result['score']:.4f}{flag}"
     if "values" in result:
         return " ".join(f"{v:.4f}" for v in result["values"])
+    if "areas" in result:
+        areas = ", ".join(f"{a['label']} {a['area']:.1%}" for a in result["areas"])
+        return f"areas of {result['mask_size'][0]}x{result['mask_size'][1]}: {areas or 'none'}"
     return ", ".join(f"{name} {list(value.shape)}" for name, value in outputs.items())

@@ -43,7 +43,7 @@ def add_actions(actions: Any) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    report = inspect_model(args.model, *_runtime_and_overrides(args))
+    report = inspect_model(args.model, *runtime_and_overrides(args))
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
@@ -58,7 +58,7 @@ def run_manifest(args: argparse.Namespace) -> int:
     output = args.output or manifest_path(args.model)
     if output.exists() and not args.force:
         raise UserError(f"{output}: already exists; --force replaces it")
-    runtime, overrides = _runtime_and_overrides(args)
+    runtime, overrides = runtime_and_overrides(args)
     # The file's own description: an existing sidecar is what this replaces.
     report = inspect_model(args.model, runtime, overrides, use_sidecar=False)
     manifest = report["description"]["manifest"]
@@ -73,7 +73,7 @@ def run_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runtime_and_overrides(args: argparse.Namespace) -> tuple[RuntimeSettings, dict[str, Any]]:
+def runtime_and_overrides(args: argparse.Namespace) -> tuple[RuntimeSettings, dict[str, Any]]:
     """The runtime settings the command line and config give, and the `[models.NAME]`
     overrides of a configured model whose path is this file."""
     from edge_agent.cli.runtime_args import runtime_settings
@@ -81,8 +81,11 @@ def _runtime_and_overrides(args: argparse.Namespace) -> tuple[RuntimeSettings, d
 
     runtime = runtime_settings(args)
     overrides: dict[str, Any] = {}
-    if args.config is not None:
-        settings: AgentSettings = load_settings(args.config)
+    config = args.config or (
+        Path(os.environ["EDGE_AGENT_CONFIG"]) if "EDGE_AGENT_CONFIG" in os.environ else None
+    )
+    if config is not None:
+        settings: AgentSettings = load_settings(config)
         target = args.model.resolve()
         for model in settings.models.values():
             if model.path.resolve() == target:
@@ -93,10 +96,11 @@ def _runtime_and_overrides(args: argparse.Namespace) -> tuple[RuntimeSettings, d
 def inspect_model(
     path: Path, runtime: RuntimeSettings, overrides: dict[str, Any], use_sidecar: bool = True
 ) -> dict[str, Any]:
+    from edge_agent.errors import UserError
     from edge_agent.runtime.backend import select_backend
     from edge_agent.runtime.delegates import CpuConfig
     from edge_agent.runtime.describe import describe
-    from edge_agent.runtime.loader import build_for_inspection
+    from edge_agent.runtime.loader import open_graph
     from edge_agent.runtime.manifest import read_sidecar
     from edge_agent.runtime.metadata import read_metadata
     from edge_agent.runtime.model import TensorSpec
@@ -105,7 +109,10 @@ def inspect_model(
     content = read_model_file(path)
     backend = select_backend(runtime.backend)
     threads = runtime.threads or 1
-    plain = build_for_inspection(backend, None, content, threads)
+    try:
+        plain, problem = open_graph(backend, content, threads)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     inputs = [TensorSpec.from_detail(d) for d in plain.get_input_details()]
     outputs = [TensorSpec.from_detail(d) for d in plain.get_output_details()]
     ops = _ops(plain)
@@ -121,6 +128,7 @@ def inspect_model(
         "size": len(content),
         "sha256": hashlib.sha256(content).hexdigest(),
         "runtime": f"{backend.name} {backend.version}",
+        "builtin_kernels": problem or "run it",
         "inputs": [_tensor(t) for t in inputs],
         "outputs": [_tensor(t) for t in outputs],
         "tensors": _quantization_summary(plain),
@@ -229,7 +237,8 @@ def _taken_ops(nodes: list[dict[str, Any]]) -> set[int]:
 def render(report: dict[str, Any]) -> str:
     lines = [
         f"{report['file']}: {report['size']:,} bytes, sha256 {report['sha256']}",
-        f"runtime: {report['runtime']}",
+        f"runtime: {report['runtime']}; built-in kernels (no delegate): "
+        f"{report['builtin_kernels']}",
     ]
     for kind in ("inputs", "outputs"):
         for t in report[kind]:

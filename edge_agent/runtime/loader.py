@@ -307,16 +307,34 @@ def _quiet_delegate_teardown() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def build_for_inspection(
-    backend: Backend, entry: DelegateConfig | None, content: bytes, threads: int
-) -> Any:
-    """An allocated interpreter for looking at the graph: `None` for the built-in kernels
-    alone, the CPU entry for XNNPACK, else that delegate. UserError says why one cannot."""
+def open_graph(backend: Backend, content: bytes, threads: int) -> tuple[Any, str]:
+    """The model's graph on the built-in kernels, to look at: the interpreter, and why it
+    cannot be prepared where it cannot (a custom op this runtime lacks). Tensors and ops
+    can be read either way."""
+    kwargs: dict[str, Any] = {
+        "model_content": content,
+        "num_threads": threads,
+        "experimental_op_resolver_type": backend.without_default_delegates,
+    }
     with native_stderr_to_debug_log(log):
         try:
-            if entry is None:
-                resolver = backend.without_default_delegates
-                return _build(backend, content, threads, resolver=resolver).interpreter
+            interpreter = backend.interpreter_class(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"cannot read the graph: {_one_line(exc)}") from None
+        try:
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            return interpreter, f"cannot prepare the graph: {_one_line(exc)}"
+    return interpreter, ""
+
+
+def build_for_inspection(
+    backend: Backend, entry: DelegateConfig, content: bytes, threads: int
+) -> Any:
+    """An allocated interpreter with `entry` applied (XNNPACK for the CPU entry) that has
+    run once; UserError says why there is none."""
+    with native_stderr_to_debug_log(log):
+        try:
             if isinstance(entry, CpuConfig):
                 return _build(backend, content, threads).interpreter
             return _open(backend, entry, content, threads).interpreter
