@@ -100,3 +100,15 @@ def test_manifest_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     forced = run_cli("models", "manifest", str(model), "-o", str(target), "--force")
     assert forced.returncode == 0, forced.stderr
     assert json.loads(target.read_text())["file"] == "digits.tflite"
+
+
+def test_manifest_refuses_a_model_name_a_manifest_cannot_spell(tmp_path: Path) -> None:
+    model = tmp_path / "my digits (1).tflite"
+    shutil.copy(MODELS / "digits_int8.tflite", model)
+    done = run_cli("models", "manifest", str(model))
+    assert done.returncode == 2
+    assert "rename the file (for example to my_digits__1_.tflite)" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my digits (1).tflite"]
+    # It still runs as it is.
+    ran = run_cli("infer", str(model), str(MODELS / "samples" / "digit_3.png"), "--json")
+    assert json.loads(ran.stdout)["result"]["top"][0]["index"] == 3

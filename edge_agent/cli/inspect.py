@@ -53,9 +53,14 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_manifest(args: argparse.Namespace) -> int:
     from edge_agent.errors import UserError
-    from edge_agent.runtime.manifest import manifest_path
+    from edge_agent.runtime.manifest import manifest_path, safe_file_name
 
     output = args.output or manifest_path(args.model)
+    if safe_file_name(args.model.name) != args.model.name:
+        raise UserError(
+            f"{args.model}: a manifest names its model with letters, digits and _.+- only; "
+            f"rename the file (for example to {safe_file_name(args.model.name)})"
+        )
     if output.exists() and not args.force:
         raise UserError(f"{output}: already exists; --force replaces it")
     runtime, overrides = runtime_and_overrides(args)

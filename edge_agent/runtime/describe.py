@@ -26,6 +26,7 @@ from edge_agent.runtime.manifest import (
     SensorInput,
     TensorInput,
     read_labels,
+    safe_file_name,
     safe_name,
 )
 from edge_agent.runtime.metadata import ModelMetadata, TensorMeta, read_metadata, ultralytics_names
@@ -115,7 +116,7 @@ def _from_file(
         {
             "name": safe_name(path.stem),
             "version": _version(metadata.version),
-            "file": path.name,
+            "file": safe_file_name(path.name),
             "task": choice.task,
             "description": metadata.description or metadata.name or "",
             "input": spec.model_dump(),

@@ -141,7 +141,13 @@ def load_manifest(model_path: Path) -> tuple[ModelManifest, list[str]]:
 
 def bare_manifest(model_path: Path) -> ModelManifest:
     """What is known of a model with no manifest before its file is read."""
-    return ModelManifest(name=safe_name(model_path.stem), file=model_path.name)
+    return ModelManifest(name=safe_name(model_path.stem), file=safe_file_name(model_path.name))
+
+
+def safe_file_name(name: str) -> str:
+    """`name` as a manifest may spell it (a file beside it): other characters become _."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.+-") else "_" for c in name)
+    return ("_" + cleaned if cleaned[:1] in ".+-" else cleaned)[:128] or "model"
 
 
 def read_sidecar(model_path: Path) -> tuple[ModelManifest, list[str]] | None:

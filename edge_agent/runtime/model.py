@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.errors import UserError
 from edge_agent.runtime.manifest import ImageInput, ModelManifest
 from edge_agent.runtime.quantization import QuantParams
 
@@ -92,7 +93,9 @@ class LoadedModel:
         self.threads = threads
         inputs = interpreter.get_input_details()
         if len(inputs) != 1:
-            raise ValueError(f"models with {len(inputs)} inputs are not supported")
+            raise UserError(
+                f"{info.path}: {len(inputs)} inputs; models with one input are supported"
+            )
         self.input = TensorSpec.from_detail(inputs[0])
         self.outputs = [TensorSpec.from_detail(d) for d in interpreter.get_output_details()]
         self._batch = self.input.shape[0] if self.input.shape else 1
