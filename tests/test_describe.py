@@ -292,3 +292,15 @@ def test_real_metadata_labels_kept_only_where_they_fit(backend: Backend) -> None
     hand = load_model(real_assets.model("mediapipe/hand_landmark_lite.tflite"), backend, threads=1)
     assert hand.labels == []
     assert hand.rules["labels"] == "none: metadata's handedness.txt (2) fits no output, ignored"
+
+
+def test_a_decoder_and_a_labels_file_are_local_only_settings(tmp_path: Path) -> None:
+    """A decoder is code and a labels file is a path: set_config from the network cannot
+    introduce either unless commands.remote_paths names the key."""
+    from edge_agent.config.local_only import local_values
+
+    path = config(tmp_path, '[models.m]\npath = "m.tflite"\ntask = "my.plugin:Decoder"\n')
+    path.write_text(path.read_text() + 'labels = "names.txt"\ndecode = { top_k = 2 }\n')
+    keys = {key for key, _ in local_values(load_settings(path))}
+    assert {"models.*.task", "models.*.labels"} <= keys
+    assert not any(key.startswith("models.*.decode") for key in keys)

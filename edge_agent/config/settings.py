@@ -121,7 +121,8 @@ class ModelSettings(Section):
         default_factory=InputOverrides,
         description="Overrides of how the input is fed (manifest, metadata or inference).",
     )
-    task: str | None = Field(
+    # Local only: a decoder is code that runs on the device (module:Class imports it).
+    task: Annotated[str | None, LOCAL_ONLY] = Field(
         None,
         description="Decoder: a built-in name (classification, detection, ...) or "
         "module:Class; empty: the manifest's, else chosen from the outputs.",
