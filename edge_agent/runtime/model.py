@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import UserError
-from edge_agent.runtime.manifest import ImageInput, ModelManifest
+from edge_agent.runtime.manifest import ModelManifest
 from edge_agent.runtime.quantization import QuantParams
 
 
@@ -99,17 +99,6 @@ class LoadedModel:
         self.input = TensorSpec.from_detail(inputs[0])
         self.outputs = [TensorSpec.from_detail(d) for d in interpreter.get_output_details()]
         self._batch = self.input.shape[0] if self.input.shape else 1
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(width, height) of an image input, in either layout; (1, 1) for other inputs."""
-        spec = self.manifest.input
-        shape = self.input.sample_shape
-        if not isinstance(spec, ImageInput) or len(shape) != 3:
-            return (1, 1)
-        if spec.layout == "NCHW":
-            return (shape[2], shape[1])
-        return (shape[1], shape[0])
 
     def run(self, batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Invoke on `batch` (already in the input dtype, leading batch dimension) and
