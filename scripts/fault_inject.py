@@ -58,10 +58,14 @@ def main() -> int:
     full.add_argument("--cycles", type=int, default=3)
     full.add_argument("--size", default="3m", help="of the tmpfs (mount's size=)")
     full.add_argument("--fps", type=int, default=100, help="results made per second")
+    parser.add_argument("--keep", type=Path, help="work in this new folder and keep it (logs)")
     args = parser.parse_args()
     # Short: the systemd notify socket lives here, and its path must fit in 108 bytes.
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
         work = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            work = args.keep.resolve()
         report: Report
         if args.scenario == "kill9":
             report = kill_while_offline(work, args.rounds, args.seed)

@@ -386,12 +386,7 @@ def chaos_under_load(
     proc = agent_process(config, log)
     try:
         for fault in faults:
-            before = len(stored_result_ids(state))
-            wait_until(
-                lambda before=before: len(stored_result_ids(state)) > before + 20,
-                timeout=60,
-                what="new results committed",
-            )
+            _making_results(state)
             time.sleep(rng.uniform(0.0, 1.0))  # at a random point of its work
             if fault == "kill":
                 proc.send_signal(signal.SIGKILL)
@@ -404,6 +399,7 @@ def chaos_under_load(
         copied = copied_ids(work)  # read before the outbox: a copy comes after its commit
         committed = stored_result_ids(state)
         report.copy_extra = len(copied - committed)
+        _making_results(state)  # a SIGTERM during start-up would end it before its handler
         statuses = [stop_agent(proc)]
         committed = stored_result_ids(state)
         report.stored = len(committed)
@@ -411,6 +407,7 @@ def chaos_under_load(
         wait_until(
             lambda: committed <= subscriber.received(), timeout=120, what="every stored result"
         )
+        _making_results(state)
         statuses.append(stop_agent(proc))
     finally:
         if proc.poll() is None:
@@ -429,6 +426,16 @@ def chaos_under_load(
     )
     report.notes.append(f"exit status at SIGTERM: {statuses}; {_tracebacks(log)} traceback(s)")
     return report
+
+
+def _making_results(state: Path, more: int = 20) -> None:
+    """Returns once `more` new results are committed: the agent is up and working."""
+    before = len(stored_result_ids(state))
+    wait_until(
+        lambda: len(stored_result_ids(state)) > before + more,
+        timeout=60,
+        what="new results committed",
+    )
 
 
 def _tracebacks(log: Path) -> int:
@@ -549,20 +556,26 @@ def disk_full(work: Path, cycles: int = 3, fps: int = 100, size: str = "3m") -> 
                 proxy.refuse()
                 proxy.cut()
                 time.sleep(2.0)  # a backlog builds
+                offset = log.stat().st_size
                 filler = fill_disk(state)
-                time.sleep(2.0)  # results held in memory
+                # Delivered rows give their space to new ones: results are held in memory
+                # once that is used up too.
+                wait_until(lambda o=offset: _holding(_log_since(log, o)), 60, "results held")
+                time.sleep(1.0)
                 proxy.accept()
-                time.sleep(3.0)  # the backlog goes; its marks cannot be written yet
+                time.sleep(3.0)  # the backlog goes; its marks may not be written yet
                 filler.unlink()
                 time.sleep(3.0)  # space returns
             report.statuses.append(stop_agent(proc))
             watched = _watchdog_gaps(notify)
             stored = stored_result_ids(state)
+            offset = log.stat().st_size
             proc = agent_process(config, log, env)
+            wait_until(lambda: len(notify.having("READY")) == 2, 30, "READY=1 again")
             wait_until(lambda: stored <= subscriber.received(), 60, "every stored result")
             # A stop while the disk is full: what is held in memory is counted and logged.
             fill_disk(state)
-            wait_until(lambda: "holding" in log.read_text(errors="replace")[-20000:], 30, "held")
+            wait_until(lambda: _holding(_log_since(log, offset)), 30, "results held")
             report.statuses.append(stop_agent(proc))
             proc = None
             wal.stop()
@@ -587,7 +600,7 @@ def disk_full(work: Path, cycles: int = 3, fps: int = 100, size: str = "3m") -> 
     report.stored = len(pending - got)
     report.lost = report.made - report.dropped - len(got | every)
     report.duplicates = subscriber.duplicates()
-    report.copy_extra = len(copied - every)
+    report.copy_extra = len(copied - got - every)  # delivered rows give way to new ones
     report.wal_peak_kb = max(s["wal_peak_kb"] for s in summaries)
     report.wal_bound_kb = max(s["wal_bound_kb"] for s in summaries)
     report.watchdog_gap_s, report.unhealthy = watched
@@ -595,13 +608,26 @@ def disk_full(work: Path, cycles: int = 3, fps: int = 100, size: str = "3m") -> 
     report.notes += [
         f"cycles: {cycles} of link down, disk filled, link up while full, space back;"
         f" {fps} results/s on a {size} tmpfs",
-        f"lines saying the disk is full: {text.count('the disk holding the outbox is full')};"
-        f" marks kept in memory and retried: {text.count('acknowledgement(s) kept in memory')};"
-        f" lost-at-stop lines: {text.count('lost at stop')}; tracebacks: {text.count('Traceback')}",
+        f"writes failed on the full disk (results held): {text.count('message(s) in memory')}"
+        f" times; refused for room (results held): {text.count('until there is room')} times;"
+        f" marks kept in memory and retried: {text.count('acknowledgement(s) kept in memory')}"
+        f" times; lost-at-stop lines: {text.count('lost at stop')};"
+        f" tracebacks: {text.count('Traceback')}",
         f"writer at each stop: {[dict(s['dropped']) for s in summaries]}",
     ]
     report.seconds = time.monotonic() - started
     return report
+
+
+def _holding(text: str) -> bool:
+    """The writer says it holds results in memory: writes fail, or find no room."""
+    return "message(s) in memory" in text or "held in memory until there is room" in text
+
+
+def _log_since(log: Path, offset: int) -> str:
+    with log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def _watchdog_gaps(notify: Any) -> tuple[float, list[str]]:

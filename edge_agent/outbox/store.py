@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.config.settings import ClassPolicy, OutboxSettings
+from edge_agent.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,10 @@ class OutboxFull(Exception):
     """No room for a message whose class refuses rather than drops."""
 
 
-class OutboxWriteError(Exception):
+class OutboxWriteError(UserError):
     """A write the outbox could not make; nothing of it was stored. `disk_full` says the
-    cause was a full disk (the message then says so, with the path)."""
+    cause was a full disk (the message then says so, with the path). Raised when the
+    outbox is opened, it ends start-up with this one line."""
 
     def __init__(self, path: Path, cause: sqlite3.Error) -> None:
         self.path = path
@@ -144,7 +146,8 @@ class Outbox:
             return self._connect()
         except sqlite3.DatabaseError as exc:
             if not _damaged(exc):
-                raise  # a full disk or a lock held elsewhere: the file itself is fine
+                # A full disk or a lock held elsewhere: the file itself is fine.
+                raise OutboxWriteError(self.path, exc) from exc
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error(
                 "outbox %s is damaged (%s); moved to %s, starting a new one", self.path, exc, aside
@@ -170,11 +173,11 @@ class Outbox:
             sync = "FULL" if self.settings.durability == "full" else "NORMAL"
             db.execute(f"PRAGMA synchronous={sync}")
             page = int(db.execute("PRAGMA page_size").fetchone()[0])
-            # A passive checkpoint at a quarter of the bound; once it has caught up, the next
+            # A passive checkpoint at an eighth of the bound; once it has caught up, the next
             # write starts the WAL over and truncates the file back to the bound. With writes
-            # of at most about 0.4 of the bound each (write_bytes, rows_per_write), the WAL
-            # stays within it.
-            db.execute(f"PRAGMA wal_autocheckpoint={max(1, self.wal_limit // 4 // page)}")
+            # of at most about two thirds of the bound each (write_bytes, rows_per_write),
+            # the WAL stays within it.
+            db.execute(f"PRAGMA wal_autocheckpoint={max(1, self.wal_limit // 8 // page)}")
             db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
             result = db.execute("PRAGMA quick_check").fetchone()
             if result is None or result[0] != "ok":
