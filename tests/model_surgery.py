@@ -159,3 +159,77 @@ def _write(model: Any, dst: Path, files: dict[str, bytes]) -> Path:
                 z.writestr(name, data)
     dst.write_bytes(content + archive.getvalue())
     return dst
+
+
+_RESHAPE, _FULLY_CONNECTED = 22, 9
+
+
+def sensor_classifier(
+    dst: Path, window: int = 64, channels: int = 3, classes: int = 4, seed: int = 0
+) -> Path:
+    """A full-int8 sensor-window classifier written from scratch: int8 [1,window,channels]
+    -> RESHAPE -> FULLY_CONNECTED (int8 weights, int32 bias) -> int8 logits [1,classes].
+    Fixed random weights: what matters is that the agent feeds it as the raw interpreter
+    does."""
+    rng = np.random.default_rng(seed)
+    features = window * channels
+    in_scale, w_scale, out_scale = 0.05, 0.01, 0.05
+    weights = rng.integers(-30, 31, size=(classes, features), dtype=np.int8)
+    bias = rng.integers(-2000, 2000, size=classes, dtype=np.int32)
+    buffers = [S.BufferT()]  # buffer 0 stays empty, by convention
+
+    def const(data: bytes) -> int:
+        buffer = S.BufferT()
+        buffer.data = np.frombuffer(data, np.uint8)
+        buffers.append(buffer)
+        return len(buffers) - 1
+
+    def tensor(name: str, shape: list[int], kind: int, buffer: int, scale: float | None) -> Any:
+        t = S.TensorT()
+        t.name, t.shape, t.type, t.buffer = name.encode(), np.array(shape, np.int32), kind, buffer
+        if scale is not None:
+            q = S.QuantizationParametersT()
+            q.scale, q.zeroPoint = [scale], [0]
+            t.quantization = q
+        return t
+
+    tensors = [
+        tensor("window", [1, window, channels], S.TensorType.INT8, 0, in_scale),
+        tensor(
+            "new_shape",
+            [2],
+            S.TensorType.INT32,
+            const(np.array([1, features], np.int32).tobytes()),
+            None,
+        ),
+        tensor("flat", [1, features], S.TensorType.INT8, 0, in_scale),
+        tensor(
+            "weights", [classes, features], S.TensorType.INT8, const(weights.tobytes()), w_scale
+        ),
+        tensor("bias", [classes], S.TensorType.INT32, const(bias.tobytes()), in_scale * w_scale),
+        tensor("logits", [1, classes], S.TensorType.INT8, 0, out_scale),
+    ]
+    codes = []
+    for code in (_RESHAPE, _FULLY_CONNECTED):
+        opcode = S.OperatorCodeT()
+        opcode.builtinCode = opcode.deprecatedBuiltinCode = code
+        opcode.version = 1
+        codes.append(opcode)
+    reshape = S.OperatorT()
+    reshape.opcodeIndex, reshape.inputs, reshape.outputs = (
+        0,
+        np.array([0, 1], np.int32),
+        np.array([2], np.int32),
+    )
+    dense = S.OperatorT()
+    dense.opcodeIndex = 1
+    dense.inputs, dense.outputs = np.array([2, 3, 4], np.int32), np.array([5], np.int32)
+    dense.builtinOptionsType = S.BuiltinOptions.FullyConnectedOptions
+    dense.builtinOptions = S.FullyConnectedOptionsT()
+    graph = S.SubGraphT()
+    graph.tensors, graph.operators = tensors, [reshape, dense]
+    graph.inputs, graph.outputs = np.array([0], np.int32), np.array([5], np.int32)
+    model = S.ModelT()
+    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, codes, [graph], buffers
+    model.description = b"sensor classifier for tests"
+    return _write(model, dst, {})

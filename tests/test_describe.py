@@ -304,3 +304,63 @@ def test_a_decoder_and_a_labels_file_are_local_only_settings(tmp_path: Path) -> 
     keys = {key for key, _ in local_values(load_settings(path))}
     assert {"models.*.task", "models.*.labels"} <= keys
     assert not any(key.startswith("models.*.decode") for key in keys)
+
+
+def test_sensor_classifier_without_manifest_agrees_with_the_raw_interpreter_over_tcp(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """200 windows from a TCP line stream into a [1,64,3] -> [1,4] int8 classifier with no
+    manifest: each result is a classification, the same as the raw interpreter's."""
+    import socket
+    import threading
+
+    model = surgery().sensor_classifier(tmp_path / "gesture.tflite")
+    rng = np.random.default_rng(7)
+    windows = np.round(rng.normal(0, 2.0, size=(200, 64, 3)), 3).astype(np.float32)
+    text = "".join(f"{x:.3f} {y:.3f} {z:.3f}\n" for w in windows for x, y, z in w).encode()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    finished = threading.Event()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(text)
+            finished.wait(30)  # open while the agent reads: an end would be a reconnect
+
+    threading.Thread(target=serve, daemon=True).start()
+    body = f"""
+[models.gesture]
+path = "{model}"
+threads = 1
+
+[sources.stream]
+kind = "lines"
+path = "tcp://127.0.0.1:{port}"
+channels = 3
+window = 64
+hop = 64
+
+[pipelines.gesture]
+source = "stream"
+model = "gesture"
+queue_size = 200
+"""
+    try:
+        sink = run_agent(config(tmp_path, body), "gesture", len(windows))
+    finally:
+        finished.set()
+        server.close()
+    interpreter = raw_interpreter(backend, model, threads=1)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale = np.float32(inp["quantization"][0])
+    out_scale, out_zero = out["quantization"]
+    agree = 0
+    for window, result in zip(windows, sink.of("gesture"), strict=True):
+        q = np.clip(np.round(window / scale), -128, 127).astype(np.int8)
+        interpreter.set_tensor(inp["index"], q[None])
+        interpreter.invoke()
+        logits = (interpreter.get_tensor(out["index"])[0].astype(np.float32) - out_zero) * out_scale
+        expected = {i: round(float(v), 6) for i, v in enumerate(logits)}
+        agree += {t["index"]: t["score"] for t in result.result["top"]} == expected
+    assert agree == len(windows)
