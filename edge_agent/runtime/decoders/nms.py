@@ -21,9 +21,11 @@ def class_nms(
         return np.zeros(0, np.intp)
     xywh = boxes.copy()
     xywh[:, 2:] -= boxes[:, :2]
-    # The scores passed in already meet the threshold: 0 keeps them all.
-    kept = cv2.dnn.NMSBoxesBatched(xywh, scores.tolist(), classes.tolist(), 0.0, iou, top_k=keep)
-    return np.asarray(kept, np.intp).reshape(-1)
+    # Lists: OpenCV converts them to its vectors several times faster than arrays. No
+    # top_k: OpenCV applies it to the candidates before NMS, which would let one object's
+    # boxes crowd out the others; the best `keep` are taken after.
+    kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), classes.tolist(), 0.0, iou)
+    return np.asarray(kept, np.intp).reshape(-1)[:keep]
 
 
 def iou_one_to_many(box: Floats, others: Floats) -> Floats:
