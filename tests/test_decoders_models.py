@@ -182,6 +182,26 @@ def test_yolo_boxes_land_on_the_object_in_source_pixels(
             assert iou(a, tuple(b)) <= 0.45 + 1e-6
 
 
+def test_yolo_keeps_every_object_however_many_boxes_one_of_them_has(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Hundreds of candidates cover each square, all scoring alike (this toy head has no
+    peak at the centre); with room for the boxes NMS leaves, every square has its own."""
+    model = load_model(bare(tmp_path, MODELS / "yolov8_toy_int8.tflite"), backend)
+    scene = np.full((480, 640, 3), 40, np.uint8)
+    squares = {0: (40, 40), 1: (260, 180), 2: (480, 320)}  # class: top-left corner
+    for cls, (x, y) in squares.items():
+        scene[y : y + 120, x : x + 120] = [(0, 0, 255), (0, 255, 0), (255, 0, 0)][cls]
+    [result] = predict(Predictor(model, {"max_detections": 300}), scene)
+    for cls, (x, y) in squares.items():
+        centres = [
+            ((d["box"][0] + d["box"][2]) / 2, (d["box"][1] + d["box"][3]) / 2)
+            for d in result["detections"]
+            if d["class_id"] == cls
+        ]
+        assert any(x <= cx <= x + 120 and y <= cy <= y + 120 for cx, cy in centres), cls
+
+
 # --- Segmentation, raw ------------------------------------------------------------------------
 
 
@@ -202,6 +222,38 @@ def test_selfie_segmentation_reports_the_person_area_and_keeps_the_mask(
     assert areas[0] == pytest.approx(1 - areas[1], abs=1e-6)
     mask = predictor.decoder.last_mask  # type: ignore[attr-defined]
     assert mask.shape == (256, 256) and mask.mean() == pytest.approx(areas[1], abs=1e-3)
+    # In the agent, the pipeline keeps the last mask with its geometry for snapshots.
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'''[device]
+id = "t"
+state_dir = "{tmp_path / "state"}"
+
+[models.selfie]
+path = "{model.info.path}"
+threads = 1
+
+[sources.pattern]
+kind = "synthetic"
+pattern = "moving_box"
+fps = 30
+
+[pipelines.selfie]
+source = "pattern"
+model = "selfie"
+'''
+    )
+    sink = ListSink()
+    agent = Agent(load_settings(config), sink=sink)
+    agent.start()
+    try:
+        wait_until(lambda: len(sink.of("selfie")) >= 2, timeout=30, what="2 results")
+        last_mask = agent.pipelines["selfie"].last_mask
+    finally:
+        agent.stop()
+    assert last_mask is not None
+    pipeline_mask, geometry = last_mask
+    assert pipeline_mask.shape == (256, 256) and geometry is not None
 
 
 def test_outputs_no_rule_reads_run_as_raw_with_one_log_line(
