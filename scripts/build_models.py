@@ -918,6 +918,44 @@ def check_detector(cls, out, cv2):
     assert [s for _, s in a] != [s for _, s in b] and not {n for n, _ in a} & {n for n, _ in b}
 
 
+def check_decoder_models(cls, out):
+    """The post-process op, YOLO heads and sensor classifier give what they were built to."""
+    grid = np.zeros((1, SSD_SIZE, SSD_SIZE, 3), np.float32)
+    grid[:, 24:48, 0:48, 0] = 1.0  # red cells (1,0), (1,1)
+    grid[:, 24:72, 72:96, 1] = 1.0  # green cells (1,3), (2,3)
+    for name in ("ssd_postprocess_uint8.tflite", "ssd_postprocess_uint8_reordered.tflite"):
+        it = cls(model_path=str(out / name))
+        it.allocate_tensors()
+        outs = run(it, grid)
+        count = next(o for o in outs if o.shape == (1,))
+        # Classes and scores share a shape; class ids are whole numbers. Entries past the
+        # count are left unwritten by the op.
+        n = int(count[0])
+        classes = next(o for o in outs if o.shape == (1, 10) and np.all(o[0, :n] % 1 == 0))
+        print(f"{name}: count {n}, classes {classes[0, :n]}")
+        assert n == 4 and sorted(classes[0, :n].tolist()) == [0, 0, 1, 1]
+    for name in ("yolov8_toy_int8.tflite", "yolov5_toy_f32.tflite", "yolov8_bench_640_f32.tflite"):
+        it = cls(model_path=str(out / name))
+        it.allocate_tensors()
+        size = int(it.get_input_details()[0]["shape"][1])
+        scene = np.zeros((1, size, size, 3), np.float32)
+        scene[:, : size // 4, : size // 4, 0] = 1.0  # red top-left quarter
+        (y,) = run(it, scene)
+        pred = y[0] if y.shape[1] > y.shape[2] else y[0].T  # (N, fields)
+        fields = pred.shape[1] - YOLO_CLASSES
+        best = int(np.argmax(pred[:, fields:].max(1)))
+        cx, cy = pred[best, :2] / (size if fields == 5 else 1)
+        print(f"{name}: best candidate class {int(np.argmax(pred[best, fields:]))} at {cx, cy}")
+        assert np.argmax(pred[best, fields:]) == 0 and cx < 0.25 and cy < 0.25
+    data = np.load(out / "data" / "sensor_classes.npz")
+    it = cls(model_path=str(out / "sensor_classifier_int8.tflite"))
+    it.allocate_tensors()
+    guesses = [int(np.argmax(run(it, w[None])[0])) for w in data["windows"]]
+    accuracy = float(np.mean(np.array(guesses) == data["labels"]))
+    print(f"sensor_classifier_int8: held-out accuracy {accuracy:.3f}")
+    assert accuracy > 0.9
+
+
 def check(out, cls):
     print(f"\n== checking {out} with {cls.__module__}.{cls.__name__}")
     try:
@@ -933,6 +971,7 @@ def check(out, cls):
     check_edgetpu(cls, out)
     check_sensor(cls, out)
     check_detector(cls, out, cv2)
+    check_decoder_models(cls, out)
     print("\n== summary")
     for path in sorted(out.glob("*.tflite")):
         print(f"{path.name}  {path.stat().st_size} bytes")

@@ -165,3 +165,13 @@ def test_decoder_options_are_checked_by_the_decoder_naming_the_key() -> None:
     assert str(err.value).startswith("p.decode.top_k: Input should be greater than 0")
     with pytest.raises(UserError, match="no such decoder"):
         make_decoder("no_such_decoder", {}, LABELS, (1, 1), outputs)
+
+
+def test_entries_past_the_count_are_ignored_even_when_they_are_garbage() -> None:
+    # TFLite_Detection_PostProcess leaves them unwritten: whatever was in memory.
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [np.nan, 7e30, -1, 3]], np.float32)
+    classes = np.array([2.0, np.nan], np.float32)
+    scores = np.array([0.8, 3.3e38], np.float32)
+    decoder = detection_decoder(0.5, (10, 10), ["a", "b", "c", "d"])
+    found = decoder([np.array([1.0], np.float32), scores, boxes, classes])["detections"]
+    assert [(d["label"], d["score"]) for d in found] == [("dog", 0.8)]

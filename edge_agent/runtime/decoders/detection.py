@@ -45,7 +45,7 @@ class DetectionDecoder:
         scores = outputs[scores_i].reshape(-1)
         n = boxes.shape[0]
         if count_i is not None:
-            n = min(n, max(0, round(float(outputs[count_i].reshape(-1)[0]))))
+            n = _count(outputs[count_i], n)
         keep = np.nonzero(scores[:n] >= self.threshold)[0]
         keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_detections]
         detections = []
@@ -87,8 +87,14 @@ class DetectionDecoder:
                 f"detection model: expected two outputs of {n} values (classes, scores), "
                 f"found {len(per_box)}"
             )
-        classes_i, scores_i, certain = self._classes_and_scores(outputs, per_box)
-        roles = (boxes[0], classes_i, scores_i, counts[0] if counts else None)
+        count_i = counts[0] if counts else None
+        # TFLite_Detection_PostProcess leaves the entries past the count unwritten: only
+        # the counted ones say anything.
+        limit = n if count_i is None else _count(outputs[count_i], n)
+        classes_i, scores_i, certain = self._classes_and_scores(
+            [outputs[i].reshape(-1)[:limit] for i in range(len(outputs))], per_box
+        )
+        roles = (boxes[0], classes_i, scores_i, count_i)
         if certain:
             self._roles = roles
         return roles
@@ -110,6 +116,11 @@ class DetectionDecoder:
         if "score" in a_name or "class" in b_name:
             return b, a, False
         return a, b, False
+
+
+def _count(count: Floats, most: int) -> int:
+    value = float(count.reshape(-1)[0])
+    return min(most, max(0, round(value))) if np.isfinite(value) else 0
 
 
 def _whole(values: Floats) -> bool:
