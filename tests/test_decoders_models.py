@@ -21,7 +21,7 @@ from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
 from tests import real_assets
 from tests.agent_helpers import ListSink, wait_until
-from tests.conftest import MODELS, raw_interpreter
+from tests.conftest import MODELS, raw_interpreter, run_cli
 
 pytestmark = pytest.mark.runtime
 
@@ -95,6 +95,9 @@ def test_wrong_anchor_settings_fail_at_load_naming_both_counts(
     message = str(err.value)
     assert "gives 512 anchors, but the model has 896" in message
     assert "\n" not in message
+    proc = run_cli("infer", str(path), str(real_assets.photo("astronaut.png")))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"edge-agent: {message}"
 
 
 @pytest.mark.parametrize("which", ["blazeface_back", "blazeface_full_range"])
