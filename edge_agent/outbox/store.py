@@ -530,7 +530,10 @@ def _size(path: Path) -> int:
 
 
 def _free_bytes(folder: Path) -> int:
-    return shutil.disk_usage(folder).free
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0  # the folder is gone: no room either way
 
 
 class _Damaged(sqlite3.DatabaseError):
