@@ -4,6 +4,7 @@ every kind of bad update refused with the running model untouched."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,16 @@ def _tamper_file(folder: Path, manifest: UpdateManifest, how: str) -> None:
         model.write_bytes(bytes(data[: len(data) // 2]))
 
 
+def _with_task(folder: Path, manifest: UpdateManifest, task: str) -> UpdateManifest:
+    """The update, its model's own manifest naming `task`, file reference updated."""
+    own = folder / manifest.files["manifest"].path
+    own.write_text(json.dumps({**json.loads(own.read_text()), "task": task}))
+    data = own.read_bytes()
+    ref = {"path": own.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    body = manifest.as_dict()
+    return UpdateManifest.model_validate({**body, "files": {**body["files"], "manifest": ref}})
+
+
 def _manifest_change(manifest: UpdateManifest, how: str, keys: Keys) -> dict[str, Any]:
     body = manifest.as_dict()
     if how == "unsigned":
@@ -218,6 +229,7 @@ def _manifest_change(manifest: UpdateManifest, how: str, keys: Keys) -> dict[str
         ("oversized", "max_model_bytes"),
         ("path_traversal", "bare file name"),
         ("absolute_name", "name"),
+        ("code_task", "names code to import"),
     ],
 )
 def test_bad_updates_are_refused_and_the_running_model_untouched(
@@ -226,6 +238,8 @@ def test_bad_updates_are_refused_and_the_running_model_untouched(
     manifest, folder = digits_update(tmp_path, keys)
     if how in ("corrupt", "truncated"):
         _tamper_file(folder, manifest, how)
+    if how == "code_task":
+        manifest = keys.sign(_with_task(folder, manifest, "os:system"))
     body = _manifest_change(manifest, how, keys)
     with RangeHTTPServer(folder) as server:
         reply = operator.call(

@@ -152,6 +152,7 @@ class Updater:
                 files = self._fetch(manifest, folder, request_id)
                 for role, path in files.items():
                     verify_file(path, manifest.files[role], role)  # type: ignore[index]
+                refuse_code_reference(files["manifest"])
             except TransferStopped:
                 raise  # the agent is stopping: the next start resumes from the parts
             except UserError:
@@ -388,6 +389,20 @@ class Updater:
         if detail is not None:
             event["detail"] = detail
         self.emit(event)
+
+
+def refuse_code_reference(model_manifest: Path) -> None:
+    """A decoder named as `module:Class` imports code: an update may name a registered
+    decoder, and only the device's own config may name a module."""
+    try:
+        task = json.loads(model_manifest.read_bytes()).get("task", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UpdateRefused(f"files.manifest: not a JSON object: {exc}") from None
+    if isinstance(task, str) and ":" in task:
+        raise UpdateRefused(
+            f"files.manifest: task {task!r} names code to import; an update may only name a "
+            "registered decoder (a module:Class decoder is set in the device's own config)"
+        )
 
 
 class _Claim:
