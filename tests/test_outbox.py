@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config.settings import ClassPolicy, OutboxSettings
-from edge_agent.outbox.store import Message, Outbox, OutboxWriteError, read_only
+from edge_agent.outbox.database import OutboxWriteError, read_only
+from edge_agent.outbox.store import Message, Outbox
 from edge_agent.outbox.writer import OutboxWriter
 from edge_agent.sinks import JsonlCopy
 from tests.agent_helpers import wait_until

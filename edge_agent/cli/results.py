@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_agent.agent import outbox_path
     from edge_agent.config.load import default_config_path, load_settings
     from edge_agent.errors import UserError
-    from edge_agent.outbox.store import iter_results, read_only
+    from edge_agent.outbox.database import iter_results, read_only
 
     settings = load_settings(default_config_path(args.config))
     path = outbox_path(settings)

@@ -17,7 +17,8 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS
 
 from edge_agent.config.settings import MqttSettings
 from edge_agent.link.mqtt import MqttLink
-from edge_agent.outbox.store import Outbox, OutboxWriteError, Stored
+from edge_agent.outbox.database import OutboxWriteError
+from edge_agent.outbox.store import Outbox, Stored
 
 log = logging.getLogger(__name__)
 

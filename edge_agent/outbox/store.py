@@ -3,10 +3,10 @@ read oldest-first by the sender, marked delivered on PUBACK, kept a while for lo
 
 Durability: WAL with synchronous=FULL survives power loss; NORMAL survives a crash of the
 process. Cheap SD cards may acknowledge an fsync they have not done: no setting here can
-help with that. A file that is not a database, or fails its check, is moved aside and a
-new one started, so a corrupt outbox never becomes a crash loop.
+help with that. Opening the file, and moving a damaged one aside so a corrupt outbox never
+becomes a crash loop, is database.py's part.
 
-Room: the WAL is bounded (a checkpoint every half of `wal_limit`, truncated back to it) and
+Room: the WAL is bounded (a checkpoint at an eighth of `wal_limit`, truncated back to it) and
 that bound is counted against the outbox's budget, beside the messages themselves. A write
 that fails (most often for a full disk) rolls back whole and raises OutboxWriteError, which
 names the cause and the file; the database stays intact and the caller keeps what it had."""
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import sqlite3
 import threading
 import time
@@ -25,7 +24,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.config.settings import ClassPolicy, OutboxSettings
-from edge_agent.errors import UserError
+from edge_agent.outbox.database import (
+    BUSY_WAIT_MS,
+    OutboxWriteError,
+    file_size,
+    free_bytes,
+    open_database,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,33 +47,8 @@ _WAL_MAX = 4 * 1024 * 1024
 # On-disk cost of a row beyond its topic and payload (row header, the id, index entries):
 # used only to judge the free disk, so a guess on the high side is safe.
 _ROW_OVERHEAD = 160
-# Below this much free space, an I/O error on a write is taken for a full disk (SQLite
-# reports some ENOSPC failures as SQLITE_IOERR rather than SQLITE_FULL).
-_LOW_FREE = 256 * 1024
-# SQLite's primary result codes (stable; the stubs of the sqlite3 module lack them).
-_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 10, 11, 13, 26
 # How long the WAL's truncation waits for a reader beside the agent (`edge-agent results`).
 _TRUNCATE_WAIT_MS = 100
-_BUSY_WAIT_MS = 5000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY,        -- insertion order
-    id TEXT NOT NULL UNIQUE,        -- the payload's id: consumers drop duplicates by it
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    class TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    created REAL NOT NULL,
-    expires REAL,                   -- NULL: never
-    state INTEGER NOT NULL DEFAULT 0,
-    delivered REAL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS pending ON messages (state, priority, seq);
-CREATE INDEX IF NOT EXISTS by_created ON messages (created);
-"""
 
 
 @dataclass(frozen=True)
@@ -95,26 +75,6 @@ class OutboxFull(Exception):
     """No room for a message whose class refuses rather than drops."""
 
 
-class OutboxWriteError(UserError):
-    """A write the outbox could not make; nothing of it was stored. `disk_full` says the
-    cause was a full disk (the message then says so, with the path). Raised when the
-    outbox is opened, it ends start-up with this one line."""
-
-    def __init__(self, path: Path, cause: sqlite3.Error) -> None:
-        self.path = path
-        self.cause = cause
-        free = _free_bytes(path.parent)
-        code = getattr(cause, "sqlite_errorcode", None)
-        self.disk_full = code == _SQLITE_FULL or (
-            code is not None and code & 0xFF == _SQLITE_IOERR and free < _LOW_FREE
-        )
-        if self.disk_full:
-            text = f"the disk holding the outbox is full: {path} ({free // 1024} kB free)"
-        else:
-            text = f"cannot write the outbox {path}: {cause}"
-        super().__init__(text)
-
-
 class Outbox:
     """One SQLite file. Thread-safe: every call takes the connection's lock; the writer
     thread (outbox/writer.py) makes the appends, the sender the reads and marks."""
@@ -123,13 +83,12 @@ class Outbox:
         self.path = path
         self.settings = settings
         self.drops: dict[str, int] = {}  # "result:rejected_full", "telemetry:expired", ...
-        self.moved_aside: Path | None = None
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         budget = min(settings.max_bytes, int(settings.max_disk_share * self._disk_span()))
         self.wal_limit = min(_WAL_MAX, max(_WAL_MIN, budget // _WAL_SHARE))
         self.wal_peak = 0  # the WAL's size after the largest commit so far
-        self._db = self._open()
+        self._db, self.moved_aside = open_database(path, settings.durability, self.wal_limit)
         self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         # Tallies kept in memory: counting a 100,000-row backlog in SQL takes tens of
         # milliseconds under the lock the sender needs.
@@ -138,55 +97,6 @@ class Outbox:
         self._set_aside = 0
         with self._lock:
             self._recount_locked()
-
-    # Opening -----------------------------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as exc:
-            if not _damaged(exc):
-                # A full disk or a lock held elsewhere: the file itself is fine.
-                raise OutboxWriteError(self.path, exc) from exc
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error(
-                "outbox %s is damaged (%s); moved to %s, starting a new one", self.path, exc, aside
-            )
-            for suffix in ("", "-wal", "-shm"):
-                part = Path(f"{self.path}{suffix}")
-                if part.exists():
-                    shutil.move(part, Path(f"{aside}{suffix}"))
-            self.moved_aside = aside
-            return self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=_BUSY_WAIT_MS / 1000,
-        )
-        try:
-            # auto_vacuum must be set before the first table exists to take effect.
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            db.execute("PRAGMA journal_mode=WAL")
-            sync = "FULL" if self.settings.durability == "full" else "NORMAL"
-            db.execute(f"PRAGMA synchronous={sync}")
-            page = int(db.execute("PRAGMA page_size").fetchone()[0])
-            # A passive checkpoint at an eighth of the bound; once it has caught up, the next
-            # write starts the WAL over and truncates the file back to the bound. With writes
-            # of at most about two thirds of the bound each (write_bytes, rows_per_write),
-            # the WAL stays within it.
-            db.execute(f"PRAGMA wal_autocheckpoint={max(1, self.wal_limit // 8 // page)}")
-            db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
-            result = db.execute("PRAGMA quick_check").fetchone()
-            if result is None or result[0] != "ok":
-                raise _Damaged(f"quick_check: {result[0] if result else 'no answer'}")
-            db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
 
     def close(self) -> None:
         with self._lock:
@@ -280,7 +190,7 @@ class Outbox:
         self._bound_wal_locked()
 
     def _bound_wal_locked(self) -> None:
-        wal = _size(Path(f"{self.path}-wal"))
+        wal = file_size(Path(f"{self.path}-wal"))
         self.wal_peak = max(self.wal_peak, wal)
         if wal <= self.wal_limit:
             return
@@ -294,17 +204,17 @@ class Outbox:
         except sqlite3.Error as exc:
             log.debug("outbox: WAL checkpoint failed: %s", exc)
         finally:
-            self._db.execute(f"PRAGMA busy_timeout={_BUSY_WAIT_MS}")
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_WAIT_MS}")
 
     def _room_locked(self) -> tuple[int, int]:
         """Bytes of messages that may still be added: by the size bound, and by the disk.
         The WAL's bound counts against both: against max_bytes whole, and on the disk as
         what the WAL may still grow to. Pages SQLite freed for reuse count as room."""
         by_size = self.settings.max_bytes - self.wal_limit - self._bytes
-        files = _size(self.path) + _size(Path(f"{self.path}-wal"))
-        wal = _size(Path(f"{self.path}-wal"))
+        files = file_size(self.path) + file_size(Path(f"{self.path}-wal"))
+        wal = file_size(Path(f"{self.path}-wal"))
         reusable = self._scalar_locked("PRAGMA freelist_count", []) * self._page
-        share = int(self.settings.max_disk_share * (_free_bytes(self.path.parent) + files))
+        share = int(self.settings.max_disk_share * (free_bytes(self.path.parent) + files))
         by_disk = share - files - max(0, self.wal_limit - wal) + reusable
         return max(0, by_size), max(0, by_disk)
 
@@ -349,8 +259,8 @@ class Outbox:
 
     def _disk_span(self) -> int:
         """The free disk plus what the outbox's files already take."""
-        files = sum(_size(Path(f"{self.path}{s}")) for s in ("", "-wal"))
-        return _free_bytes(self.path.parent) + files
+        files = sum(file_size(Path(f"{self.path}{s}")) for s in ("", "-wal"))
+        return free_bytes(self.path.parent) + files
 
     def _drop_oldest_locked(self, cls: str, need: int) -> tuple[int, int]:
         """Deletes the oldest undelivered messages of `cls` until `need` bytes are free;
@@ -520,47 +430,3 @@ class Outbox:
 
 def _marks(items: list[Any]) -> str:
     return ",".join("?" * len(items))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _free_bytes(folder: Path) -> int:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return 0  # the folder is gone: no room either way
-
-
-class _Damaged(sqlite3.DatabaseError):
-    """The file opened but failed its check."""
-
-
-def _damaged(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, _Damaged) or code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-
-
-def read_only(path: Path) -> sqlite3.Connection:
-    """A connection for readers beside a running agent (WAL lets them in)."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-
-
-def iter_results(
-    db: sqlite3.Connection, since: float | None, last: int | None = None
-) -> Iterator[tuple[float, bytes, int]]:
-    """(created, payload, state) of results, oldest first; `last`: only the newest N."""
-    query = (
-        "SELECT seq, created, payload, state FROM messages WHERE class='result' AND created >= ?"
-    )
-    if last is None:
-        for _, created, payload, state in db.execute(query + " ORDER BY seq", (since or 0.0,)):
-            yield created, payload, state
-        return
-    newest = db.execute(query + " ORDER BY seq DESC LIMIT ?", (since or 0.0, last)).fetchall()
-    for _, created, payload, state in reversed(newest):
-        yield created, payload, state

@@ -17,7 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from edge_agent.outbox.store import Message, MessageClass, Outbox, OutboxWriteError
+from edge_agent.outbox.database import OutboxWriteError
+from edge_agent.outbox.store import Message, MessageClass, Outbox
 from edge_agent.payloads import ResultPayload
 
 log = logging.getLogger(__name__)
