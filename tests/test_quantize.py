@@ -216,6 +216,18 @@ def test_a_calibration_folder_without_images_exits_2_with_one_line(tmp_path: Pat
     ]
 
 
+def test_a_quantized_model_is_refused_with_one_line(quantize_python: Path) -> None:
+    model = MODELS / "digits_int8.tflite"
+    proc = quantize(
+        quantize_python, str(model), "--calibration", str(MODELS / "samples"), "-o", "unused"
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"edge-agent: {model}: input is int8, so the model is quantized already; "
+        "give its float version"
+    ]
+
+
 def test_without_the_extra_one_line_says_how_to_install_it() -> None:
     if importlib.util.find_spec("ai_edge_quantizer") is not None:
         pytest.skip(f"ai-edge-quantizer is installed in {sys.prefix}: the extra is not missing")

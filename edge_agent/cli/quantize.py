@@ -76,6 +76,8 @@ def add_parser(actions: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from edge_agent.cli.runtime_args import open_model, runtime_settings
     from edge_agent.errors import UserError
     from edge_agent.runtime.predictor import Predictor
@@ -93,11 +95,22 @@ def run(args: argparse.Namespace) -> int:
 
     runtime = runtime_settings(args)
     float_model = open_model(args.model, runtime)
+    if float_model.input.dtype != np.float32:
+        raise UserError(
+            f"{args.model}: input is {float_model.input.dtype}, so the model is quantized "
+            "already; give its float version"
+        )
     float_predictor = Predictor(float_model)
     samples = [float_predictor.load_input(path)[0] for path in calibration]
 
     started = time.perf_counter()
-    content, repairs, calibrated = _quantize(quantizer, args.model.read_bytes(), samples, recipe)
+    try:
+        content, repairs, calibrated = _quantize(
+            quantizer, args.model.read_bytes(), samples, recipe
+        )
+    except Exception as exc:  # the quantizer's own failure on this model, said in one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{args.model}: ai-edge-quantizer failed: {first}") from exc
     took_s = time.perf_counter() - started
     _write_model(output, content, float_model, args.recipe)
 
