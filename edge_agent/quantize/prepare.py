@@ -48,6 +48,9 @@ def prepare(content: bytes) -> Prepared:
     folded = sum(_fold_fp16(model, graph, schema) for graph in model.subgraphs)
     if folded:
         repairs.append(f"{folded} fp16 weights folded to float32")
+    fused = sum(_fuse_relu(model, graph, schema) for graph in model.subgraphs)
+    if fused:
+        repairs.append(f"{fused} RELU fused into the op before it")
     if not model.signatureDefs:
         model.signatureDefs = [_signature(model.subgraphs[0], schema)]
         repairs.append(f"signature {SIGNATURE_KEY!r} added")
@@ -82,6 +85,43 @@ def _fold_fp16(model: Any, graph: Any, schema: Any) -> int:
     if folded:
         _drop_unused_tensors(graph)
     return folded
+
+
+def _fuse_relu(model: Any, graph: Any, schema: Any) -> int:
+    """A standalone RELU after an ADD or a convolution becomes that op's fused activation.
+    The converter fuses these; some exports (MediaPipe's) do not, and XNNPACK leaves a
+    standalone int8 RELU to the reference kernels, cutting the graph at each one."""
+    ops = schema.BuiltinOperator
+    fusable = {ops.ADD, ops.CONV_2D, ops.DEPTHWISE_CONV_2D}
+    producer = {out: op for op in graph.operators for out in op.outputs}
+    readers: dict[int, int] = {}
+    for op in graph.operators:
+        for index in op.inputs:
+            readers[index] = readers.get(index, 0) + 1
+    outputs = set(int(i) for i in graph.outputs)
+    kept, fused = [], 0
+    for op in graph.operators:
+        if model.operatorCodes[op.opcodeIndex].builtinCode == ops.RELU:
+            source = int(op.inputs[0])
+            before = producer.get(source)
+            options: Any = getattr(before, "builtinOptions", None)
+            if (
+                before is not None
+                and model.operatorCodes[before.opcodeIndex].builtinCode in fusable
+                and getattr(options, "fusedActivationFunction", None)
+                == schema.ActivationFunctionType.NONE
+                and readers.get(source) == 1
+                and source not in outputs
+            ):
+                options.fusedActivationFunction = schema.ActivationFunctionType.RELU
+                before.outputs = [int(op.outputs[0])]
+                fused += 1
+                continue
+        kept.append(op)
+    graph.operators = kept
+    if fused:
+        _drop_unused_tensors(graph)
+    return fused
 
 
 def _drop_unused_tensors(graph: Any) -> None:
