@@ -45,6 +45,13 @@ def running_version(sub: Subscriber) -> str | None:
     return None
 
 
+def wait_online(broker: Broker) -> None:
+    """The agent's online status: published after it subscribes, so a command sent from now
+    on reaches it (a CONNECT in the broker's log comes before the SUBSCRIBE)."""
+    with Subscriber(broker, "edge/test-device/status") as status:
+        wait_until(lambda: running_version(status) is not None, 30, "agent online")
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -69,7 +76,7 @@ def test_killed_mid_download_resumes_after_restart(
         with Operator(broker) as operator:
             proc = agent_process(config)
             try:
-                wait_until(lambda: "test-device" in broker.log_text(), 30, "agent connected")
+                wait_online(broker)
                 start_update(operator, manifest, server.url)
                 part = tmp_path / "state" / "downloads" / "digits-1.1.0" / "model.part"
                 wait_until(lambda: part.exists() and part.stat().st_size >= cut_at, 30, "a part")
@@ -100,7 +107,7 @@ def test_killed_before_commit_comes_back_on_the_previous_model(
     with RangeHTTPServer(folder) as server, Operator(broker) as operator:
         proc = agent_process(config)
         try:
-            wait_until(lambda: "test-device" in broker.log_text(), 30, "agent connected")
+            wait_online(broker)
             start_update(operator, manifest, server.url)
             operator.wait_event(at_event, timeout=60)
         finally:
