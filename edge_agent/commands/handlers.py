@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 
 from edge_agent.commands import schemas as s
+from edge_agent.commands.drawing import draw
 from edge_agent.errors import UserError
 
 if TYPE_CHECKING:
@@ -116,15 +117,7 @@ def snapshot(ctx: CommandContext, cmd: s.Snapshot) -> Any:
     if frame is None or not frame.is_image:
         raise CommandError(f"source {cmd.source!r} has no image frame yet")
     image = frame.data.copy()
-    boxes = 0
-    for pipeline in hub.pipelines:
-        last = pipeline.last_result
-        for det in last.result.get("detections", []) if last else []:
-            x1, y1, x2, y2 = (int(v) for v in det["box"])
-            cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
-            label = f"{det.get('label') or det['class_id']} {det['score']:.2f}"
-            cv2.putText(image, label, (x1, max(12, y1 - 4)), 0, 0.45, (0, 255, 0), 1)
-            boxes += 1
+    drawn = draw(image, hub.pipelines)
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cmd.quality])
     if not ok:
         raise CommandError("the frame could not be encoded as JPEG")
@@ -134,7 +127,7 @@ def snapshot(ctx: CommandContext, cmd: s.Snapshot) -> Any:
         "ts": frame.wall_time,
         "width": image.shape[1],
         "height": image.shape[0],
-        "detections_drawn": boxes,
+        **drawn,
         "jpeg_base64": base64.b64encode(jpeg.tobytes()).decode(),
     }
 

@@ -1,0 +1,70 @@
+"""The fleet `snapshot` command on a segmentation pipeline: the frame comes back with the
+model's mask tinted over the part of the photo it found (a real MediaPipe model on a real
+photo), through a real broker."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.runtime.backend import Backend
+from tests import real_assets
+from tests.agent_helpers import mqtt_table, start_online, wait_until
+from tests.mqtt_fixtures import Broker
+from tests.operator import Operator
+
+# A tinted pixel moves by ~45% of the way to the tint colour in some channel; JPEG noise
+# moves an untouched one by a few levels.
+TINTED = 40
+
+
+def test_a_snapshot_tints_the_segmentation_mask(
+    tmp_path: Path, broker: Broker, backend: Backend
+) -> None:
+    if backend.name == "tflite-runtime":
+        pytest.skip("tflite-runtime 2.14 lacks MediaPipe's Convolution2DTransposeBias op")
+    model = tmp_path / "models" / "selfie_segmentation.tflite"  # no manifest beside it
+    model.parent.mkdir()
+    shutil.copyfile(real_assets.model("mediapipe/selfie_segmentation.tflite"), model)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copyfile(real_assets.photo("astronaut.png"), photos / "astronaut.png")
+    body = f"""
+[models.selfie]
+path = "{model}"
+threads = 1
+
+[sources.photos]
+kind = "image_dir"
+path = "{photos}"
+
+[pipelines.selfie]
+source = "photos"
+model = "selfie"
+""" + mqtt_table(broker.port)
+    agent = start_online(tmp_path, body)
+    try:
+        selfie = agent.pipelines["selfie"]
+        wait_until(lambda: selfie.last_result is not None, timeout=20, what="a result")
+        with Operator(broker) as operator:
+            reply = operator.call("snapshot", source="photos")
+    finally:
+        agent.stop()
+    assert reply["status"] == "ok", reply
+    assert reply["result"]["masks_drawn"] == 1
+    snap = cv2.imdecode(
+        np.frombuffer(base64.b64decode(reply["result"]["jpeg_base64"]), np.uint8),
+        cv2.IMREAD_COLOR,
+    )
+    photo = cv2.imread(str(real_assets.photo("astronaut.png")))
+    assert snap.shape == photo.shape
+    tinted = np.abs(snap.astype(int) - photo.astype(int)).max(axis=2) > TINTED
+    # The tinted share of the frame is the person's area the model reported.
+    area = next(a["area"] for a in selfie.last_result.result["areas"] if a["class_id"] == 1)
+    assert 0.2 < area < 0.9
+    assert tinted.mean() == pytest.approx(area, abs=0.05)
