@@ -392,6 +392,12 @@ class Agent:
             problems.append("outbox writer thread died")
         if self.sender is not None and self.sender.died:
             problems.append("mqtt sender thread died")
+        if self.link is not None and self.link.dead:
+            problems.append("mqtt link thread died")
+        if self.commands is not None and self.commands.dead:
+            problems.append("commands thread died")
+        if self.updater.dead:
+            problems.append("update thread died")
         return problems
 
     def status_line(self) -> str:

@@ -63,12 +63,21 @@ class CommandDispatcher:
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(_QUEUE_SIZE)
         self._running: set[str] = set()  # request ids of long commands not yet answered
         self._lock = threading.Lock()
+        self._stopped = False
+        self._crashed = False  # a long command's thread ended by an escaping exception
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def dead(self) -> bool:
+        """The `commands` thread, or a long command's, ended without being asked to."""
+        ended = self._thread.ident is not None and not self._thread.is_alive()
+        return self._crashed or (ended and not self._stopped)
+
     def stop(self, timeout: float = 2.0) -> None:
+        self._stopped = True
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -140,6 +149,9 @@ class CommandDispatcher:
         except Exception as exc:
             log.exception("command %s (%s) failed", name, command.request_id)
             self._reply(name, command.request_id, props, "error", f"internal error: {exc}", None)
+        except BaseException:
+            self._crashed = True  # not even a reply: the watchdog says so
+            raise
         else:
             self._reply(name, command.request_id, props, "ok", None, result)
         finally:

@@ -109,6 +109,13 @@ class MqttLink:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def dead(self) -> bool:
+        """The thread ended without being asked to: an exception escaped the network loop
+        (paho raises what a callback raised)."""
+        ended = self._thread.ident is not None and not self._thread.is_alive()
+        return ended and not self._stop.is_set()
+
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self.connected.is_set():

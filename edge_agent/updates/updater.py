@@ -77,6 +77,13 @@ class Updater:
         self._pulls: dict[tuple[str, str], ChunkPull] = {}
         self._lock = threading.Lock()
         self._busy: set[str] = set()  # model names with an update or switch under way
+        self._crashed = False  # a resumed download's thread ended by an escaping exception
+
+    @property
+    def dead(self) -> bool:
+        """A thread of the updater's own (a resumed download) ended by a bug, not by the
+        agent stopping: the download it was doing stays undone until a restart."""
+        return self._crashed and not self.stopping.is_set()
 
     # Start-up ----------------------------------------------------------------------------
 
@@ -113,6 +120,9 @@ class Updater:
             self.update(json.loads(manifest), None)
         except UserError as exc:
             log.warning("resumed update not applied: %s", exc)
+        except BaseException:
+            self._crashed = True
+            raise
 
     # Commands ----------------------------------------------------------------------------
 
