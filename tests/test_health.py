@@ -171,3 +171,16 @@ def test_watchdog_pings_stop_when_the_link_thread_dies(
         raise seen["error"]
     assert seen["pings_after"][-1] == seen["last_ping"]
     assert seen["unhealthy"] == {"unhealthy: mqtt link thread died"}
+
+
+def test_a_damaged_half_done_download_is_abandoned_not_a_crash(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart would meet the same file again: it is removed, and health stays clear."""
+    folder = agent.updater.downloads / "detector-2.0.0"
+    folder.mkdir(parents=True)
+    (folder / "update.json").write_bytes(b"{not json")
+    agent.updater.resume_downloads()
+    wait_until(lambda: not folder.exists(), what="the damaged download removed")
+    assert agent.health(STUCK_AFTER_S) == []
+    assert any("download abandoned" in r.getMessage() for r in caplog.records)

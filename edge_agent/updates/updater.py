@@ -110,14 +110,20 @@ class Updater:
         for folder in sorted(self.downloads.iterdir()):
             saved = folder / "update.json"
             if saved.is_file():
-                manifest = saved.read_bytes()
                 threading.Thread(
-                    target=self._resume, args=(manifest,), name="update-resume", daemon=True
+                    target=self._resume, args=(saved,), name="update-resume", daemon=True
                 ).start()
 
-    def _resume(self, manifest: bytes) -> None:
+    def _resume(self, saved: Path) -> None:
         try:
-            self.update(json.loads(manifest), None)
+            body = json.loads(saved.read_bytes())
+        except (OSError, ValueError) as exc:
+            # Damaged on disk: retrying at every start would only fail again.
+            log.warning("%s: unreadable (%s); download abandoned", saved, exc)
+            shutil.rmtree(saved.parent, ignore_errors=True)
+            return
+        try:
+            self.update(body, None)
         except UserError as exc:
             log.warning("resumed update not applied: %s", exc)
         except BaseException:
