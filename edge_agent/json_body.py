@@ -27,6 +27,12 @@ class BodyError(ValueError):
     pass
 
 
+def canonical(body: dict[str, Any]) -> bytes:
+    """The bytes a command signature covers: sorted keys, no spaces, UTF-8 as is (the
+    dispatcher checks them, edge-fleet signs them)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def parse_object(payload: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
     try:
         text = payload.decode("utf-8")

@@ -7,7 +7,6 @@ also a malformed one."""
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import re
@@ -25,7 +24,7 @@ from edge_agent.commands.journal import CommandJournal
 from edge_agent.commands.schemas import REQUEST_ID_PATTERN, Command, Reply
 from edge_agent.config.settings import CommandsSettings
 from edge_agent.errors import UserError, validation_lines
-from edge_agent.json_body import BodyError, parse_object
+from edge_agent.json_body import BodyError, canonical, parse_object
 from edge_agent.link.mqtt import MqttLink
 from edge_agent.payloads import Envelope
 from edge_agent.updates.signing import public_key_from_setting, verify_bytes
@@ -244,10 +243,6 @@ class CommandDispatcher:
         info = self.link.client.publish(topic, body, qos=1, properties=out_props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("reply on %s not sent (link down); a repeat of the request gets it", topic)
-
-
-def canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _valid_id(value: str) -> bool:

@@ -27,9 +27,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.commands.dispatcher import canonical
 from edge_agent.commands.schemas import REQUEST_ID_PATTERN
 from edge_agent.errors import UserError
+from edge_agent.json_body import canonical
 from edge_agent.link.mqtt import no_nagle
 from edge_agent.updates.signing import load_private_key, sign_bytes
 
