@@ -15,6 +15,10 @@ import pytest
 from edge_agent.runtime.backend import Backend, select_backend
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.mqtt_fixtures import Broker
+    from tests.operator import Operator
     from tests.update_helpers import Keys
 
 # Real Mosquitto brokers and a TCP proxy, for every test that talks MQTT.
@@ -33,6 +37,15 @@ def backend() -> Backend:
 @pytest.fixture(scope="session")
 def models() -> Path:
     return MODELS
+
+
+@pytest.fixture
+def operator(broker: Broker) -> Iterator[Operator]:
+    """An operator on the test's broker: sends commands, collects replies and events."""
+    from tests.operator import Operator
+
+    with Operator(broker) as op:
+        yield op
 
 
 def raw_interpreter(backend: Backend, path: Path, threads: int = 2) -> Any:

@@ -91,12 +91,6 @@ def test_the_demo_names_the_faces_where_they_are(demo: Path, tmp_path: Path) -> 
 
 
 @pytest.fixture
-def operator(broker: Broker) -> Iterator[Operator]:
-    with Operator(broker) as op:
-        yield op
-
-
-@pytest.fixture
 def demo_agent(demo: Path, tmp_path: Path, broker: Broker) -> Iterator[Agent]:
     # The demo's model and source, slowed so the frame and its result are one scene.
     body = f"""

@@ -39,12 +39,6 @@ def body(port: int) -> str:
 
 
 @pytest.fixture
-def operator(broker: Broker) -> Iterator[Operator]:
-    with Operator(broker) as op:
-        yield op
-
-
-@pytest.fixture
 def agent(tmp_path: Path, broker: Broker) -> Iterator[Agent]:
     agent = start_online(tmp_path, body(broker.port))
     yield agent

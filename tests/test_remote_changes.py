@@ -41,12 +41,6 @@ def start_agent(tmp_path: Path, port: int, commands: str = "") -> Agent:
 
 
 @pytest.fixture
-def operator(broker: Broker) -> Iterator[Operator]:
-    with Operator(broker) as op:
-        yield op
-
-
-@pytest.fixture
 def agent(tmp_path: Path, broker: Broker) -> Iterator[Agent]:
     agent = start_agent(tmp_path, broker.port)
     yield agent

@@ -46,12 +46,6 @@ def agent(tmp_path: Path, broker: Broker, keys: Keys) -> Iterator[Agent]:
     agent.stop()
 
 
-@pytest.fixture
-def operator(broker: Broker) -> Iterator[Operator]:
-    with Operator(broker) as op:
-        yield op
-
-
 def running_version(agent: Agent) -> str:
     return agent.workers["digits"].model.info.version
 
