@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge_agent.agent import Agent
 from edge_agent.config.load import load_settings
@@ -96,3 +97,26 @@ def start_online(tmp_path: Path, body: str, groups: tuple[str, ...] = ()) -> Age
     agent.start()
     wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
     return agent
+
+
+def sensor_lines_pipeline(model: str, model_path: Path, lines: Path, windows: Any) -> str:
+    """Config text: `windows` ([N,64,3]) written to `lines` one sample a line, read back by
+    a lines source `imu` into pipeline `imu` on `model`, a window per result."""
+    lines.write_text("".join(f"{x:.6f},{y:.6f},{z:.6f}\n" for w in windows for x, y, z in w))
+    return f"""
+[models.{model}]
+path = "{model_path}"
+threads = 1
+
+[sources.imu]
+kind = "lines"
+path = "{lines}"
+channels = 3
+window = 64
+hop = 64
+
+[pipelines.imu]
+source = "imu"
+model = "{model}"
+queue_size = 100
+"""

@@ -20,7 +20,7 @@ from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
 from tests import real_assets
-from tests.agent_helpers import ListSink, wait_until
+from tests.agent_helpers import ListSink, sensor_lines_pipeline, wait_until
 from tests.conftest import MODELS, raw_interpreter, run_cli
 
 pytestmark = pytest.mark.runtime
@@ -294,32 +294,9 @@ def test_sensor_classifier_without_manifest_classifies_windows_from_a_line_sourc
     data = np.load(MODELS / "data" / "sensor_classes.npz")
     picks = np.arange(0, len(data["labels"]), 5)  # 40 windows, every class
     windows, labels = data["windows"][picks], data["labels"][picks]
-    lines = tmp_path / "imu.txt"
-    lines.write_text("".join(f"{x:.6f},{y:.6f},{z:.6f}\n" for w in windows for x, y, z in w))
     config = tmp_path / "agent.toml"
-    config.write_text(
-        f"""
-[device]
-id = "t"
-state_dir = "{tmp_path / "state"}"
-
-[models.imu]
-path = "{model}"
-threads = 1
-
-[sources.imu]
-kind = "lines"
-path = "{lines}"
-channels = 3
-window = 64
-hop = 64
-
-[pipelines.imu]
-source = "imu"
-model = "imu"
-queue_size = 100
-"""
-    )
+    body = sensor_lines_pipeline("imu", model, tmp_path / "imu.txt", windows)
+    config.write_text(f'[device]\nid = "t"\nstate_dir = "{tmp_path / "state"}"\n' + body)
     sink = ListSink()
     agent = Agent(load_settings(config), sink=sink)
     agent.start()

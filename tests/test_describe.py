@@ -17,7 +17,7 @@ from edge_agent.config.load import load_settings
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
-from tests.agent_helpers import ListSink, wait_until
+from tests.agent_helpers import ListSink, sensor_lines_pipeline, wait_until
 from tests.conftest import MODELS, raw_interpreter, run_cli
 
 pytestmark = pytest.mark.runtime
@@ -210,25 +210,7 @@ def test_sensor_model_without_manifest_is_fed_from_a_line_source(
     (regression on its [1,1] output), the same as the raw interpreter's."""
     model = bare(tmp_path, "sensor_anomaly_int8.tflite", "sensor.tflite")
     windows = np.load(MODELS / "data" / "sensor_windows.npz")["normal"][:8]
-    lines = tmp_path / "samples.txt"
-    lines.write_text("".join(f"{x:.6f},{y:.6f},{z:.6f}\n" for w in windows for x, y, z in w))
-    body = f"""
-[models.sensor]
-path = "{model}"
-threads = 1
-
-[sources.imu]
-kind = "lines"
-path = "{lines}"
-channels = 3
-window = 64
-hop = 64
-
-[pipelines.imu]
-source = "imu"
-model = "sensor"
-queue_size = 100
-"""
+    body = sensor_lines_pipeline("sensor", model, tmp_path / "samples.txt", windows)
     sink = run_agent(config(tmp_path, body), "imu", len(windows))
     results = sink.of("imu")
     interpreter = raw_interpreter(backend, model, threads=1)
