@@ -1,26 +1,33 @@
-"""A config change applied to the running agent: only what changed, in an order that never
-leaves a pipeline without its model or source. Every model the change needs is loaded before
-anything is touched, so a model that cannot load leaves the agent exactly as it was."""
+"""A config change applied to the running agent, all or nothing: every model the change
+needs is loaded, and every swap taken, before anything else is touched, so a model that
+cannot load or a swap that does not finish leaves the agent exactly as it was. Each section
+declares how it applies (AgentSettings, config/section.py); the answer names what was done
+and which keys wait for a restart."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edge_agent.config.section import applies_of
 from edge_agent.config.settings import AgentSettings, ModelSettings
 from edge_agent.errors import UserError
+from edge_agent.graph import PipelineGraph
+from edge_agent.host import ModelHost, SwapTimeout, needed_models
+from edge_agent.logs import setup_logging
 from edge_agent.runtime.model import LoadedModel
-from edge_agent.sources import create_source
 
-if TYPE_CHECKING:
-    from edge_agent.agent import Agent
+log = logging.getLogger(__name__)
 
-# Settings a running agent takes on: everything else is read once at start.
-LIVE_KEYS = ("runtime", "models", "sources", "pipelines", "logging.level", "telemetry")
+# Sections whose changes the steps below apply themselves; other live sections are read
+# where they are used (the service loop, the updater) and only need naming.
+_APPLIED_BY_STEPS = ("runtime", "models", "sources", "pipelines")
 
 
 class ReloadRefused(UserError):
-    """The change cannot take effect (a model does not load); nothing was changed."""
+    """The change cannot take effect (a model does not load, a swap does not finish);
+    nothing was changed."""
 
 
 @dataclass
@@ -40,27 +47,34 @@ class Reload:
     """The difference between the running settings and new ones, applied in an order that
     never leaves a pipeline without its model or source."""
 
-    def __init__(self, agent: Agent, new: AgentSettings) -> None:
-        self.agent = agent
-        self.old = agent.settings
+    def __init__(
+        self, host: ModelHost, graph: PipelineGraph, old: AgentSettings, new: AgentSettings
+    ) -> None:
+        self.host = host
+        self.graph = graph
+        self.old = old
         self.new = new
-        self.applied = Applied(restart_required=restart_required(self.old, new))
+        self.applied = Applied(restart_required=restart_required(old, new))
 
     def apply(self) -> Applied:
-        agent, old, new = self.agent, self.old, self.new
-        needed = agent.needed_models(new)
+        host, graph, old, new = self.host, self.graph, self.old, self.new
+        needed = needed_models(new)
         loaded = self._load_all(needed)  # raises ReloadRefused before anything changes
+        self._swap_all(loaded)  # raises ReloadRefused with every swap undone
         done = self.applied.done
-        # 1. Models: new ones start, changed ones are swapped between batches.
+        # 1. Models: new ones start; another number of replicas gets a new worker.
         for name, replicas in loaded.items():
-            if name not in agent.workers:
-                agent._start_worker(name, replicas, new)
+            running = host.worker(name)
+            if running is None:
+                host.start(name, replicas, new.models[name].batch)
                 done.append(_loaded(name, "loaded", replicas))
-            else:
-                self._swap(name, replicas)
-        agent.settings = new
+            elif len(running.replicas) != len(replicas):  # same number: swapped above
+                replacement = host.start(name, replicas, new.models[name].batch)
+                graph.move_model(running, replacement)
+                running.stop()
+                done.append(_loaded(name, f"now {len(replicas)} replica(s)", replicas))
         # 2. Pipelines removed, or moved to another source or model: take them out.
-        for name in list(agent.pipelines):
+        for name in graph.pipelines():
             p_old = old.pipelines.get(name)
             p_new = new.pipelines.get(name)
             if (
@@ -69,38 +83,42 @@ class Reload:
                 or p_old is None
                 or (p_new.source, p_new.model) != (p_old.source, p_old.model)
             ):
-                agent._remove_pipeline(name)
+                graph.remove(name)
                 if p_new is None or not p_new.enabled:
                     done.append(f"pipeline {name} stopped")
         # A changed source restarts alone; its pipelines stay as they are.
-        for name, hub in agent.hubs.items():
+        for name in graph.hubs():
             if new.sources[name] != old.sources.get(name):
-                hub.replace(create_source(name, new.sources[name], new.device.state_dir))
+                graph.replace_source(name, new.sources[name])
                 done.append(f"source {name} restarted")
         # 3. Pipelines added or rebuilt; in-place settings for the others.
-        started: set[str] = set()
+        started: list[str] = []
         for name, p_new in new.pipelines.items():
             if not p_new.enabled:
                 continue
-            if name in agent.pipelines:
+            running_pipeline = graph.pipeline(name)
+            if running_pipeline is not None:
                 if p_new != old.pipelines[name]:
-                    agent.pipelines[name].apply(p_new)
+                    running_pipeline.apply(p_new)
                     done.append(f"pipeline {name} settings applied")
                 continue
-            hub_existed = p_new.source in agent.hubs
-            agent._add_pipeline(name, new)
-            if not hub_existed:
-                started.add(p_new.source)
+            model_worker = host.worker(p_new.model)
+            assert model_worker is not None  # loaded in step 1
+            if graph.add(name, new, model_worker):
+                started.append(p_new.source)
             done.append(f"pipeline {name} started")
-        for source in started:
-            agent.hubs[source].runner.start()
+        graph.start_sources(started)
         # 4. Models no pipeline uses any more.
-        for name in list(agent.workers):
+        for name in host.names():
             if name not in needed:
-                agent.workers.pop(name).stop()
+                host.stop(name)
                 done.append(f"model {name} unloaded")
         for name in needed:
-            agent.workers[name].batch = new.models[name].batch
+            model_worker = host.worker(name)
+            if model_worker is not None:
+                model_worker.batch = new.models[name].batch
+        self._logging()
+        done.extend(_read_where_used(old, new))
         return self.applied
 
     def _load_all(self, needed: list[str]) -> dict[str, list[LoadedModel]]:
@@ -109,33 +127,43 @@ class Reload:
         loaded, failed = {}, []
         for name in needed:
             changed = _model_changed(self.old.models.get(name), self.new.models[name])
-            if name in self.agent.workers and not (runtime_changed or changed):
+            if self.host.worker(name) is not None and not (runtime_changed or changed):
                 continue
             try:
-                loaded[name] = self.agent._load(name, self.new)
+                loaded[name] = self.host.load(name, self.new)
             except UserError as exc:
                 failed.append(f"model {name}: {exc}")
         if failed:
             raise ReloadRefused("; ".join(failed))
         return loaded
 
-    def _swap(self, name: str, replicas: list[LoadedModel]) -> None:
-        agent, done = self.agent, self.applied.done
-        old = agent.workers[name]
-        if len(replicas) == len(old.replicas):
-            if old.swap(replicas):
-                done.append(_loaded(name, "swapped", replicas))
-            else:
-                agent.report(f"model {name}: the swap did not finish in time, old model runs")
-            return
-        # Another number of replicas: a new worker takes over the pipelines.
-        agent._start_worker(name, replicas, self.new)
-        for pipeline in agent.pipelines.values():
-            if pipeline.worker is old:
-                pipeline.detach()
-                pipeline.attach(agent.workers[name])
-        old.stop()
-        done.append(_loaded(name, f"now {len(replicas)} replica(s)", replicas))
+    def _swap_all(self, loaded: dict[str, list[LoadedModel]]) -> None:
+        """Running models with the same number of replicas take their new ones; when one
+        does not in time, those already swapped go back and the reload is refused."""
+        swapped: list[tuple[str, list[LoadedModel]]] = []
+        for name, replicas in loaded.items():
+            running = self.host.worker(name)
+            if running is None or len(running.replicas) != len(replicas):
+                continue
+            previous = running.replicas
+            try:
+                self.host.swap(name, replicas)
+            except SwapTimeout as exc:
+                for back, old_replicas in reversed(swapped):
+                    try:
+                        self.host.swap(back, old_replicas)
+                    except SwapTimeout:
+                        log.error("model %s: could not go back to the previous model", back)
+                raise ReloadRefused(str(exc)) from None
+            swapped.append((name, previous))
+            self.applied.done.append(_loaded(name, "swapped", replicas))
+
+    def _logging(self) -> None:
+        old, new = self.old.logging, self.new.logging
+        if new.format != old.format:
+            setup_logging(new.format, new.level)
+        elif new.level != old.level:
+            logging.getLogger().setLevel(new.level.upper())
 
 
 def _loaded(name: str, what: str, replicas: list[LoadedModel]) -> str:
@@ -153,13 +181,33 @@ def _model_changed(old: ModelSettings | None, new: ModelSettings) -> bool:
     return old.model_dump(exclude={"batch"}) != new.model_dump(exclude={"batch"})
 
 
-def restart_required(old: AgentSettings, new: AgentSettings) -> list[str]:
-    """Keys that differ between `old` and `new` and are read only at start."""
+def changed_keys(old: AgentSettings, new: AgentSettings) -> list[str]:
     before, after = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    return sorted(
-        k for k in changed if not any(k == live or k.startswith(live + ".") for live in LIVE_KEYS)
-    )
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def section_applies(section: str) -> str:
+    """How a change to `section` takes effect: "live", "part" or "restart"."""
+    declared = applies_of(AgentSettings.model_fields[section].metadata)
+    assert declared is not None, f"AgentSettings.{section} declares no Applies"
+    return declared.how
+
+
+def restart_required(old: AgentSettings, new: AgentSettings) -> list[str]:
+    """Keys that differ between `old` and `new` in sections that need a restart."""
+    return [k for k in changed_keys(old, new) if section_applies(k.split(".")[0]) == "restart"]
+
+
+def _read_where_used(old: AgentSettings, new: AgentSettings) -> list[str]:
+    """Live sections that the reload steps do not touch (updates, telemetry, logging,
+    service) are read where they are used: they took effect once the settings are swapped.
+    Named here, so a change is never answered with "nothing changed"."""
+    by_section: dict[str, list[str]] = {}
+    for key in changed_keys(old, new):
+        section = key.split(".")[0]
+        if section not in _APPLIED_BY_STEPS and section_applies(section) != "restart":
+            by_section.setdefault(section, []).append(key)
+    return [f"{', '.join(keys)} applied" for keys in by_section.values()]
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -152,25 +152,27 @@ class Service:
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
-            self.agent.report(
-                f"config not reloaded ({reason}), old settings kept: {'; '.join(exc.problems)}"
+            self.agent.status.raise_problem(
+                "config",
+                f"config not reloaded ({reason}), old settings kept: {'; '.join(exc.problems)}",
             )
             self.notifier.ready(self._status_text())
             return
         try:
             applied = self.agent.reload(new)
         except ReloadRefused as exc:
-            self.agent.report(f"config not applied ({reason}), old settings kept: {exc}")
+            self.agent.status.raise_problem(
+                "config", f"config not applied ({reason}), old settings kept: {exc}"
+            )
             self.notifier.ready(self._status_text())
             return
-        logging.getLogger().setLevel(new.logging.level.upper())
         log.info("reloaded (%s): %s", reason, applied.summary())
         if applied.restart_required:
             log.warning(
                 "changed in the config, takes effect at the next start: %s",
                 ", ".join(applied.restart_required),
             )
-        self.agent.last_error = ""
+        self.agent.status.resolve("config")
         self._rewatch()
         self.notifier.ready(self._status_text())
 

@@ -236,7 +236,7 @@ def bench_swap(folder: Path, swaps: int) -> None:
             steady = np.diff(sink.arrivals[before:])
             normal.extend(steady.tolist())
             mark = len(sink.arrivals)
-            agent.swap_model("mobilenet")
+            agent.host.load_current("mobilenet", agent.settings)
             time.sleep(0.5)
             around = np.diff(sink.arrivals[mark - 1 :])
             worst = max(worst, float(around.max()))

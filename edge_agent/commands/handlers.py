@@ -17,8 +17,10 @@ from edge_agent.commands.drawing import draw
 from edge_agent.errors import UserError
 
 if TYPE_CHECKING:
-    from edge_agent.agent import Agent
     from edge_agent.config.settings import AgentSettings
+    from edge_agent.graph import PipelineGraph
+    from edge_agent.host import ModelHost
+    from edge_agent.payloads import Envelope
     from edge_agent.reload import Applied
     from edge_agent.updates.updater import Updater
 
@@ -29,11 +31,19 @@ class CommandError(UserError):
 
 @dataclass
 class CommandContext:
-    agent: Agent
+    """What the handlers may use: the parts themselves, and a few of the agent's answers."""
+
+    device: Envelope
+    settings: Callable[[], AgentSettings]  # the settings now running
+    host: ModelHost
+    graph: PipelineGraph
     updater: Updater
     config_path: Path | None
     # Applies validated settings as a file edit would; raises ReloadRefused, nothing changed.
     apply: Callable[[AgentSettings], Applied]
+    status: Callable[[], dict[str, Any]]  # the retained status with live counters
+    flush: Callable[[], dict[str, Any]]  # commits the writer, wakes the sender: outbox stats
+    restart_pipeline: Callable[[str], list[str]]
 
 
 @dataclass(frozen=True)
@@ -44,25 +54,16 @@ class Handler:
 
 
 def ping(ctx: CommandContext, cmd: s.Ping) -> Any:
-    return {"pong": True, "boot_id": ctx.agent.envelope.boot_id}
+    return {"pong": True, "boot_id": ctx.device.boot_id}
 
 
 def status(ctx: CommandContext, cmd: s.Status) -> Any:
-    agent = ctx.agent
-    return {
-        **agent.online_status(),
-        "pipelines": {
-            name: {**p.stats.snapshot(), "paused": p.paused.is_set()}
-            for name, p in agent.pipelines.items()
-        },
-        "outbox": agent.outbox.stats(),
-        "link": agent.link.snapshot() if agent.link is not None else None,
-    }
+    return ctx.status()
 
 
 def get_config(ctx: CommandContext, cmd: s.GetConfig) -> Any:
     # Secrets dump as "**********".
-    return ctx.agent.settings.model_dump(mode="json")
+    return ctx.settings().model_dump(mode="json")
 
 
 def set_config(ctx: CommandContext, cmd: s.SetConfig) -> Any:
@@ -72,7 +73,7 @@ def set_config(ctx: CommandContext, cmd: s.SetConfig) -> Any:
 
     if ctx.config_path is None:
         raise CommandError("the agent runs without a config file: nothing to change")
-    edit = prepare(ctx.config_path, cmd.changes, ctx.agent.settings)
+    edit = prepare(ctx.config_path, cmd.changes, ctx.settings())
     try:
         applied = ctx.apply(edit.settings)
     except ReloadRefused as exc:
@@ -87,9 +88,9 @@ def set_config(ctx: CommandContext, cmd: s.SetConfig) -> Any:
 
 
 def _pipeline(ctx: CommandContext, name: str) -> Any:
-    pipeline = ctx.agent.pipelines.get(name)
+    pipeline = ctx.graph.pipeline(name)
     if pipeline is None:
-        known = ", ".join(ctx.agent.pipelines) or "none"
+        known = ", ".join(ctx.graph.pipelines()) or "none"
         raise CommandError(f"no running pipeline {name!r} (running: {known})")
     return pipeline
 
@@ -106,11 +107,11 @@ def resume(ctx: CommandContext, cmd: s.PipelineCommand) -> Any:
 
 def restart_pipeline(ctx: CommandContext, cmd: s.PipelineCommand) -> Any:
     _pipeline(ctx, cmd.pipeline)
-    return {"pipeline": cmd.pipeline, "done": ctx.agent.restart_pipeline(cmd.pipeline)}
+    return {"pipeline": cmd.pipeline, "done": ctx.restart_pipeline(cmd.pipeline)}
 
 
 def snapshot(ctx: CommandContext, cmd: s.Snapshot) -> Any:
-    hub = ctx.agent.hubs.get(cmd.source)
+    hub = ctx.graph.hub(cmd.source)
     if hub is None:
         raise CommandError(f"no running source {cmd.source!r}")
     frame = hub.last_frame
@@ -149,11 +150,7 @@ def rollback_model(ctx: CommandContext, cmd: s.ModelCommand) -> Any:
 
 
 def flush_outbox(ctx: CommandContext, cmd: s.FlushOutbox) -> Any:
-    agent = ctx.agent
-    agent.writer.flush()
-    if agent.sender is not None:
-        agent.sender.wake()
-    return agent.outbox.stats()
+    return ctx.flush()
 
 
 def set_log_level(ctx: CommandContext, cmd: s.SetLogLevel) -> Any:

@@ -15,6 +15,7 @@ from edge_agent.config.models import BatchSettings as BatchSettings
 from edge_agent.config.models import InputOverrides as InputOverrides
 from edge_agent.config.models import ModelSettings as ModelSettings
 from edge_agent.config.secrets import read_secret, secret_path
+from edge_agent.config.section import LIVE, NEEDS_RESTART, restarts
 from edge_agent.config.section import Section as Section
 from edge_agent.runtime.backend import BackendName
 from edge_agent.runtime.decoders.options import (
@@ -333,27 +334,44 @@ class AgentSettings(BaseSettings):
         env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
     )
 
-    device: DeviceSettings = Field(default_factory=DeviceSettings, description="This device.")
-    runtime: RuntimeSettings = Field(
+    # Each section says how a change to it takes effect (config/section.py: Applies).
+    device: Annotated[DeviceSettings, NEEDS_RESTART] = Field(
+        default_factory=DeviceSettings, description="This device."
+    )
+    runtime: Annotated[RuntimeSettings, LIVE] = Field(
         default_factory=RuntimeSettings, description="Interpreter and delegates."
     )
-    models: dict[Name, ModelSettings] = Field(default_factory=dict, description="Models by name.")
-    sources: dict[Name, SourceEntry] = Field(default_factory=dict, description="Inputs by name.")
-    pipelines: dict[Name, PipelineSettings] = Field(
+    models: Annotated[dict[Name, ModelSettings], LIVE] = Field(
+        default_factory=dict, description="Models by name."
+    )
+    sources: Annotated[dict[Name, SourceEntry], restarts("the changed source")] = Field(
+        default_factory=dict, description="Inputs by name."
+    )
+    pipelines: Annotated[dict[Name, PipelineSettings], LIVE] = Field(
         default_factory=dict, description="Pipelines by name: a source into a model."
     )
-    output: OutputSettings = Field(default_factory=OutputSettings, description="Result copies.")
-    outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Local outbox.")
-    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker link.")
-    telemetry: TelemetrySettings = Field(
+    output: Annotated[OutputSettings, NEEDS_RESTART] = Field(
+        default_factory=OutputSettings, description="Result copies."
+    )
+    outbox: Annotated[OutboxSettings, NEEDS_RESTART] = Field(
+        default_factory=OutboxSettings, description="Local outbox."
+    )
+    mqtt: Annotated[MqttSettings, NEEDS_RESTART] = Field(
+        default_factory=MqttSettings, description="Broker link."
+    )
+    telemetry: Annotated[TelemetrySettings, LIVE] = Field(
         default_factory=TelemetrySettings, description="Telemetry."
     )
-    updates: UpdatesSettings = Field(default_factory=UpdatesSettings, description="Updates.")
-    commands: CommandsSettings = Field(
+    updates: Annotated[UpdatesSettings, LIVE] = Field(
+        default_factory=UpdatesSettings, description="Updates."
+    )
+    commands: Annotated[CommandsSettings, NEEDS_RESTART] = Field(
         default_factory=CommandsSettings, description="Fleet commands."
     )
-    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
-    service: ServiceSettings = Field(
+    logging: Annotated[LoggingSettings, LIVE] = Field(
+        default_factory=LoggingSettings, description="Logging."
+    )
+    service: Annotated[ServiceSettings, LIVE] = Field(
         default_factory=ServiceSettings, description="Running under systemd."
     )
 

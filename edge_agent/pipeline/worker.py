@@ -79,13 +79,21 @@ class InferenceWorker:
             return list(self._pipelines)
 
     def swap(self, replicas: list[LoadedModel], timeout: float = 10.0) -> bool:
-        """Replaces the model between batches; True once every replica has taken it."""
+        """Replaces the model between batches; True once every replica has taken it, False
+        (and the old model runs on) when they did not within `timeout`."""
         if len(replicas) != len(self.replicas):
             raise ValueError("a swap keeps the number of replicas")
         with self._swap_done:
             self._pending = replicas
             self.queue.wake()
-            return self._swap_done.wait_for(lambda: self._pending is None, timeout)
+            if self._swap_done.wait_for(lambda: self._pending is None, timeout):
+                return True
+            # Not taken in time (a replica is stuck in an inference): withdrawn, so the old
+            # model really keeps running and no later batch swaps unannounced.
+            self._pending = None
+            self._parked = 0
+            self._swap_done.notify_all()
+            return False
 
     def submit(self, job: Job, capacity: int) -> Job | None:
         job.queued_at = time.perf_counter()

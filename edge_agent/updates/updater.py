@@ -40,7 +40,9 @@ from edge_agent.updates.transfer import (
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-    from edge_agent.agent import Agent
+    from edge_agent.config.settings import AgentSettings
+    from edge_agent.host import ModelHost
+    from edge_agent.link.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +63,28 @@ class Watch:
 class Updater:
     def __init__(
         self,
-        agent: Agent,
-        store: ModelStore,
-        settings: UpdatesSettings,
+        host: ModelHost,
+        settings: Callable[[], AgentSettings],
+        link: MqttLink | None,
         emit: Callable[[dict[str, Any]], None],
         publish: Callable[[str, bytes], bool],
     ) -> None:
-        self.agent = agent
-        self.store = store
-        self.settings = settings
+        self.host = host
+        self.store: ModelStore = host.store
+        self.agent_settings = settings  # read at each use: [updates] applies live
+        self.link = link
         self.emit = emit  # an update event, through the outbox
         self.publish = publish  # a chunk request, straight to the broker (False: offline)
-        self.downloads = agent.settings.device.state_dir / "downloads"
+        self.downloads = settings().device.state_dir / "downloads"
         self.stopping = threading.Event()
         self._pulls: dict[tuple[str, str], ChunkPull] = {}
         self._lock = threading.Lock()
         self._busy: set[str] = set()  # model names with an update or switch under way
         self._crashed = False  # a resumed download's thread ended by an escaping exception
+
+    @property
+    def settings(self) -> UpdatesSettings:
+        return self.agent_settings().updates
 
     @property
     def dead(self) -> bool:
@@ -135,7 +142,7 @@ class Updater:
     def list_models(self) -> dict[str, Any]:
         stored = self.store.list()
         out: dict[str, Any] = {}
-        for name, worker in self.agent.workers.items():
+        for name, worker in self.host.workers().items():
             info = worker.model.info
             out[name] = {
                 "running": {"version": info.version, "sha256": info.sha256},
@@ -151,15 +158,15 @@ class Updater:
         check_limits(manifest, self.settings.max_model_bytes)
         verify_manifest(manifest, self.settings.trusted_keys, self.settings.allow_unsigned)
         name, version = manifest.name, manifest.version
-        if name not in self.agent.settings.models:
+        if name not in self.agent_settings().models:
             raise UpdateRefused(f"no model {name!r} in this device's config")
         record = self.store.active(name)
         if record is not None and record.version == version and record.state == "committed":
             return {"name": name, "version": version, "state": "already_active"}
         if record is not None:
             refuse_older(manifest, record.version, self._created(name, record.version))
-        elif name in self.agent.workers:
-            refuse_older(manifest, self.agent.workers[name].model.info.version, None)
+        elif (running := self.host.worker(name)) is not None:
+            refuse_older(manifest, running.model.info.version, None)
         with self._claim(name):
             folder = self.downloads / f"{name}-{version}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -273,7 +280,7 @@ class Updater:
         size: int,
         progress: Callable[[int, int], None],
     ) -> Path:
-        link = self.agent.link
+        link = self.link
         if link is None:
             raise UpdateRefused("an MQTT transfer needs [mqtt] enabled")
         limit = link.max_packet_size
@@ -303,26 +310,24 @@ class Updater:
                 self._pulls.pop((source.transfer, role), None)
 
     def _stage(self, m: UpdateManifest) -> StageReport:
-        agent = self.agent
         folder = self.store.version_dir(m.name, m.version)
-        model_settings = agent.settings.models[m.name]
+        plan = self.host.plan(m.name, self.agent_settings())  # as the running model loads
         golden = m.golden_spec()
-        report = stage(
+        return stage(
             folder / m.files["model"].path,
-            agent.backend,
-            model_settings.delegates or agent.settings.runtime.delegates,
-            model_settings.threads or agent.settings.runtime.threads,
+            plan.backend,
+            plan.delegates,
+            plan.threads,
             golden=folder / m.files["golden"].path if golden else None,
             min_agreement=golden.min_agreement if golden else 0.0,
             required_delegates=m.requires.delegates,
-            running_path=agent.model_path(m.name),
+            running_path=plan.path,
         )
-        return report
 
     def _switch(
         self, name: str, version: str, request_id: str | None, report: StageReport | None
     ) -> dict[str, Any]:
-        worker = self.agent.workers.get(name)
+        worker = self.host.worker(name)
         watch = None
         if worker is not None:
             p95 = worker.infer_times.percentiles().get("p95")
@@ -358,7 +363,7 @@ class Updater:
         """Waits out the health window; the reason to roll back, or None."""
         if self.stopping.wait(self.settings.health_window_s):
             return "the agent stopped during the health watch"
-        worker = self.agent.workers.get(name)
+        worker = self.host.worker(name)
         if worker is None or watch is None:
             return None
         invokes = worker.invokes - watch.invokes
@@ -379,8 +384,16 @@ class Updater:
         return None
 
     def _swap_in(self, name: str) -> None:
-        if name in self.agent.workers:
-            self.agent.swap_model(name)
+        """The store's active version (or the config's file) runs from here on; UserError,
+        with the old model still running, when it does not load, swap, or turns out to be
+        another file than the one installed."""
+        if self.host.worker(name) is None:
+            return  # no pipeline uses it now: it loads when one does
+        settings = self.agent_settings()
+        running = self.host.load_current(name, settings)
+        wanted = self.host.model_path(name, settings)
+        if running.info.path.resolve() != wanted.resolve():
+            raise UserError(f"model {name}: {wanted} is active but {running.info.path} runs")
 
     # Helpers -----------------------------------------------------------------------------
 
