@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from edge_agent.errors import UserError
+from edge_agent.runtime import delegates
 from edge_agent.runtime.backend import Backend
-from edge_agent.runtime.delegates import CpuConfig, EdgeTpuConfig
+from edge_agent.runtime.delegates import DELEGATES, REGISTRY, CpuConfig
+from edge_agent.runtime.delegates.edgetpu import EdgeTpuConfig
 from edge_agent.runtime.delegates.external import ExternalConfig
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
@@ -148,3 +150,12 @@ def test_failed_delegates_print_their_reasons_and_no_teardown_noise(fake_delegat
     assert "refused" in lines[2]
     assert "Exception ignored" not in proc.stderr
     assert proc.stdout.startswith(f"{MODELS / 'samples' / 'digit_3.png'}: 3 ")
+
+
+def test_every_delegate_module_is_registered() -> None:
+    """A delegate added to runtime/delegates/ but not to pyproject.toml would not exist."""
+    folder = Path(delegates.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
+    ours = {c.__module__ for c in REGISTRY.values() if c.__module__.startswith("edge_agent.")}
+    assert {name.rsplit(".", 1)[1] for name in ours} == modules
+    assert DELEGATES.broken == {}

@@ -1,32 +1,20 @@
-"""Delegate registry: one module per delegate, each a config model naming its library and
-options. A chain of these, ending on the CPU, is what the loader tries in order."""
+"""Delegates, found through the entry-point group `edge_agent.delegates`: ours are registered
+in pyproject.toml, a user's package registers its own the same way
+(`npu = "my_delegates.npu:NpuConfig"`). An entry names a DelegateConfig whose `name` is
+`Literal["<entry name>"]`, naming its library and options. A chain of these, ending on the
+CPU, is what the loader tries in order."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BeforeValidator, Field
+from edge_agent.plugins import discover
 
-from edge_agent.runtime.delegates.armnn import ArmNnConfig
+# Bound before the plugins load below: a plugin may import these from this package.
 from edge_agent.runtime.delegates.base import DelegateConfig
-from edge_agent.runtime.delegates.cpu import CpuConfig
-from edge_agent.runtime.delegates.edgetpu import EdgeTpuConfig
-from edge_agent.runtime.delegates.external import ExternalConfig
-from edge_agent.runtime.delegates.gpu import GpuConfig
-from edge_agent.runtime.delegates.qnn import QnnConfig
-from edge_agent.runtime.delegates.teflon import TeflonConfig
-from edge_agent.runtime.delegates.vx import VxConfig
+from edge_agent.runtime.delegates.cpu import CpuConfig  # the loader's last resort
 
-REGISTRY: dict[str, type[DelegateConfig]] = {
-    "edgetpu": EdgeTpuConfig,
-    "gpu": GpuConfig,
-    "vx": VxConfig,
-    "teflon": TeflonConfig,
-    "armnn": ArmNnConfig,
-    "qnn": QnnConfig,
-    "external": ExternalConfig,
-    "cpu": CpuConfig,
-}
+GROUP = "edge_agent.delegates"
 
 
 def _name_as_entry(value: Any) -> Any:
@@ -34,17 +22,12 @@ def _name_as_entry(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-DelegateEntry = Annotated[
-    ArmNnConfig
-    | CpuConfig
-    | EdgeTpuConfig
-    | ExternalConfig
-    | GpuConfig
-    | QnnConfig
-    | TeflonConfig
-    | VxConfig,
-    Field(discriminator="name"),
-    BeforeValidator(_name_as_entry),
-]
+DELEGATES = discover(GROUP, DelegateConfig, "name", "delegate")
+REGISTRY: dict[str, type[DelegateConfig]] = DELEGATES.configs
 
-__all__ = ["REGISTRY", "CpuConfig", "DelegateConfig", "DelegateEntry"]
+if TYPE_CHECKING:
+    DelegateEntry = DelegateConfig
+else:
+    DelegateEntry = DELEGATES.union(DelegateConfig, before=_name_as_entry)
+
+__all__ = ["DELEGATES", "GROUP", "REGISTRY", "CpuConfig", "DelegateConfig", "DelegateEntry"]
