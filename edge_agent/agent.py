@@ -33,6 +33,7 @@ from edge_agent.reload import Applied, Reload
 from edge_agent.runtime.backend import Backend, select_backend
 from edge_agent.sinks import JsonlCopy, ResultSink
 from edge_agent.status_board import StatusBoard
+from edge_agent.telemetry import Telemetry
 from edge_agent.updates.store import ModelStore
 from edge_agent.updates.updater import Updater
 
@@ -93,6 +94,14 @@ class Agent:
             ]
             self.link.on_message = self._on_message
             self.link.connection_listeners.append(self.updater.on_connection)
+        prefix = f"{settings.mqtt.topic_prefix}/{settings.device.id}"
+        self.telemetry = Telemetry(
+            self.envelope,
+            state_dir,
+            self.snapshot,
+            self.writer.put_message,
+            f"{prefix}/telemetry",
+        )
         self._link_started = False  # a start that failed on a model never started them
 
     def current_settings(self) -> AgentSettings:

@@ -17,7 +17,6 @@ from edge_agent.agent import Agent
 from edge_agent.config.load import ConfigError, load_settings
 from edge_agent.reload import ReloadRefused
 from edge_agent.systemd import Notifier
-from edge_agent.telemetry import Telemetry
 from edge_agent.watch import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -71,33 +70,24 @@ class Service:
             self.events.put(("stop", signal.Signals(signum).name))
 
     def _loop(self) -> None:
-        settings = self.agent.settings
-        status_every = settings.logging.status_interval_s
-        if status_every and self.notifier.enabled:
-            # Under systemd, STATUS= carries it: the journal gets it once a minute at most.
-            status_every = max(status_every, _JOURNAL_STATUS_S)
-        telemetry_every = settings.telemetry.interval_s
-        watchdog_every = self.notifier.watchdog_s
-        periods = (status_every, telemetry_every, _HOUSEKEEPING_S, watchdog_every)
-        tick = min(x for x in periods if x)
-        if self.notifier.enabled:
-            tick = min(tick, _NOTIFY_STATUS_S)
-        telemetry = Telemetry(self.agent)
         now = time.monotonic()
-        next_housekeeping, next_telemetry = now + _HOUSEKEEPING_S, now + telemetry_every
-        next_status = now + status_every if status_every else float("inf")
+        next_housekeeping = now + _HOUSEKEEPING_S
+        next_telemetry = now + self.agent.settings.telemetry.interval_s
+        next_status = now + (self._status_every() or float("inf"))
         self._ping()
         while True:
             try:
-                kind, detail = self.events.get(timeout=tick)
+                # Periods are read at every turn: [logging], [telemetry] and [service]
+                # apply live.
+                kind, detail = self.events.get(timeout=self._tick())
             except queue.Empty:
                 now = time.monotonic()
                 if now >= next_status:
-                    next_status = now + status_every
+                    next_status = now + (self._status_every() or float("inf"))
                     log.info("%s", self.agent.status_line())
                 if now >= next_telemetry:
                     next_telemetry = now + self.agent.settings.telemetry.interval_s
-                    telemetry.publish()
+                    self.agent.telemetry.publish()
                 if now >= next_housekeeping:
                     next_housekeeping = now + _HOUSEKEEPING_S
                     self.agent.outbox.expire()
@@ -117,6 +107,23 @@ class Service:
                 if name in self.agent.workers:
                     self.agent.reload_model_file(name)
             self._ping()
+
+    def _status_every(self) -> float:
+        every = self.agent.settings.logging.status_interval_s
+        if every and self.notifier.enabled:
+            # Under systemd, STATUS= carries it: the journal gets it once a minute at most.
+            every = max(every, _JOURNAL_STATUS_S)
+        return every
+
+    def _tick(self) -> float:
+        periods = (
+            self._status_every(),
+            self.agent.settings.telemetry.interval_s,
+            _HOUSEKEEPING_S,
+            self.notifier.watchdog_s,
+        )
+        tick = min(x for x in periods if x)
+        return min(tick, _NOTIFY_STATUS_S) if self.notifier.enabled else tick
 
     def _ping(self) -> None:
         """WATCHDOG=1 and a fresh STATUS=, only while the agent is healthy."""

@@ -6,30 +6,45 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import psutil
 
-if TYPE_CHECKING:
-    from edge_agent.agent import Agent
+from edge_agent.outbox.store import MessageClass
+from edge_agent.payloads import Envelope
+
+# Stores one message in the outbox: (topic, body, class, id).
+Put = Callable[[str, bytes, MessageClass, str], None]
 
 TELEMETRY_SCHEMA = "edge-agent/telemetry/1"
 
 
 class Telemetry:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        envelope: Envelope,
+        state_dir: Path,
+        snapshot: Callable[[], dict[str, Any]],
+        put: Put,
+        topic: str,
+    ) -> None:
+        self.envelope = envelope
+        self.state_dir = state_dir
+        self.snapshot = snapshot  # the agent's pipelines, models, outbox and link
+        self.put = put
+        self.topic = topic
         self.process = psutil.Process()
         # The first cpu_percent call only sets the baseline; later ones measure from it.
         psutil.cpu_percent(percpu=True)
         self.process.cpu_percent()
 
     def collect(self) -> dict[str, Any]:
-        agent = self.agent
-        env = agent.envelope
+        env = self.envelope
         per_core = psutil.cpu_percent(percpu=True)
         memory = psutil.virtual_memory()
-        disk = psutil.disk_usage(str(agent.settings.device.state_dir))
+        disk = psutil.disk_usage(str(self.state_dir))
         with self.process.oneshot():
             process = {
                 "rss_bytes": self.process.memory_info().rss,
@@ -37,7 +52,7 @@ class Telemetry:
                 "threads": self.process.num_threads(),
                 "open_files": self.process.num_fds(),
             }
-        snapshot = agent.snapshot()
+        snapshot = self.snapshot()
         return {
             "schema": TELEMETRY_SCHEMA,
             "id": env.new_id(),
@@ -64,9 +79,8 @@ class Telemetry:
 
     def publish(self) -> None:
         message = self.collect()
-        topic = f"{self.agent.settings.mqtt.topic_prefix}/{self.agent.envelope.device}/telemetry"
         body = json.dumps(message, default=float).encode()
-        self.agent.writer.put_message(topic, body, "telemetry", message["id"])
+        self.put(self.topic, body, "telemetry", message["id"])
 
 
 def _temperatures() -> dict[str, float]:

@@ -102,14 +102,12 @@ def test_a_cut_connection_mid_drain_loses_nothing(
 def test_telemetry_goes_through_the_outbox_with_system_and_pipeline_figures(
     tmp_path: Path, broker: Broker
 ) -> None:
-    from edge_agent.telemetry import Telemetry
-
     with Subscriber(broker, "edge/+/telemetry") as sub:
         agent = make_agent(tmp_path, broker.port, count=30)
         agent.start()
         try:
             wait_until(lambda: agent.pipelines["boxes"].stats.results == 30, what="results")
-            Telemetry(agent).publish()
+            agent.telemetry.publish()
             [message] = sub.wait_for(1)
         finally:
             agent.stop()
