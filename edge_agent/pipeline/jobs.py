@@ -5,20 +5,33 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy.typing as npt
 
+from edge_agent.pipeline.stats import PipelineStats
+from edge_agent.runtime.model import LoadedModel
 from edge_agent.runtime.preprocess import Geometry
 from edge_agent.sources.base import Frame
 
-if TYPE_CHECKING:
-    from edge_agent.pipeline.pipeline import Pipeline
+
+class JobOwner(Protocol):
+    """What a model's worker needs of a pipeline it runs jobs for (a Pipeline), so the
+    worker and the jobs do not import the pipeline that imports them."""
+
+    name: str
+    stats: PipelineStats
+
+    def use_model(self, model: LoadedModel, generation: int) -> None: ...
+
+    def reprepare(self, job: Job, generation: int) -> None: ...
+
+    def finish(self, job: Job, outputs: list[npt.NDArray[Any]], model: LoadedModel) -> None: ...
 
 
 @dataclass
 class Job:
-    pipeline: Pipeline
+    pipeline: JobOwner
     frame: Frame
     sample: npt.NDArray[Any]
     geometry: Geometry | None

@@ -8,17 +8,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from edge_agent.config.settings import BatchSettings
-from edge_agent.pipeline.jobs import Job, JobQueue
+from edge_agent.pipeline.jobs import Job, JobOwner, JobQueue
 from edge_agent.pipeline.stats import Window
 from edge_agent.runtime.model import LoadedModel
-
-if TYPE_CHECKING:
-    from edge_agent.pipeline.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +33,7 @@ class InferenceWorker:
         # When each replica's current batch began (None: idle): the watchdog's health check
         # finds an inference that never returns.
         self.busy_since: list[float | None] = [None] * len(replicas)
-        self._pipelines: dict[str, Pipeline] = {}
+        self._pipelines: dict[str, JobOwner] = {}
         self._pending: list[LoadedModel] | None = None
         self._parked = 0
         self._swap_done = threading.Condition()
@@ -63,12 +58,12 @@ class InferenceWorker:
         for thread in self._threads:
             thread.start()
 
-    def attach(self, pipeline: Pipeline) -> None:
+    def attach(self, pipeline: JobOwner) -> None:
         with self._lock:
             self._pipelines[pipeline.name] = pipeline
             pipeline.use_model(self.model, self.generation)
 
-    def detach(self, pipeline: Pipeline) -> list[Job]:
+    def detach(self, pipeline: JobOwner) -> list[Job]:
         with self._lock:
             self._pipelines.pop(pipeline.name, None)
         return self.queue.remove_pipeline(pipeline.name)
