@@ -157,7 +157,7 @@ class Service:
             return
         self.notifier.reloading()
         try:
-            new = load_settings(self.config_path)
+            new = load_settings(self.config_path, set_aside=True)
         except ConfigError as exc:
             self.agent.status.raise_problem(
                 "config",

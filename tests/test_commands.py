@@ -62,22 +62,25 @@ def test_pause_and_resume_a_pipeline(agent: Agent, operator: Operator) -> None:
     assert missing["status"] == "error" and "'nope'" in missing["reason"]
 
 
-def test_set_config_writes_the_file_keeps_the_previous_and_applies(
+def test_set_config_applies_and_keeps_the_change_in_the_overlay_not_the_file(
     agent: Agent, operator: Operator
 ) -> None:
     assert agent.config_path is not None
-    before = agent.config_path.read_text()
+    before = agent.config_path.read_bytes()
     reply = operator.call("set_config", changes={"pipelines": {"boxes": {"queue_size": 7}}})
     assert reply["status"] == "ok", reply
     assert "pipeline boxes settings applied" in reply["result"]["applied"]
     assert agent.settings.pipelines["boxes"].queue_size == 7
-    assert tomllib.loads(agent.config_path.read_text())["pipelines"]["boxes"]["queue_size"] == 7
-    assert Path(reply["result"]["previous_file"]).read_text() == before
+    assert agent.config_path.read_bytes() == before
+    overlay = Path(reply["result"]["overlay"])
+    assert overlay == agent.settings.device.state_dir / "remote.toml"
+    assert tomllib.loads(overlay.read_text())["pipelines"]["boxes"]["queue_size"] == 7
+    assert reply["result"]["overlay_keys"] == ["pipelines.boxes.queue_size"]
 
     bad = operator.call("set_config", changes={"pipelines": {"boxes": {"queue_size": -1}}})
     assert bad["status"] == "error" and "queue_size" in bad["reason"]
-    assert agent.settings.pipelines["boxes"].queue_size == 7  # unchanged, file too
-    assert tomllib.loads(agent.config_path.read_text())["pipelines"]["boxes"]["queue_size"] == 7
+    assert agent.settings.pipelines["boxes"].queue_size == 7  # unchanged, overlay too
+    assert tomllib.loads(overlay.read_text())["pipelines"]["boxes"]["queue_size"] == 7
 
     moved = operator.call("set_config", changes={"mqtt": {"host": "evil.example"}})
     assert moved["status"] == "error" and "mqtt.host" in moved["reason"]
@@ -148,10 +151,9 @@ def test_a_deeply_nested_set_config_gets_one_malformed_reply(
     [reply] = operator.wait_for(lambda m: "/reply/" in m.topic)
     body = json.loads(reply.payload)
     assert body["status"] == "error" and "5001 levels deep, more than 32" in body["reason"], body
-    before = agent.config_path.read_text() if agent.config_path else None
     fine = operator.call("set_config", changes={"pipelines": {"boxes": {"queue_size": 5}}})
     assert fine["status"] == "ok", fine  # a real change still nests well within the limit
-    assert agent.config_path is not None and agent.config_path.read_text() != before
+    assert "queue_size = 5" in Path(fine["result"]["overlay"]).read_text()
 
 
 def test_unknown_and_oversized_commands_are_refused(agent: Agent, operator: Operator) -> None:

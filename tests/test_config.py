@@ -165,3 +165,28 @@ def test_secrets_come_from_files_and_systemd_credentials(
     secret.write_text("from-a-file")
     path.write_text(config_text(tmp_path, SOURCE + f'\n[mqtt]\npassword_file = "{secret}"\n'))
     assert load_settings(path).mqtt.password.get_secret_value() == "from-a-file"  # type: ignore[union-attr]
+
+
+def test_the_remote_overlay_sits_between_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """defaults < the operator's file < remote.toml < EDGE_AGENT_* variables; tables merge
+    key by key."""
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path / "state", SOURCE + "queue_size = 3\n"))
+    overlay = tmp_path / "state" / "remote.toml"
+    overlay.parent.mkdir()
+    overlay.write_text("[pipelines.boxes]\nqueue_size = 7\ngate = { enabled = true }\n")
+    settings = load_settings(path)
+    boxes = settings.pipelines["boxes"]
+    assert (boxes.queue_size, boxes.gate.enabled, boxes.source) == (7, True, "pattern")
+    assert boxes.gate.max_skip_s == 10.0  # a default under the overlay's table
+    monkeypatch.setenv("EDGE_AGENT_PIPELINES__BOXES__QUEUE_SIZE", "4")
+    assert load_settings(path).pipelines["boxes"].queue_size == 4
+    monkeypatch.delenv("EDGE_AGENT_PIPELINES__BOXES__QUEUE_SIZE")
+
+    proc = run_cli("config", "validate", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{overlay}: remote changes over it, valid" in proc.stdout
+    overlay.unlink()
+    assert load_settings(path).pipelines["boxes"].queue_size == 3

@@ -1,7 +1,8 @@
 """What a client on the broker can and cannot do to a device through set_config, each case
 as an abuse run found it: load a library, defeat the guard by letter case or by removing a
 table, brick the device with a model that is not one, or move things that only take effect
-at the next start without saying so."""
+at the next start without saying so. Nothing refused reaches the operator's file or the
+remote overlay (remote.toml in the state directory)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def agent(tmp_path: Path, broker: Broker) -> Iterator[Agent]:
     agent.stop()
 
 
+def overlay(agent: Agent) -> Path:
+    return agent.settings.device.state_dir / "remote.toml"
+
+
 def refused(reply: dict[str, object], *words: str) -> bool:
     reason = str(reply.get("reason", ""))
     return reply["status"] == "error" and all(w in reason for w in words)
@@ -73,6 +78,7 @@ def test_a_remote_delegate_library_is_never_loaded(
     assert refused(reply, "runtime.delegates.*.library", str(library), "commands.remote_paths")
     assert not mark.exists()  # never dlopened
     assert agent.config_path.read_text() == before
+    assert not overlay(agent).exists()
     # The same through a model's own chain.
     chain = [{"name": "external", "library": str(library)}]
     reply = operator.call("set_config", changes={"models": {"detector": {"delegates": chain}}})
@@ -97,6 +103,7 @@ def test_no_file_path_comes_from_the_network(agent: Agent, operator: Operator) -
     reset = operator.call("set_config", changes={"device": {"state_dir": None}})
     assert refused(reset, "device.state_dir")
     assert agent.config_path.read_text() == before
+    assert not overlay(agent).exists()
     # A delegate named with its own default library is no path from the network.
     ok = operator.call("set_config", changes={"runtime": {"delegates": ["edgetpu", "cpu"]}})
     assert ok["status"] == "ok", ok
@@ -109,13 +116,15 @@ def test_no_file_path_comes_from_the_network(agent: Agent, operator: Operator) -
     "changes, words",
     [
         ({"COMMANDS": {"allow_remote_security_changes": True}}, ["COMMANDS", "lower case"]),
-        ({"mqtt": None}, ["mqtt", "null"]),
-        ({"mqtt": None, "MQTT": {"host": "10.9.9.9", "port": 1884}}, ["mqtt", "null"]),
+        ({"mqtt": None, "MQTT": {"host": "10.9.9.9", "port": 1884}}, ["MQTT", "lower case"]),
         ({"MQTT": {"host": "10.9.9.9"}}, ["MQTT", "lower case"]),
-        ({"updates": None}, ["updates", "null"]),
-        ({"pipelines": None}, ["pipelines", "null"]),
         ({"mqtt": {"enabled": False}}, ["mqtt.enabled"]),
         ({"mqtt": {"TOPIC_PREFIX": "x"}}, ["mqtt.TOPIC_PREFIX", "lower case"]),
+        (
+            {"commands": {"remote_keys": ["*"]}},
+            ["commands.remote_keys", "never set remotely", "device's own file"],
+        ),
+        ({"commands": {"remote_paths": None}}, ["commands.remote_paths", "never set remotely"]),
     ],
 )
 def test_the_guard_holds_against_letter_case_and_removed_tables(
@@ -126,9 +135,26 @@ def test_the_guard_holds_against_letter_case_and_removed_tables(
     reply = operator.call("set_config", changes=changes)
     assert refused(reply, *words), reply
     assert agent.config_path.read_text() == before
+    assert not overlay(agent).exists()
     # The guard still stands afterwards.
     keys = operator.call("set_config", changes={"updates": {"trusted_keys": {"x": "AAAA"}}})
     assert refused(keys, "updates.trusted_keys")
+
+
+def test_a_null_table_takes_back_remote_changes_only(agent: Agent, operator: Operator) -> None:
+    """null removes from the overlay; the operator's own tables cannot be removed remotely."""
+    assert agent.config_path is not None
+    before = agent.config_path.read_text()
+    changed = operator.call("set_config", changes={"pipelines": {"boxes": {"queue_size": 6}}})
+    assert changed["status"] == "ok", changed
+    for table in ("mqtt", "updates", "pipelines"):
+        reply = operator.call("set_config", changes={table: None})
+        assert reply["status"] == "ok", reply
+    assert agent.config_path.read_text() == before
+    assert agent.settings.mqtt.enabled and agent.settings.mqtt.host == "127.0.0.1"
+    assert agent.settings.pipelines["boxes"].queue_size == 2  # the operator's value again
+    assert not overlay(agent).exists()  # nothing left in it
+    assert operator.call("ping")["status"] == "ok"
 
 
 def test_a_model_that_does_not_load_is_refused_and_not_kept(
@@ -147,7 +173,8 @@ def test_a_model_that_does_not_load_is_refused_and_not_kept(
         reply = operator.call("set_config", changes=changes)
         assert refused(reply, "not applied", "/etc/passwd", "not a TFLite model"), reply
         assert agent.config_path.read_text() == before  # not kept
-        assert not agent.config_path.with_name(".agent.toml.new").exists()
+        assert not overlay(agent).exists()
+        assert not overlay(agent).with_name(".remote.toml.new").exists()
         assert "evil" not in agent.pipelines and "evil" not in agent.settings.models
         assert operator.call("ping")["status"] == "ok"
         # An allowed path to a real model is taken.
@@ -155,7 +182,8 @@ def test_a_model_that_does_not_load_is_refused_and_not_kept(
         ok = operator.call("set_config", changes={**changes, **good})
         assert ok["status"] == "ok", ok
         assert "pipeline evil started" in ok["result"]["applied"]
-        saved = tomllib.loads(agent.config_path.read_text())
+        assert agent.config_path.read_text() == before
+        saved = tomllib.loads(overlay(agent).read_text())
         assert saved["models"]["evil"]["path"] == str(MODELS / "digits_int8.tflite")
     finally:
         agent.stop()

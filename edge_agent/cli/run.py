@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     path = default_config_path(args.config)
     try:
-        settings = load_settings(path)
+        settings = load_settings(path, set_aside=True)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("cannot start: %s", problem)

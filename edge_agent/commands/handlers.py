@@ -67,23 +67,25 @@ def get_config(ctx: CommandContext, cmd: s.GetConfig) -> Any:
 
 
 def set_config(ctx: CommandContext, cmd: s.SetConfig) -> Any:
-    """Checked, applied, then kept: a change that cannot take effect is not saved."""
+    """Checked, applied, then kept in the remote overlay (never in the operator's file): a
+    change that cannot take effect is not saved. The reply names the overlay and every key
+    it now sets; a null for a key takes it back out."""
     from edge_agent.commands.config_edit import prepare
     from edge_agent.reload import ReloadRefused
 
     if ctx.config_path is None:
         raise CommandError("the agent runs without a config file: nothing to change")
-    edit = prepare(ctx.config_path, cmd.changes, ctx.settings())
+    edit = prepare(ctx.config_path, cmd.changes)
     try:
         applied = ctx.apply(edit.settings)
     except ReloadRefused as exc:
         edit.discard()
         raise CommandError(f"not applied, nothing changed: {exc}") from exc
-    previous = edit.keep()
     return {
         "applied": applied.done,
         "restart_required": applied.restart_required,
-        "previous_file": str(previous),
+        "overlay": str(edit.keep()),
+        "overlay_keys": edit.keys,
     }
 
 

@@ -1,16 +1,25 @@
-"""Finding, reading and validating the config file. Problems come back one line each,
-naming the key path and, where the file has it, the line."""
+"""Finding, reading and validating the config. Problems come back one line each, naming
+the key path and, where the file has it, the line.
+
+Precedence, lowest first: the defaults, the operator's file, the remote overlay
+(`remote.toml` in the state directory, written by set_config; config/overlay.py), the
+environment (`EDGE_AGENT_<SECTION>__<KEY>`). An overlay that is not TOML, does not validate
+over the file, or sets a key the file's own `[commands]` policy does not allow remotely
+(config/remote.py) is left out with one log line, and the operator's settings run."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from edge_agent.config import overlay, remote
 from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import UserError
 
@@ -22,6 +31,8 @@ else:  # pragma: no cover
 INSTALLED_CONFIG = Path("/etc/edge-agent/agent.toml")
 CHECKOUT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "agent.toml"
 
+log = logging.getLogger(__name__)
+
 
 class ConfigError(UserError):
     """An invalid config: one line per problem."""
@@ -29,6 +40,22 @@ class ConfigError(UserError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The settings and what they were made of. `local` is the operator's file with the
+    environment over it and no overlay: the device's own say, which judges remote changes."""
+
+    settings: AgentSettings
+    local: AgentSettings
+    path: Path | None = None
+    text: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    remote_path: Path | None = None
+    remote_text: str = ""  # empty: no overlay in use
+    remote: dict[str, Any] = field(default_factory=dict)
+    left_out: str | None = None  # why an overlay on disk is not in use
 
 
 def default_config_path(explicit: Path | None = None) -> Path:
@@ -41,21 +68,91 @@ def default_config_path(explicit: Path | None = None) -> Path:
     return CHECKOUT_CONFIG if CHECKOUT_CONFIG.exists() else INSTALLED_CONFIG
 
 
-def load_settings(path: Path | None) -> AgentSettings:
-    """Settings from `path` (or the defaults alone) with the environment on top; relative
-    paths in the file are taken from the file's folder."""
+def load_settings(path: Path | None, *, set_aside: bool = False) -> AgentSettings:
+    """Settings from `path` (or the defaults alone) with its remote overlay and the
+    environment on top; relative paths are taken from the file's folder. `set_aside`, for
+    the running agent: an unusable overlay is also renamed beside itself."""
+    return load_layers(path, set_aside=set_aside).settings
+
+
+def load_layers(path: Path | None, *, set_aside: bool = False) -> Layers:
+    """As load_settings, keeping each layer. Raises ConfigError for the operator's file;
+    an unusable overlay is left out (Layers.left_out says why), never an error."""
     if path is None:
-        return AgentSettings()
+        defaults = AgentSettings()
+        return Layers(defaults, defaults)
     text = _read(path)
+    data = _parse(path, text)
+    local = _build(data, path, [(path, text)])
+    base = Layers(local, local, path, text, data, overlay.overlay_path(local.device.state_dir))
+    assert base.remote_path is not None
     try:
-        data = tomllib.loads(text)
+        remote_text = overlay.read_overlay(base.remote_path)
+    except ValueError as exc:
+        return _left_out(base, str(exc), set_aside)
+    if remote_text is None:
+        return base
+    try:
+        changes = _parse(base.remote_path, remote_text)
+        settings = with_overlay(base, changes, remote_text)
+    except ConfigError as exc:
+        return _left_out(base, "; ".join(exc.problems), set_aside)
+    except remote.RemoteRefused as exc:
+        return _left_out(base, str(exc), set_aside)
+    return replace(base, settings=settings, remote_text=remote_text, remote=changes)
+
+
+def _left_out(base: Layers, problem: str, set_aside: bool) -> Layers:
+    """The operator's settings alone, with one log line naming the overlay and why."""
+    path = base.remote_path
+    assert path is not None
+    if not set_aside:
+        log.warning("%s left out, the operator's settings apply: %s", path, problem)
+    else:
+        try:
+            aside = overlay.set_aside(path)
+        except OSError as exc:
+            log.error(
+                "%s not usable and cannot be set aside (%s), the operator's settings run: %s",
+                path,
+                exc.strerror,
+                problem,
+            )
+        else:
+            log.error(
+                "%s set aside as %s, the operator's settings run: %s", path, aside.name, problem
+            )
+    return replace(base, left_out=problem)
+
+
+def with_overlay(base: Layers, changes: dict[str, Any], remote_text: str) -> AgentSettings:
+    """The operator's file of `base` with `changes` over it (the environment over both).
+    Raises ConfigError when the result is invalid, RemoteRefused when the file's own
+    policy keeps a key it sets local."""
+    assert base.path is not None and base.remote_path is not None
+    _lower_case_sections(changes, base.remote_path, remote_text)
+    sources = [(base.remote_path, remote_text), (base.path, base.text)]
+    settings = _build(overlay.merge(base.data, changes), base.path, sources)
+    remote.check(base.local, settings, remote.leaf_keys(changes))
+    return settings
+
+
+def _parse(path: Path, text: str) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     _lower_case_sections(data, path, text)
+    return data
+
+
+def _build(data: dict[str, Any], path: Path, sources: list[tuple[Path, str]]) -> AgentSettings:
+    """Validated settings (the environment over `data`), problems located in the first of
+    `sources` (file, text) that has a line for them."""
     try:
         settings = AgentSettings(**data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, path, text)) from None
+        raise ConfigError(_problems(exc, sources)) from None
     return _resolve_paths(settings, path.resolve().parent)
 
 
@@ -67,7 +164,7 @@ def _lower_case_sections(data: dict[str, Any], path: Path, text: str) -> None:
     if wrong:
         raise ConfigError(
             [
-                f"{path}:{_line_of(text, [key]) or '?'}: {key}: sections are lower case, "
+                f"{path}:{line_of(text, [key]) or '?'}: {key}: sections are lower case, "
                 f"write {fields[key.lower()]}"
                 for key in wrong
             ]
@@ -84,7 +181,7 @@ def _read(path: Path) -> str:
         raise ConfigError([f"{path}: cannot read config file: {reason}"]) from None
 
 
-def _problems(exc: ValidationError, path: Path, text: str) -> list[str]:
+def _problems(exc: ValidationError, sources: list[tuple[Path, str]]) -> list[str]:
     lines = []
     for problem in exc.errors():
         loc = [str(part) for part in problem["loc"]]
@@ -93,8 +190,12 @@ def _problems(exc: ValidationError, path: Path, text: str) -> list[str]:
             # Cross-section checks name their key at the start of the message.
             key, message = message.split(": ", 1)
             loc = key.split(".")
-        line = _line_of(text, loc)
-        where = f"{path}:{line}" if line else str(path)
+        where = str(sources[0][0])
+        for path, text in sources:
+            line = line_of(text, loc)
+            if line:
+                where = f"{path}:{line}"
+                break
         lines.append(f"{where}: {'.'.join(loc) or '(top level)'}: {message}")
     return lines
 
@@ -103,7 +204,7 @@ _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"']+)\s*=")
 
 
-def _line_of(text: str, loc: list[str]) -> int | None:
+def line_of(text: str, loc: list[str]) -> int | None:
     """The line that sets the longest prefix of `loc` (a table header or a key)."""
     best: tuple[int, int] | None = None  # (matched parts, line number)
     table: list[str] = []

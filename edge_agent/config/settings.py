@@ -310,9 +310,38 @@ class CommandsSettings(Section):
     remember: int = Field(
         1000, ge=1, description="Replies kept, so a repeated request id gets the first one."
     )
+    # What set_config may set (config/remote.py). These three are read from this file and
+    # the environment only, never from the remote overlay.
+    remote_keys: list[
+        Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9_-]+)(\.(\*|[A-Za-z0-9_-]+))*$")]
+    ] = Field(
+        default_factory=lambda: [
+            "pipelines",
+            "sources",
+            "models.*.threads",
+            "models.*.delegates",
+            "models.*.batch",
+            "models.*.input",
+            "models.*.decode",
+            "models.*.replicas",
+            "runtime.threads",
+            "runtime.delegates",
+            "outbox",
+            "telemetry",
+            "logging",
+            "updates",
+        ],
+        description="Keys set_config may set, as patterns: a key or a whole table, * for "
+        "one level (a name). Default: pipelines, sources, models' tuning (threads, "
+        "delegates, batch, input, decode, replicas), runtime threads and delegates, "
+        "outbox, telemetry, logging, updates. Never enough alone for a file path or "
+        "library (remote_paths), a security key (allow_remote_security_changes) or "
+        "device.state_dir.",
+    )
     allow_remote_security_changes: bool = Field(
         False,
-        description="set_config may change trusted keys, credentials and the broker address.",
+        description="set_config may change trusted keys, credentials, the broker address "
+        "and the [commands] settings other than these three.",
     )
     remote_paths: list[str] = Field(
         default_factory=list,
