@@ -14,9 +14,10 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from edge_agent.counters import Counters
 from edge_agent.outbox.database import OutboxWriteError
 from edge_agent.outbox.store import Message, MessageClass, Outbox
 from edge_agent.payloads import ResultPayload
@@ -56,8 +57,8 @@ class OutboxWriter:
         self.device = device
         self.copies = list(copies)
         self.committed = 0
-        self.taken: Counter[str] = Counter()  # by class, this run
-        self.stored: Counter[str] = Counter()
+        self.taken = Counters()  # by class, this run; read by telemetry's thread
+        self.stored = Counters()
         self.disk_full = False  # the last write failed for a full disk
         self.write_error = ""  # the last write's error, while writes fail
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
@@ -114,7 +115,7 @@ class OutboxWriter:
     def summary(self) -> str:
         """One line on this run: taken and stored by class, drops, the WAL's peak."""
 
-        def counts(counter: Counter[str]) -> str:
+        def counts(counter: Mapping[str, int]) -> str:
             return ", ".join(f"{cls} {n}" for cls, n in sorted(counter.items())) or "none"
 
         drops = Counter(self.outbox.drops)
@@ -168,7 +169,7 @@ class OutboxWriter:
                 message = item[0] if isinstance(item, tuple) else item
                 if isinstance(item, tuple):
                     self._on_durable[message.id] = item[1]
-                self.taken[message.cls] += 1
+                self.taken.add(message.cls)
                 self._hold(message)
                 taken += 1
             if taken >= _MAX_BATCH:
@@ -225,7 +226,7 @@ class OutboxWriter:
         if not stored:
             return
         self.committed += len(stored)
-        self.stored.update(m.cls for m in stored)
+        self.stored.add_each(m.cls for m in stored)
         self.on_commit()
         if self.copies:
             bodies = [m.payload for m in stored if m.cls == "result"]

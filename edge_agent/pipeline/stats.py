@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.counters import Counters
+
 STAGES = ("capture", "preprocess", "queue", "infer", "decode", "handoff", "total")
 
 
@@ -38,32 +40,58 @@ class Window:
         }
 
 
+# frames: captured; results: handed off; dropped: the oldest frame, as inference fell
+# behind; skipped: by the change gate, too like the last inferred one; cache_hits: an
+# identical input's earlier result reused; errors: not inferred or not decoded.
+COUNTS = ("frames", "results", "dropped", "skipped", "cache_hits", "errors")
+
+
 @dataclass
 class PipelineStats:
-    """Written by the pipeline's threads, read by telemetry; one lock guards it all."""
+    """Written by the pipeline's threads, read by telemetry."""
 
     window: int = 1024
-    frames: int = 0  # captured
-    results: int = 0  # handed off
-    dropped: int = 0  # oldest frame dropped because inference fell behind
-    skipped: int = 0  # change gate: frame too like the last inferred one
-    cache_hits: int = 0  # identical input: earlier result reused
-    errors: int = 0
+    counts: Counters = field(default_factory=lambda: Counters(*COUNTS))
     stages: dict[str, Window] = field(default_factory=dict)
     _done: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # stages and _done
 
     def __post_init__(self) -> None:
         self.stages = {name: Window(self.window) for name in STAGES}
 
     def count(self, what: str, n: int = 1) -> None:
-        with self._lock:
-            setattr(self, what, getattr(self, what) + n)
+        if what not in COUNTS:  # a typo would be a count nobody reads
+            raise ValueError(f"no pipeline count {what!r}")
+        self.counts.add(what, n)
+
+    @property
+    def frames(self) -> int:
+        return self.counts["frames"]
+
+    @property
+    def results(self) -> int:
+        return self.counts["results"]
+
+    @property
+    def dropped(self) -> int:
+        return self.counts["dropped"]
+
+    @property
+    def skipped(self) -> int:
+        return self.counts["skipped"]
+
+    @property
+    def cache_hits(self) -> int:
+        return self.counts["cache_hits"]
+
+    @property
+    def errors(self) -> int:
+        return self.counts["errors"]
 
     def record(self, timings: dict[str, float]) -> None:
         """A finished result's stage durations, in seconds."""
+        self.counts.add("results")
         with self._lock:
-            self.results += 1
             self._done.append(time.monotonic())
             for stage, seconds in timings.items():
                 self.stages[stage].add(seconds)
@@ -77,14 +105,7 @@ class PipelineStats:
 
     def snapshot(self) -> dict[str, Any]:
         fps = self.fps()
+        counts = self.counts.snapshot()
         with self._lock:
-            return {
-                "fps": round(fps, 2),
-                "frames": self.frames,
-                "results": self.results,
-                "dropped": self.dropped,
-                "skipped": self.skipped,
-                "cache_hits": self.cache_hits,
-                "errors": self.errors,
-                "latency_ms": {name: w.percentiles() for name, w in self.stages.items()},
-            }
+            latency = {name: w.percentiles() for name, w in self.stages.items()}
+        return {"fps": round(fps, 2), **counts, "latency_ms": latency}

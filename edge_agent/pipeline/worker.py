@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+
 import numpy as np
 
 from edge_agent.config.settings import BatchSettings
+from edge_agent.counters import Counters
 from edge_agent.pipeline.jobs import Job, JobOwner, JobQueue
 from edge_agent.pipeline.stats import Window
 from edge_agent.runtime.model import LoadedModel
@@ -25,8 +27,8 @@ class InferenceWorker:
         self.generation = 0
         self.batch = batch
         self.queue = JobQueue()
-        self.invokes = 0
-        self.errors = 0
+        # Added to by every replica's thread at once.
+        self.counts = Counters("invokes", "errors")
         # Invoke times of the model now in use (reset by a swap): the update health watch
         # compares a new model's p95 with the old one's.
         self.infer_times = Window(512)
@@ -51,6 +53,15 @@ class InferenceWorker:
     @property
     def model(self) -> LoadedModel:
         return self.replicas[0]
+
+    @property
+    def invokes(self) -> int:
+        return self.counts["invokes"]
+
+    @property
+    def errors(self) -> int:
+        """Batches that failed."""
+        return self.counts["errors"]
 
     # Called from other threads ---------------------------------------------------------
 
@@ -126,7 +137,7 @@ class InferenceWorker:
             try:
                 self._process(jobs, self.replicas[replica])
             except Exception:  # one bad batch must not end the thread
-                self.errors += 1
+                self.counts.add("errors")
                 log.exception("model %s: inference failed on a batch of %d", self.name, len(jobs))
                 for job in jobs:
                     job.pipeline.stats.count("errors")
@@ -168,7 +179,7 @@ class InferenceWorker:
         raw = model.run(batch)
         outputs = model.dequantize(raw)
         infer_s = clock() - started
-        self.invokes += 1
+        self.counts.add("invokes")
         self.infer_times.add(infer_s / len(jobs))
         for i, job in enumerate(jobs):
             job.timings["infer"] = infer_s

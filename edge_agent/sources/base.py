@@ -13,6 +13,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.counters import Counters
+
 
 @dataclass
 class Frame:
@@ -82,11 +84,12 @@ class Source(ABC):
         self.name = name
         self.config = config
         self.state_dir = state_dir
-        # Things skipped or set aside, by reason ("corrupt_frames", "bad_lines", ...).
-        self.counters: dict[str, int] = {}
+        # Things skipped or set aside, by reason ("corrupt_frames", "bad_lines", ...):
+        # counted on the source's thread, read by telemetry's.
+        self.counters = Counters()
 
     def count(self, reason: str, n: int = 1) -> None:
-        self.counters[reason] = self.counters.get(reason, 0) + n
+        self.counters.add(reason, n)
 
     @abstractmethod
     def open(self) -> None: ...
