@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge_agent.agent import Agent
-from edge_agent.config.load import ConfigError, load_settings
+from edge_agent.config.load import ConfigError, Layers, load_layers
 from edge_agent.reload import ReloadRefused
 from edge_agent.systemd import Notifier
 from edge_agent.watch import DirectoryWatcher
@@ -156,22 +156,26 @@ class Service:
         if self.config_path is None:
             return
         self.notifier.reloading()
+        with self.agent.config_lock:
+            self._reload(self.config_path, reason)
+        self.notifier.ready(self._status_text())
+
+    def _reload(self, path: Path, reason: str) -> None:
         try:
-            new = load_settings(self.config_path, set_aside=True)
+            layers = load_layers(path, set_aside=True)
         except ConfigError as exc:
             self.agent.status.raise_problem(
                 "config",
                 f"config not reloaded ({reason}), old settings kept: {'; '.join(exc.problems)}",
             )
-            self.notifier.ready(self._status_text())
             return
+        report_left_out(self.agent, layers)
         try:
-            applied = self.agent.reload(new)
+            applied = self.agent.reload(layers.settings)
         except ReloadRefused as exc:
             self.agent.status.raise_problem(
                 "config", f"config not applied ({reason}), old settings kept: {exc}"
             )
-            self.notifier.ready(self._status_text())
             return
         log.info("reloaded (%s): %s", reason, applied.summary())
         if applied.restart_required:
@@ -181,7 +185,6 @@ class Service:
             )
         self.agent.status.resolve("config")
         self._rewatch()
-        self.notifier.ready(self._status_text())
 
     # File watches --------------------------------------------------------------------
 
@@ -222,3 +225,14 @@ class Service:
                     path.name in names or path.with_suffix(".json").name in names
                 ):
                     self.events.put(("model", model))
+
+
+def report_left_out(agent: Agent, layers: Layers) -> None:
+    """A remote overlay that could not be used stays on the status: the remote changes it
+    held no longer apply."""
+    if layers.left_out is not None:
+        agent.status.raise_problem(
+            "remote overlay",
+            f"{layers.remote_path} not used, its remote changes do not apply: {layers.left_out}",
+            logged=True,  # load_layers said so, in one line
+        )

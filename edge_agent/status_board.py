@@ -36,10 +36,11 @@ class StatusBoard:
     def add_listener(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
-    def raise_problem(self, key: str, text: str) -> None:
-        """Logs it and keeps it; raising the same key again updates the text and keeps
-        the first `since`."""
-        log.error("%s", text)
+    def raise_problem(self, key: str, text: str, *, logged: bool = False) -> None:
+        """Logs it (unless the caller has) and keeps it; raising the same key again updates
+        the text and keeps the first `since`."""
+        if not logged:
+            log.error("%s", text)
         with self._lock:
             old = self._problems.get(key)
             if old is not None and old.text == text:

@@ -176,6 +176,9 @@ def test_a_corrupt_overlay_is_set_aside_at_start_and_the_operators_settings_run(
     settings = effective(operator)
     assert settings["pipelines"]["boxes"]["queue_size"] == 2
     assert settings["mqtt"]["keepalive_s"] == 5  # the operator's file
+    status = operator.call("status")["result"]
+    [listed] = [p for p in status["problems"] if p["key"] == "remote overlay"]
+    assert str(overlay) in listed["problem"] and problem in listed["problem"], listed
     assert agent.stop() == 0
 
 

@@ -26,10 +26,10 @@ EXIT_CONFIG = 78
 
 def run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
-    from edge_agent.config.load import ConfigError, default_config_path, load_settings
+    from edge_agent.config.load import ConfigError, default_config_path, load_layers
     from edge_agent.errors import UserError
     from edge_agent.logs import setup_logging
-    from edge_agent.service import Service
+    from edge_agent.service import Service, report_left_out
     from edge_agent.systemd import Notifier
 
     setup_logging("auto", "debug" if args.debug else "info")
@@ -37,15 +37,17 @@ def run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     path = default_config_path(args.config)
     try:
-        settings = load_settings(path, set_aside=True)
+        layers = load_layers(path, set_aside=True)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("cannot start: %s", problem)
         notifier.send(STATUS=f"cannot start: {exc.problems[0]}", ERRNO=EXIT_CONFIG)
         return EXIT_CONFIG
+    settings = layers.settings
     setup_logging(settings.logging.format, "debug" if args.debug else settings.logging.level)
     log.info("config %s, device %s", path, settings.device.id)
     agent = Agent(settings, config_path=path)
+    report_left_out(agent, layers)
     try:
         return Service(agent, path, notifier).run()
     except UserError as exc:  # a model that cannot load, a state dir that cannot be written

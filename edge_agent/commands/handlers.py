@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,9 @@ class CommandContext:
     status: Callable[[], dict[str, Any]]  # the retained status with live counters
     flush: Callable[[], dict[str, Any]]  # commits the writer, wakes the sender: outbox stats
     restart_pipeline: Callable[[str], list[str]]
+    # Held from reading the config files to applying them, by set_config and by a file
+    # edit's reload alike: neither applies a reading the other has overtaken.
+    config_lock: AbstractContextManager[Any]
 
 
 @dataclass(frozen=True)
@@ -75,16 +79,18 @@ def set_config(ctx: CommandContext, cmd: s.SetConfig) -> Any:
 
     if ctx.config_path is None:
         raise CommandError("the agent runs without a config file: nothing to change")
-    edit = prepare(ctx.config_path, cmd.changes)
-    try:
-        applied = ctx.apply(edit.settings)
-    except ReloadRefused as exc:
-        edit.discard()
-        raise CommandError(f"not applied, nothing changed: {exc}") from exc
+    with ctx.config_lock:
+        edit = prepare(ctx.config_path, cmd.changes)
+        try:
+            applied = ctx.apply(edit.settings)
+        except ReloadRefused as exc:
+            edit.discard()
+            raise CommandError(f"not applied, nothing changed: {exc}") from exc
+        overlay = edit.keep()
     return {
         "applied": applied.done,
         "restart_required": applied.restart_required,
-        "overlay": str(edit.keep()),
+        "overlay": str(overlay),
         "overlay_keys": edit.keys,
     }
 

@@ -57,7 +57,10 @@ class GetConfig(Command):
 
 class SetConfig(Command):
     changes: dict[str, Any] = Field(
-        description="A partial config: tables merged into the file, values replaced."
+        description=(
+            "A partial config kept in the remote overlay (remote.toml in the state folder): "
+            "tables merged key by key, values replaced, null takes a key back out."
+        )
     )
 
 
