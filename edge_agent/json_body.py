@@ -27,29 +27,47 @@ class BodyError(ValueError):
     pass
 
 
+class _TooDeep(ValueError):
+    pass
+
+
 def canonical(body: dict[str, Any]) -> bytes:
     """The bytes a command signature covers: sorted keys, no spaces, UTF-8 as is (the
     dispatcher checks them, edge-fleet signs them)."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def parse_object(payload: bytes, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+def parse_object(
+    payload: bytes, max_depth: int = MAX_DEPTH, max_bytes: int | None = None
+) -> dict[str, Any]:
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise BodyError(f"body is {len(payload)} bytes, more than {max_bytes}")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BodyError(f"body is not UTF-8: {exc}") from exc
-    depth = nesting_depth(text)
-    if depth > max_depth:
-        raise BodyError(f"body nests {depth} levels deep, more than {max_depth}")
     try:
-        body = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
-    except RecursionError as exc:  # not expected past the depth check; never unanswered
-        raise BodyError(f"body nests too deep (more than {max_depth} levels)") from exc
+        body = loads(text, max_depth)
+    except _TooDeep as exc:
+        raise BodyError(f"body {exc}") from exc
     except ValueError as exc:
         raise BodyError(f"body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BodyError(f"body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+def loads(text: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Any JSON value, as strictly as a body (finite numbers, nesting checked first): for
+    text from outside that is not a command body, such as an update manifest. ValueError
+    names the problem."""
+    depth = nesting_depth(text)
+    if depth > max_depth:
+        raise _TooDeep(f"nests {depth} levels deep, more than {max_depth}")
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError as exc:  # not expected past the depth check; never unanswered
+        raise _TooDeep(f"nests too deep (more than {max_depth} levels)") from exc
 
 
 def nesting_depth(text: str) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -24,9 +23,13 @@ from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 
+from edge_agent.json_body import parse_object
 from edge_agent.updates.transfer import BLOCK, data_topic
 
 log = logging.getLogger(__name__)
+
+# A chunk request is about 50 bytes: {"file": ..., "from": ..., "count": ...}.
+MAX_REQUEST_BYTES = 1024
 
 
 class ChunkServer:
@@ -140,7 +143,8 @@ class ChunkServer:
 
     def _answer(self, device: str, payload: bytes) -> None:
         try:
-            request = json.loads(payload)
+            # A device's request: a hostile one (deep nesting, huge) is refused, not raised.
+            request = parse_object(payload, max_bytes=MAX_REQUEST_BYTES)
             role, first, count = request["file"], request["from"], request["count"]
         except (ValueError, TypeError, KeyError):
             log.debug("chunk server: %s sent a malformed request %r", device, payload[:100])

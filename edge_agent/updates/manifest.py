@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent.errors import UserError
+from edge_agent.json_body import loads
 
 SCHEMA: Final = "edge-agent/update/1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -224,8 +225,9 @@ def parse_manifest(data: bytes | str | dict[str, Any], max_bytes: int) -> Update
                 f"update manifest: {len(data)} bytes, more than {MAX_MANIFEST_BYTES} allowed"
             )
         try:
-            data = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            # From the network: UTF-8 only, finite numbers, nesting bounded.
+            data = loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+        except ValueError as exc:  # UnicodeDecodeError too
             raise UserError(f"update manifest: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UserError("update manifest: must be a JSON object")
