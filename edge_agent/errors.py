@@ -17,6 +17,10 @@ class UserError(Exception):
     """A bad file, setting or input. The CLI prints the message alone and exits 2."""
 
 
+class CommandError(UserError):
+    """A fleet command cannot be done; the text is the reply's reason."""
+
+
 def validation_lines(err: ValidationError, source: str) -> list[str]:
     """One line per problem: `source: dotted.key: message`."""
     lines = []

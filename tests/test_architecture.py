@@ -15,11 +15,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_agent"
 
-KNOWN_CYCLES: list[str] = [
-    # handlers imports config_edit inside a function, config_edit takes CommandError from it.
-    "edge_agent.commands.config_edit -> edge_agent.commands.handlers"
-    " -> edge_agent.commands.config_edit",
-]
+KNOWN_CYCLES: list[str] = []
 
 KNOWN_PRIVATE: list[str] = []
 

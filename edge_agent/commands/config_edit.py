@@ -18,10 +18,10 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from edge_agent.commands.handlers import CommandError
 from edge_agent.config import overlay, remote
 from edge_agent.config.load import ConfigError, load_layers, with_overlay
 from edge_agent.config.settings import AgentSettings
+from edge_agent.errors import CommandError
 
 
 @dataclass

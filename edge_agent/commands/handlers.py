@@ -15,7 +15,7 @@ import cv2
 
 from edge_agent.commands import schemas as s
 from edge_agent.commands.drawing import draw
-from edge_agent.errors import UserError
+from edge_agent.errors import CommandError as CommandError
 
 if TYPE_CHECKING:
     from edge_agent.config.settings import AgentSettings
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
     from edge_agent.payloads import Envelope
     from edge_agent.reload import Applied
     from edge_agent.updates.updater import Updater
-
-
-class CommandError(UserError):
-    """The command cannot be done; the text is the reply's reason."""
 
 
 @dataclass
