@@ -33,14 +33,17 @@ class CommandJournal:
         return bytes(row[0]) if row else None
 
     def record(self, request_id: str, reply: bytes) -> None:
-        with self._lock:
+        """Kept before the reply is sent; one transaction (one sync), and the oldest beyond
+        `remember` found through the index on `at`, not by sorting the table."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT OR REPLACE INTO replies VALUES (?, ?, ?)", (request_id, reply, time.time())
             )
             self._db.execute(
-                "DELETE FROM replies WHERE request_id NOT IN"
-                " (SELECT request_id FROM replies ORDER BY at DESC LIMIT ?)",
-                (self.remember,),
+                "DELETE FROM replies WHERE at <"
+                " (SELECT at FROM replies ORDER BY at DESC LIMIT 1 OFFSET ?)",
+                (self.remember - 1,),
             )
 
     def first_use(self, nonce: str, max_age_s: float) -> bool:
