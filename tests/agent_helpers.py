@@ -1,10 +1,9 @@
 """Shared by the agent tests: a sink that keeps results in memory, configs written to real
-TOML files, and waiting for what a running agent does."""
+TOML files, an agent started from one (start_agent), and waiting for what it does."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,9 @@ from typing import Any
 from edge_agent.agent import Agent
 from edge_agent.config.load import load_settings
 from edge_agent.payloads import ResultPayload
+from edge_agent.sinks import ResultSink
 from tests.conftest import MODELS
+from tests.waiting import wait_until as wait_until  # re-exported: tests import it from here
 
 
 class ListSink:
@@ -35,21 +36,8 @@ class ListSink:
             return [r for r in self.results if r.pipeline == pipeline]
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.02)
-
-
-def config_text(state_dir: Path, body: str, groups: tuple[str, ...] = ()) -> str:
-    return f"""
-[device]
-id = "test-device"
-state_dir = "{state_dir}"
-groups = {list(groups)!r}
-
+# The [models.*] tables config_text puts in unless told otherwise: two of the shipped models.
+SHIPPED_MODELS = f"""
 [models.digits]
 path = "{MODELS / "digits_int8.tflite"}"
 threads = 1
@@ -57,7 +45,20 @@ threads = 1
 [models.detector]
 path = "{MODELS / "detector_int8.tflite"}"
 threads = 1
-{body}
+"""
+
+
+def config_text(
+    state_dir: Path, body: str, groups: tuple[str, ...] = (), models: str = SHIPPED_MODELS
+) -> str:
+    """A whole agent.toml: device `test-device` in `groups`, `models` (the [models.*]
+    tables), then `body`."""
+    return f"""
+[device]
+id = "test-device"
+state_dir = "{state_dir}"
+groups = {list(groups)!r}
+{models}{body}
 """
 
 
@@ -88,15 +89,41 @@ keepalive_s = 5
 """
 
 
-def start_online(tmp_path: Path, body: str, groups: tuple[str, ...] = ()) -> Agent:
-    """An agent started from `body` written to tmp_path/agent.toml (so set_config can edit
-    it), returned once its link is up."""
+def start_agent(
+    tmp_path: Path,
+    body: str,
+    *,
+    sink: ResultSink | None = None,
+    groups: tuple[str, ...] = (),
+    models: str = SHIPPED_MODELS,
+    online: bool = False,
+    timeout: float = 10.0,
+) -> Agent:
+    """An agent in this process, started: config_text of `body` (with `groups` and `models`)
+    written to tmp_path/agent.toml, its state in tmp_path/state. The file is its
+    config_path, so set_config and a reload can edit it. Results go to `sink` if given, else to
+    the outbox. `online`: returned once its link is up, within `timeout` seconds (stopped and
+    the wait's error raised if it never is)."""
     path = tmp_path / "agent.toml"
-    path.write_text(config_text(tmp_path / "state", body, groups))
-    agent = Agent(load_settings(path), config_path=path)
+    path.write_text(config_text(tmp_path / "state", body, groups, models))
+    agent = Agent(load_settings(path), sink=sink, config_path=path)
     agent.start()
-    wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), what="online")
+    if online:
+        try:
+            wait_until(
+                lambda: agent.link is not None and agent.link.connected.is_set(),
+                timeout,
+                "the agent's link online",
+            )
+        except BaseException:
+            agent.stop()
+            raise
     return agent
+
+
+def start_online(tmp_path: Path, body: str, groups: tuple[str, ...] = ()) -> Agent:
+    """start_agent(..., online=True), by the name some tests still import."""
+    return start_agent(tmp_path, body, groups=groups, online=True)
 
 
 def sensor_lines_pipeline(model: str, model_path: Path, lines: Path, windows: Any) -> str:

@@ -41,6 +41,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from tests.waiting import wait_until as wait_until  # re-exported: tests import it from here
+
 HOST = "127.0.0.1"
 PREFIX = "edge"
 DEVICE = "cam-17"
@@ -803,14 +805,6 @@ def publish_properties(user: Mapping[str, str] | None = None, **values: Any) -> 
 def property_value(props: Properties | None, name: str) -> Any:
     """A property by its paho name (``MaximumPacketSize``, ``UserProperty``), or None."""
     return getattr(props, name, None)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Probe:

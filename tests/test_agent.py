@@ -11,8 +11,9 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config.load import load_settings
 from edge_agent.config.settings import AgentSettings
-from tests.agent_helpers import ListSink, config_text, wait_until
+from tests.agent_helpers import ListSink, config_text, start_agent
 from tests.conftest import MODELS
+from tests.waiting import wait_until
 
 
 def settings_from(tmp_path: Path, body: str, name: str = "agent.toml") -> AgentSettings:
@@ -27,8 +28,7 @@ def running(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     def start(body: str) -> tuple[Agent, ListSink]:
         sink = ListSink()
-        agent = Agent(settings_from(tmp_path, body), sink=sink)
-        agent.start()
+        agent = start_agent(tmp_path, body, sink=sink)
         agents.append(agent)
         return agent, sink
 
@@ -187,10 +187,8 @@ source = "other"
 model = "digits"
 decode = {{ top_k = 3 }}
 """
-    settings = settings_from(tmp_path, body.format())
     sink = ListSink()
-    agent = Agent(settings, sink=sink)
-    agent.start()
+    agent = start_agent(tmp_path, body.format(), sink=sink)
     try:
         untouched = agent.pipelines["untouched"]
         wait_until(lambda: len(sink.of("changing")) > 3, what="first results")
@@ -233,11 +231,9 @@ fps = 30
 source = "still"
 model = "digits"
 """
-    settings = settings_from(tmp_path, body)
-    settings.models["digits"].path = model
+    digits = f'\n[models.digits]\npath = "{model}"\nthreads = 1\n'
     sink = ListSink()
-    agent = Agent(settings, sink=sink)
-    agent.start()
+    agent = start_agent(tmp_path, body, sink=sink, models=digits)
     try:
         wait_until(lambda: len(sink.results) > 2, what="results")
         model.write_bytes(b"TFL3 this is no longer a model")

@@ -20,21 +20,22 @@ from paho.mqtt.properties import Properties
 from edge_agent.agent import Agent
 from edge_agent.commands.dispatcher import canonical
 from edge_agent.updates.signing import generate_keypair, load_private_key, sign_bytes
-from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online, wait_until
+from tests.agent_helpers import mqtt_table, pattern_pipeline, start_agent
 from tests.command_fuzz import FuzzClient, duplicates, fuzz
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
+from tests.waiting import wait_until
 
 
-def start_agent(tmp_path: Path, port: int, extra: str = "") -> Agent:
-    """A device in group `lobby`, a detector pipeline running, connected to `port`."""
-    body = pattern_pipeline("boxes", "detector") + mqtt_table(port) + extra
-    return start_online(tmp_path, body, groups=("lobby",))
+def device_body(port: int, extra: str = "") -> str:
+    """Config text: a detector pipeline running, connected to `port`, then `extra`. The
+    tests start it in group `lobby`."""
+    return pattern_pipeline("boxes", "detector") + mqtt_table(port) + extra
 
 
 @pytest.fixture
 def agent(tmp_path: Path, broker: Broker) -> Iterator[Agent]:
-    agent = start_agent(tmp_path, broker.port)
+    agent = start_agent(tmp_path, device_body(broker.port), groups=("lobby",), online=True)
     yield agent
     agent.stop()
 
@@ -197,7 +198,7 @@ def test_snapshot_returns_a_jpeg_with_detections_drawn(agent: Agent, operator: O
 def test_commands_sent_while_offline_run_once_in_order_when_it_is_back(
     tmp_path: Path, broker: Broker, proxy: TcpProxy
 ) -> None:
-    agent = start_agent(tmp_path, proxy.port)
+    agent = start_agent(tmp_path, device_body(proxy.port), groups=("lobby",), online=True)
     try:
         with Operator(broker) as operator:
             proxy.refuse()  # the device drops off; its session stays on the broker
@@ -233,7 +234,8 @@ def test_signed_commands_verify_and_replays_are_refused(tmp_path: Path, broker: 
     extra = (
         f'[commands]\nrequire_signed = true\n\n[updates]\ntrusted_keys = {{ ops = "{public}" }}\n'
     )
-    agent = start_agent(tmp_path, broker.port, extra)
+    body = device_body(broker.port, extra)
+    agent = start_agent(tmp_path, body, groups=("lobby",), online=True)
 
     def signed(request_id: str, nonce: str, **fields: object) -> dict[str, object]:
         body = {"request_id": request_id, "issued_at": time.time(), "nonce": nonce, **fields}

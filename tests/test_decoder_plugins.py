@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.agent import Agent
-from edge_agent.config.load import load_settings
-from tests.agent_helpers import ListSink, wait_until
+from tests.agent_helpers import ListSink, start_agent
 from tests.conftest import MODELS
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,15 +175,10 @@ def test_failing_plugins_are_said_once_counted_and_the_other_pipelines_go_on(
         f'[pipelines.{name}]\nsource = "pattern"\nmodel = "{name}"\n\n'
         for name, path in models.items()
     )
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[device]\nid = "t"\nstate_dir = "{tmp_path / "state"}"\n\n'
-        '[sources.pattern]\nkind = "synthetic"\npattern = "moving_box"\nfps = 50\n\n' + body
-    )
+    source = '\n[sources.pattern]\nkind = "synthetic"\npattern = "moving_box"\nfps = 50\n\n'
     sink = ListSink()
-    agent = Agent(load_settings(config), sink=sink)
     with caplog.at_level(logging.ERROR):
-        agent.start()
+        agent = start_agent(tmp_path, source + body, sink=sink, models="")
         try:
             wait_until(lambda: len(sink.of("good")) >= 20, timeout=30, what="20 good results")
             stats = {name: agent.pipelines[name].stats.snapshot() for name in models}

@@ -13,15 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.agent import Agent
-from edge_agent.config.load import load_settings
 from edge_agent.errors import UserError
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
 from tests import real_assets
-from tests.agent_helpers import ListSink, sensor_lines_pipeline, wait_until
+from tests.agent_helpers import ListSink, sensor_lines_pipeline, start_agent
 from tests.conftest import MODELS, raw_interpreter, run_cli
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.runtime
 
@@ -226,12 +225,7 @@ def test_selfie_segmentation_reports_the_person_area_and_keeps_the_mask(
     mask = predictor.decoder.last_mask  # type: ignore[attr-defined]
     assert mask.shape == (256, 256) and mask.mean() == pytest.approx(areas[1], abs=1e-3)
     # In the agent, the pipeline keeps the last mask with its geometry for snapshots.
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'''[device]
-id = "t"
-state_dir = "{tmp_path / "state"}"
-
+    body = f"""
 [models.selfie]
 path = "{model.info.path}"
 threads = 1
@@ -244,11 +238,9 @@ fps = 30
 [pipelines.selfie]
 source = "pattern"
 model = "selfie"
-'''
-    )
+"""
     sink = ListSink()
-    agent = Agent(load_settings(config), sink=sink)
-    agent.start()
+    agent = start_agent(tmp_path, body, sink=sink, models="")
     try:
         wait_until(lambda: len(sink.of("selfie")) >= 2, timeout=30, what="2 results")
         last_mask = agent.pipelines["selfie"].last_mask
@@ -294,12 +286,9 @@ def test_sensor_classifier_without_manifest_classifies_windows_from_a_line_sourc
     data = np.load(MODELS / "data" / "sensor_classes.npz")
     picks = np.arange(0, len(data["labels"]), 5)  # 40 windows, every class
     windows, labels = data["windows"][picks], data["labels"][picks]
-    config = tmp_path / "agent.toml"
     body = sensor_lines_pipeline("imu", model, tmp_path / "imu.txt", windows)
-    config.write_text(f'[device]\nid = "t"\nstate_dir = "{tmp_path / "state"}"\n' + body)
     sink = ListSink()
-    agent = Agent(load_settings(config), sink=sink)
-    agent.start()
+    agent = start_agent(tmp_path, body, sink=sink, models="")
     try:
         wait_until(lambda: len(sink.of("imu")) >= len(windows), timeout=30, what="results")
     finally:

@@ -21,10 +21,11 @@ import pytest
 
 from edge_agent.agent import Agent
 from tests import real_assets
-from tests.agent_helpers import mqtt_table, start_online, wait_until
+from tests.agent_helpers import mqtt_table, start_agent
 from tests.conftest import ROOT
 from tests.mqtt_fixtures import Broker
 from tests.operator import Operator
+from tests.waiting import wait_until
 
 DEMO = ROOT / "var" / "demo"
 CONFIG = ROOT / "configs" / "demo.toml"
@@ -109,7 +110,7 @@ fps = 2
 source = "photos"
 model = "faces"
 """ + mqtt_table(broker.port)
-    agent = start_online(tmp_path, body)
+    agent = start_agent(tmp_path, body, online=True)
     yield agent
     agent.stop()
 

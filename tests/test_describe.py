@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.agent import Agent
 from edge_agent.config.load import load_settings
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
-from tests.agent_helpers import ListSink, sensor_lines_pipeline, wait_until
+from tests.agent_helpers import ListSink, sensor_lines_pipeline, start_agent
 from tests.conftest import MODELS, raw_interpreter, run_cli
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.runtime
 
@@ -166,10 +166,10 @@ def config(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def run_agent(path: Path, pipeline: str, count: int) -> ListSink:
+def run_agent(tmp_path: Path, body: str, pipeline: str, count: int) -> ListSink:
+    """The agent on `body` alone (no other models), until `count` results of `pipeline`."""
     sink = ListSink()
-    agent = Agent(load_settings(path), sink=sink)
-    agent.start()
+    agent = start_agent(tmp_path, body, sink=sink, models="")
     try:
         wait_until(lambda: len(sink.of(pipeline)) >= count, timeout=30, what=f"{count} results")
     finally:
@@ -197,7 +197,7 @@ fps = 10
 source = "camera"
 model = "stock"
 """
-    sink = run_agent(config(tmp_path, body), "look", 5)
+    sink = run_agent(tmp_path, body, "look", 5)
     results = sink.of("look")
     assert len(results) == 5
     assert all(len(r.result["top"]) == 5 for r in results)
@@ -211,7 +211,7 @@ def test_sensor_model_without_manifest_is_fed_from_a_line_source(
     model = bare(tmp_path, "sensor_anomaly_int8.tflite", "sensor.tflite")
     windows = np.load(MODELS / "data" / "sensor_windows.npz")["normal"][:8]
     body = sensor_lines_pipeline("sensor", model, tmp_path / "samples.txt", windows)
-    sink = run_agent(config(tmp_path, body), "imu", len(windows))
+    sink = run_agent(tmp_path, body, "imu", len(windows))
     results = sink.of("imu")
     interpreter = raw_interpreter(backend, model, threads=1)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -338,7 +338,7 @@ model = "gesture"
 queue_size = 200
 """
     try:
-        sink = run_agent(config(tmp_path, body), "gesture", len(windows))
+        sink = run_agent(tmp_path, body, "gesture", len(windows))
     finally:
         finished.set()
         server.close()

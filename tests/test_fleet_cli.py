@@ -15,7 +15,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.fleet.cli import main
-from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online
+from tests.agent_helpers import mqtt_table, pattern_pipeline, start_agent
 from tests.conftest import MODELS
 from tests.mqtt_fixtures import Broker
 from tests.update_helpers import Keys, golden_set
@@ -28,15 +28,18 @@ max_model_bytes = 2000000
 """
 
 
-def start_agent(tmp_path: Path, port: int, trust: str, extra: str = "") -> Agent:
-    """A device in group `lab`; `trust` is the [updates] table with its trusted_keys line."""
+def device_body(port: int, trust: str, extra: str = "") -> str:
+    """Config text: a digits pipeline, the broker on `port`; `trust` is the [updates] table
+    with its trusted_keys line. The tests start it in group `lab`."""
     body = pattern_pipeline("digits", "digits") + mqtt_table(port)
-    return start_online(tmp_path, body + BODY.format(extra=extra, trust=trust), groups=("lab",))
+    return body + BODY.format(extra=extra, trust=trust)
 
 
 @pytest.fixture
 def agent(tmp_path: Path, broker: Broker, keys: Keys) -> Iterator[Agent]:
-    agent = start_agent(tmp_path, broker.port, keys.config())
+    agent = start_agent(
+        tmp_path, device_body(broker.port, keys.config()), groups=("lab",), online=True
+    )
     yield agent
     agent.stop()
 
@@ -78,7 +81,8 @@ def test_keygen_sign_and_push_over_mqtt_until_the_device_commits(
     trust = re.search(r'^trusted_keys = \{ ops-2026 = "[A-Za-z0-9+/=]{44}" \}$', printed, re.M)
     assert trust is not None, printed
     # The printed line, pasted into a device's config, is what makes it trust the key.
-    agent = start_agent(tmp_path, broker.port, f"[updates]\n{trust[0]}\n")
+    body = device_body(broker.port, f"[updates]\n{trust[0]}\n")
+    agent = start_agent(tmp_path, body, groups=("lab",), online=True)
     try:
         folder = sign_update(tmp_path, pem)
         signed = json.loads((folder / "update.json").read_text())
@@ -163,9 +167,8 @@ def test_no_reply_from_an_absent_device_exits_1(
 def test_a_signed_cmd_is_accepted_where_commands_must_be_signed(
     tmp_path: Path, broker: Broker, keys: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    agent = start_agent(
-        tmp_path, broker.port, keys.config(), extra="[commands]\nrequire_signed = true\n"
-    )
+    body = device_body(broker.port, keys.config(), extra="[commands]\nrequire_signed = true\n")
+    agent = start_agent(tmp_path, body, groups=("lab",), online=True)
     try:
         assert fleet(broker, "cmd", "ping", "--device", DEVICE) == 1
         [refused] = json_lines(capsys.readouterr().out)

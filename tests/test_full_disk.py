@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.agent import Agent
-from edge_agent.config.load import load_settings
 from edge_agent.outbox.store import Stored
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text, start_agent
 from tests.faults import ROOT, CannotMount, fill_disk, stored_results, tmpfs
 from tests.mqtt_fixtures import Broker, Subscriber, TcpProxy
+from tests.waiting import wait_until
 
 BODY = """
 [sources.pattern]
@@ -60,12 +59,6 @@ def state_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip(f"cannot mount a small tmpfs here: {exc}")
 
 
-def make_agent(tmp_path: Path, port: int, fps: int = 200) -> Agent:
-    path = tmp_path / "agent.toml"
-    path.write_text(config_text(tmp_path / "state", BODY.format(fps=fps, port=port)))
-    return Agent(load_settings(path))
-
-
 def result_ids(sub: Subscriber) -> Counter[str]:
     return Counter(json.loads(m.payload)["id"] for m in sub.messages if "/results/" in m.topic)
 
@@ -80,14 +73,13 @@ def test_the_sender_outlives_a_full_disk_and_everything_arrives_once_space_retur
     caplog.set_level(logging.INFO)
     proxy = TcpProxy(broker).start()
     subscriber = Subscriber(broker, "edge/test-device/results/#").start()
-    agent = make_agent(tmp_path, proxy.port)
+    agent = start_agent(tmp_path, BODY.format(fps=200, port=proxy.port))
     problems: list[str] = []
 
     def healthy(check: bool) -> bool:
         problems.extend(agent.health(stuck_after_s=30))
         return check
 
-    agent.start()
     try:
         wait_until(lambda: len(result_ids(subscriber)) >= 50, 30, "results online")
         proxy.refuse()
@@ -139,10 +131,8 @@ def test_a_sender_thread_that_dies_stops_the_health_check(
 ) -> None:
     """Issue 10, item 5: the dead sender went unnoticed. Anything else that kills it now
     shows in Agent.health, which stops the systemd watchdog."""
-    agent = make_agent(tmp_path, broker.port, fps=20)
-    agent.start()
+    agent = start_agent(tmp_path, BODY.format(fps=20, port=broker.port), online=True, timeout=30)
     try:
-        wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), 30)
         assert agent.health(stuck_after_s=30) == []
 
         def broken(limit: int, after: dict[str, int]) -> list[Stored]:

@@ -18,22 +18,19 @@ from edge_agent.fleet.serve import RangeHTTPServer
 from edge_agent.reload import ReloadRefused
 from edge_agent.service import Service
 from tests import blocking_decoder
-from tests.agent_helpers import mqtt_table, wait_until
+from tests.agent_helpers import config_text, mqtt_table, start_agent
 from tests.conftest import MODELS
 from tests.mqtt_fixtures import Broker
 from tests.operator import Operator
 from tests.update_helpers import Keys, digits_update
+from tests.waiting import wait_until
 
 BLOCKING = "tests.blocking_decoder:BlockingDecoder"
 
 
-def config(state: Path, digits: Path, detector: Path, extra: str = "") -> str:
-    """Two models on two synthetic sources; digits decodes with the blocking plugin."""
+def model_tables(digits: Path, detector: Path) -> str:
+    """Config text: the two models; digits decodes with the blocking plugin."""
     return f"""
-[device]
-id = "test-device"
-state_dir = "{state}"
-
 [models.digits]
 path = "{digits}"
 threads = 1
@@ -42,7 +39,11 @@ task = "{BLOCKING}"
 [models.detector]
 path = "{detector}"
 threads = 1
+"""
 
+
+# Config text: a pipeline on each model, each on its own synthetic source.
+PIPELINES = """
 [sources.a]
 kind = "synthetic"
 pattern = "moving_box"
@@ -60,7 +61,12 @@ model = "digits"
 [pipelines.e]
 source = "b"
 model = "detector"
-{extra}"""
+"""
+
+
+def config(state: Path, digits: Path, detector: Path, extra: str = "") -> str:
+    """Two models on two synthetic sources; digits decodes with the blocking plugin."""
+    return config_text(state, PIPELINES + extra, models=model_tables(digits, detector))
 
 
 @pytest.fixture(autouse=True)
@@ -95,9 +101,7 @@ def test_every_section_declares_how_a_change_to_it_applies() -> None:
 def test_a_reload_whose_swap_does_not_finish_changes_nothing(tmp_path: Path) -> None:
     digits, detector = MODELS / "digits_int8.tflite", MODELS / "detector_int8.tflite"
     path = tmp_path / "agent.toml"
-    path.write_text(config(tmp_path / "state", digits, detector))
-    agent = Agent(load_settings(path), config_path=path)
-    agent.start()
+    agent = start_agent(tmp_path, PIPELINES, models=model_tables(digits, detector))
     try:
         wait_until(lambda: invokes(agent, "detector") > 3 and invokes(agent, "digits") > 3)
         blocking_decoder.HOLD.set()
@@ -126,9 +130,7 @@ def test_a_model_problem_stays_on_the_status_through_a_good_config_reload(
 ) -> None:
     digits, detector = copies(tmp_path)
     path = tmp_path / "agent.toml"
-    path.write_text(config(tmp_path / "state", digits, detector))
-    agent = Agent(load_settings(path), config_path=path)
-    agent.start()
+    agent = start_agent(tmp_path, PIPELINES, models=model_tables(digits, detector))
     try:
         wait_until(lambda: invokes(agent, "digits") > 3)
         good = digits.read_bytes()
@@ -157,11 +159,9 @@ def test_an_edit_of_updates_applies_live_and_says_so(
     updates = "health_window_s = 0.3\nmax_model_bytes = 2000000\n"
     path = tmp_path / "agent.toml"
     base = config(tmp_path / "state", digits, detector, mqtt_table(broker.port))
-    path.write_text(base + trusted.config() + updates)
-    agent = Agent(load_settings(path), config_path=path)
-    agent.start()
+    text = PIPELINES + mqtt_table(broker.port) + trusted.config() + updates
+    agent = start_agent(tmp_path, text, models=model_tables(digits, detector), online=True)
     try:
-        wait_until(lambda: agent.link is not None and agent.link.connected.is_set())
         manifest, folder = digits_update(tmp_path, other)  # signed by a key not trusted yet
         with RangeHTTPServer(folder) as server:
             body = {**manifest.as_dict(), "source": {"kind": "http", "url": server.url}}
@@ -191,13 +191,9 @@ def test_an_update_is_activated_only_when_the_new_model_runs(
 ) -> None:
     keys = Keys(tmp_path / "keys")
     digits, detector = MODELS / "digits_int8.tflite", MODELS / "detector_int8.tflite"
-    path = tmp_path / "agent.toml"
-    extra = mqtt_table(broker.port) + keys.config() + "max_model_bytes = 2000000\n"
-    path.write_text(config(tmp_path / "state", digits, detector, extra))
-    agent = Agent(load_settings(path), config_path=path)
-    agent.start()
+    text = PIPELINES + mqtt_table(broker.port) + keys.config() + "max_model_bytes = 2000000\n"
+    agent = start_agent(tmp_path, text, models=model_tables(digits, detector), online=True)
     try:
-        wait_until(lambda: agent.link is not None and agent.link.connected.is_set())
         wait_until(lambda: invokes(agent, "digits") > 3)
         blocking_decoder.HOLD.set()  # the digits worker cannot take a new model
         assert blocking_decoder.HELD.wait(10)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text
 from tests.conftest import MODELS
 from tests.faults import (
     agent_process,
@@ -24,6 +24,7 @@ from tests.faults import (
     stop_agent,
     stored_results,
 )
+from tests.waiting import wait_until
 
 INFLIGHT = 500  # the default in-flight window: duplicates are bounded by it at each fault
 

@@ -19,7 +19,7 @@ import tomllib
 from edge_agent.agent import Agent
 from edge_agent.errors import UserError
 from edge_agent.runtime.manifest import load_manifest
-from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online
+from tests.agent_helpers import mqtt_table, pattern_pipeline, start_agent
 from tests.conftest import MODELS, ROOT
 from tests.mqtt_fixtures import Broker
 from tests.operator import Operator
@@ -34,16 +34,17 @@ __attribute__((constructor)) static void loaded(void) {
 """
 
 
-def start_agent(tmp_path: Path, port: int, commands: str = "") -> Agent:
+def device_body(port: int, commands: str = "") -> str:
+    """Config text: a detector pipeline, the broker on `port`, `commands` as [commands]."""
     body = pattern_pipeline("boxes", "detector") + mqtt_table(port)
     if commands:
         body += f"\n[commands]\n{commands}\n"
-    return start_online(tmp_path, body)
+    return body
 
 
 @pytest.fixture
 def agent(tmp_path: Path, broker: Broker) -> Iterator[Agent]:
-    agent = start_agent(tmp_path, broker.port)
+    agent = start_agent(tmp_path, device_body(broker.port), online=True)
     yield agent
     agent.stop()
 
@@ -161,7 +162,8 @@ def test_a_model_that_does_not_load_is_refused_and_not_kept(
     tmp_path: Path, broker: Broker, operator: Operator
 ) -> None:
     # Even where the operator allowed remote model paths, the change must prove itself.
-    agent = start_agent(tmp_path, broker.port, 'remote_paths = ["models.*.path"]')
+    body = device_body(broker.port, 'remote_paths = ["models.*.path"]')
+    agent = start_agent(tmp_path, body, online=True)
     try:
         assert agent.config_path is not None
         before = agent.config_path.read_text()
@@ -192,7 +194,8 @@ def test_a_model_that_does_not_load_is_refused_and_not_kept(
 def test_a_change_read_only_at_start_says_so(
     tmp_path: Path, broker: Broker, operator: Operator
 ) -> None:
-    agent = start_agent(tmp_path, broker.port, 'remote_paths = ["output.jsonl"]')
+    body = device_body(broker.port, 'remote_paths = ["output.jsonl"]')
+    agent = start_agent(tmp_path, body, online=True)
     try:
         copy = tmp_path / "copy.jsonl"
         reply = operator.call(

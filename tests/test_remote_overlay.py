@@ -20,7 +20,7 @@ import pytest
 import tomllib
 
 from edge_agent.agent import Agent
-from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, start_online
+from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, start_agent
 from tests.conftest import MODELS, ROOT, run_cli
 from tests.mqtt_fixtures import Broker
 from tests.operator import DEVICE, Operator
@@ -220,7 +220,8 @@ def test_an_operator_edit_reloads_with_the_overlay_on_top(
 
 @pytest.fixture
 def agent(tmp_path: Path, broker: Broker) -> Iterator[Agent]:
-    agent = start_online(tmp_path, pattern_pipeline("boxes", "detector") + mqtt_table(broker.port))
+    body = pattern_pipeline("boxes", "detector") + mqtt_table(broker.port)
+    agent = start_agent(tmp_path, body, online=True)
     yield agent
     agent.stop()
 
@@ -254,7 +255,8 @@ def test_the_devices_own_file_sets_the_allow_list(
     tmp_path: Path, broker: Broker, operator: Operator
 ) -> None:
     body = pattern_pipeline("boxes", "detector") + mqtt_table(broker.port)
-    agent = start_online(tmp_path, body + '\n[commands]\nremote_keys = ["mqtt.keepalive_s"]\n')
+    body += '\n[commands]\nremote_keys = ["mqtt.keepalive_s"]\n'
+    agent = start_agent(tmp_path, body, online=True)
     try:
         ok = operator.call("set_config", changes={"mqtt": {"keepalive_s": 10}})
         assert ok["status"] == "ok", ok

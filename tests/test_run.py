@@ -12,8 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests.agent_helpers import config_text, wait_until
+from tests.agent_helpers import config_text
 from tests.conftest import ROOT, run_cli
+from tests.waiting import wait_until
 
 BODY = """
 [sources.pattern]

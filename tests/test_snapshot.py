@@ -14,9 +14,10 @@ import pytest
 
 from edge_agent.runtime.backend import Backend
 from tests import real_assets
-from tests.agent_helpers import mqtt_table, start_online, wait_until
+from tests.agent_helpers import mqtt_table, start_agent
 from tests.mqtt_fixtures import Broker
 from tests.operator import Operator
+from tests.waiting import wait_until
 
 # A tinted pixel moves by ~45% of the way to the tint colour in some channel; JPEG noise
 # moves an untouched one by a few levels.
@@ -47,7 +48,7 @@ path = "{photos}"
 source = "photos"
 model = "selfie"
 """ + mqtt_table(broker.port)
-    agent = start_online(tmp_path, body)
+    agent = start_agent(tmp_path, body, online=True)
     try:
         selfie = agent.pipelines["selfie"]
         wait_until(lambda: selfie.last_result is not None, timeout=20, what="a result")

@@ -13,11 +13,12 @@ import pytest
 
 from edge_agent.fleet.serve import RangeHTTPServer
 from edge_agent.updates.store import ModelStore
-from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, wait_until
+from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline
 from tests.faults import agent_process, stop_agent
 from tests.mqtt_fixtures import Broker, Subscriber
 from tests.operator import Operator
 from tests.update_helpers import Keys, digits_update
+from tests.waiting import wait_until
 
 BODY = """
 [logging]

@@ -17,10 +17,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.agent import Agent
 from edge_agent.fleet.serve import ChunkServer, RangeHTTPServer
 from edge_agent.updates.manifest import UpdateManifest
-from tests.agent_helpers import mqtt_table, pattern_pipeline, start_online, wait_until
+from tests.agent_helpers import mqtt_table, pattern_pipeline, start_agent
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
 from tests.update_helpers import MODELS, Keys, digits_update
+from tests.waiting import wait_until
 
 SLOW = MODELS / "digits_slow_int8.tflite"  # the same classifier, about 50x the compute
 
@@ -31,17 +32,15 @@ max_model_bytes = 2000000
 """
 
 
-def start_agent(
-    tmp_path: Path, port: int, keys: Keys, window: float = 0.5, slack: float = 0.2
-) -> Agent:
+def device_body(port: int, keys: Keys, window: float = 0.5, slack: float = 0.2) -> str:
+    """Config text: a digits pipeline, the broker on `port`, updates trusting `keys`."""
     body = pattern_pipeline("digits", "digits") + mqtt_table(port)
-    updates = BODY.format(keys=keys.config(), window=window, slack=slack)
-    return start_online(tmp_path, body + updates)
+    return body + BODY.format(keys=keys.config(), window=window, slack=slack)
 
 
 @pytest.fixture
 def agent(tmp_path: Path, broker: Broker, keys: Keys) -> Iterator[Agent]:
-    agent = start_agent(tmp_path, broker.port, keys)
+    agent = start_agent(tmp_path, device_body(broker.port, keys), online=True)
     yield agent
     agent.stop()
 
@@ -92,7 +91,7 @@ def test_an_update_over_http_is_verified_staged_swapped_and_committed(
 def test_an_update_over_mqtt_chunks_survives_a_cut_connection(
     tmp_path: Path, broker: Broker, proxy: TcpProxy, keys: Keys
 ) -> None:
-    agent = start_agent(tmp_path, proxy.port, keys)
+    agent = start_agent(tmp_path, device_body(proxy.port, keys), online=True)
     client = operator_client(broker)
     try:
         manifest, folder = digits_update(tmp_path, keys)
@@ -121,7 +120,7 @@ def test_chunks_larger_than_the_broker_takes_are_refused_before_the_transfer(
     tmp_path: Path, broker_factory: Any, keys: Keys
 ) -> None:
     small = broker_factory(max_packet_size=20_000)
-    agent = start_agent(tmp_path, small.port, keys)
+    agent = start_agent(tmp_path, device_body(small.port, keys), online=True)
     try:
         manifest, _ = digits_update(tmp_path, keys)
         with Operator(small) as operator:
@@ -154,7 +153,8 @@ def test_a_slower_model_is_rolled_back_by_the_health_watch(
 ) -> None:
     # The slow twin takes ~0.1 ms against ~0.01: a slack under that difference, so a busy
     # machine's jitter in the baseline cannot hide it.
-    agent = start_agent(tmp_path, broker.port, keys, window=2.0, slack=0.02)
+    body = device_body(broker.port, keys, window=2.0, slack=0.02)
+    agent = start_agent(tmp_path, body, online=True)
     try:
         # The running model's p95 is the baseline: let it gather enough inferences.
         wait_until(lambda: agent.workers["digits"].infer_times.count >= 30, what="a baseline")
