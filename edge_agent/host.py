@@ -137,6 +137,7 @@ class ModelHost:
                 )
                 raise
             self.status.resolve(key)
+            self.status.touch()  # operators see the version that now runs
             return self._workers[name].model
 
     # Health ---------------------------------------------------------------------------

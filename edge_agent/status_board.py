@@ -56,6 +56,11 @@ class StatusBoard:
             log.info("resolved: %s", gone.text)
             self._changed()
 
+    def touch(self) -> None:
+        """Something else the status shows changed (the model that runs): listeners hear
+        of it as of a problem."""
+        self._changed()
+
     def problems(self) -> list[Problem]:
         with self._lock:
             return sorted(self._problems.values(), key=lambda p: p.since)
