@@ -204,6 +204,7 @@ def test_an_update_is_activated_only_when_the_new_model_runs(
         assert reply["status"] == "error", reply
         assert "activation failed, rolled back" in reply["reason"]
         assert "did not finish" in reply["reason"]
+        operator.wait_event("rolled_back")  # events come through the outbox, after the reply
         stages = [e["stage"] for e in operator.events("digits")]
         assert "activated" not in stages and stages[-1] == "rolled_back", stages
         assert agent.store.active("digits") is None
