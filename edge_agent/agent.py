@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from edge_agent import __version__
 from edge_agent.commands.dispatcher import CommandDispatcher
 from edge_agent.commands.handlers import CommandContext
@@ -22,7 +20,8 @@ from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import UserError
 from edge_agent.graph import PipelineGraph, SourceHub
 from edge_agent.host import ModelHost, needed_models
-from edge_agent.link.mqtt import MqttLink
+from edge_agent.link import topics
+from edge_agent.link.mqtt import MqttLink, PublishError
 from edge_agent.link.sender import Sender
 from edge_agent.outbox.store import Outbox
 from edge_agent.outbox.writer import OutboxWriter
@@ -86,21 +85,19 @@ class Agent:
         )
         self.commands: CommandDispatcher | None = None
         if self.link is not None and settings.commands.enabled:
-            self.commands = self._make_commands()
-            self.link.subscriptions = [
-                *self.commands.topics,
+            self.commands = self._make_commands()  # subscribes to commands when started
+            self.link.subscribe(
                 # Chunks of every transfer to this device.
-                f"{self.link.prefix}/transfer/+/data/#",
-            ]
-            self.link.on_message = self._on_message
-            self.link.connection_listeners.append(self.updater.on_connection)
-        prefix = f"{settings.mqtt.topic_prefix}/{settings.device.id}"
+                topics.transfer_data_filter(settings.mqtt.topic_prefix, settings.device.id),
+                self.updater.on_transfer_message,
+            )
+            self.link.add_connection_listener(self.updater.on_connection)
         self.telemetry = Telemetry(
             self.envelope,
             state_dir,
             self.snapshot,
             self.writer.put_message,
-            f"{prefix}/telemetry",
+            topics.Telemetry(settings.mqtt.topic_prefix, settings.device.id).topic,
         )
         self._link_started = False  # a start that failed on a model never started them
 
@@ -231,12 +228,6 @@ class Agent:
             settings.device.groups,
         )
 
-    def _on_message(self, message: mqtt.MQTTMessage) -> None:
-        if "/transfer/" in message.topic:
-            self.updater.on_transfer_message(message)
-        elif self.commands is not None:
-            self.commands.on_message(message)
-
     def _emit_event(self, event: dict[str, Any]) -> None:
         body = {
             "schema": "edge-agent/event/1",
@@ -247,16 +238,19 @@ class Agent:
             "device": self.envelope.device,
             **event,
         }
-        prefix = f"{self.settings.mqtt.topic_prefix}/{self.settings.device.id}"
-        topic = f"{prefix}/events/{event.get('kind', 'agent')}"
+        prefix, device = self.settings.mqtt.topic_prefix, self.settings.device.id
+        topic = topics.Event(prefix, device, event.get("kind", "agent")).topic
         self.writer.put_message(topic, json.dumps(body).encode(), "event", body["id"])
         log.info("event: %s", event)
 
     def _publish_now(self, topic: str, payload: bytes) -> bool:
-        link = self.link
-        if link is None or not link.connected.is_set():
+        if self.link is None:
             return False
-        return link.client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
+        try:
+            self.link.publish(topic, payload, qos=1)
+        except PublishError:
+            return False
+        return True
 
     def _publish_status(self) -> None:
         """A problem came or went: the retained status says so."""

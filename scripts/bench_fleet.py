@@ -44,10 +44,11 @@ from edge_agent.agent import Agent  # noqa: E402
 from edge_agent.config.load import load_settings  # noqa: E402
 from edge_agent.config.settings import MqttSettings  # noqa: E402
 from edge_agent.fleet.serve import ChunkServer  # noqa: E402
-from edge_agent.link.mqtt import MqttLink  # noqa: E402
+from edge_agent.link import topics  # noqa: E402
+from edge_agent.link.mqtt import Message, MqttLink, PublishError  # noqa: E402
 from edge_agent.payloads import ResultPayload  # noqa: E402
 from edge_agent.sinks import ResultSink  # noqa: E402
-from edge_agent.updates.transfer import ChunkPull, parse_data_topic, request_topic  # noqa: E402
+from edge_agent.updates.transfer import ChunkPull  # noqa: E402
 
 MODEL = ROOT / "models" / "mobilenet_v2_int8.tflite"
 FPS = 15
@@ -177,18 +178,20 @@ def bench_transfer(port: int, folder: Path, chunk_size: int, window: int) -> Non
     # The device's link pulling the chunks the operator's ChunkServer answers.
     server = ChunkServer(source, "edge", "bench", {"model": MODEL}, chunk_size).start()
     link = MqttLink(MqttSettings(enabled=True, port=port), "bench-device", lambda: {})
-    link.subscriptions = ["edge/bench-device/transfer/+/data/#"]
     pull: ChunkPull | None = None
 
-    def on_message(message: mqtt.MQTTMessage) -> None:
-        parsed = parse_data_topic(message.topic)
-        if parsed is not None and pull is not None:
-            pull.feed(parsed[2], bytes(message.payload))
+    def on_message(message: Message) -> None:
+        if isinstance(message.topic, topics.TransferData) and pull is not None:
+            pull.feed(message.topic.index, message.payload)
 
     def publish(topic: str, payload: bytes) -> bool:
-        return bool(link.connected.is_set()) and link.client.publish(topic, payload, 1).rc == 0
+        try:
+            link.publish(topic, payload)
+        except PublishError:
+            return False
+        return True
 
-    link.on_message = on_message
+    link.subscribe(topics.transfer_data_filter("edge", "bench-device"), on_message)
     link.start()
     link.connected.wait(10)
     time.sleep(0.3)
@@ -196,7 +199,7 @@ def bench_transfer(port: int, folder: Path, chunk_size: int, window: int) -> Non
     part.unlink(missing_ok=True)
     pull = ChunkPull(
         publish,
-        request_topic("edge", "bench-device", "bench"),
+        topics.TransferGet("edge", "bench-device", "bench").topic,
         "model",
         part,
         size,

@@ -16,17 +16,21 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.commands.handlers import HANDLERS
 from edge_agent.config.load import load_settings
+from edge_agent.link import topics
 from edge_agent.service import Service
 from edge_agent.systemd import Notifier
 from tests.agent_helpers import config_text, mqtt_table, pattern_pipeline, start_online, wait_until
 from tests.mqtt_fixtures import Broker
-from tests.operator import Operator
+from tests.operator import DEVICE, Operator
 from tests.test_systemd import NotifySocket
 
 STUCK_AFTER_S = 20.0
 
 # The threads are meant to die here: their tracebacks are expected.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+COMMANDS = topics.Command("edge", topics.ANY, device=DEVICE).topic  # the device's own
 
 
 def a_bug(*args: Any, **kwargs: Any) -> Any:
@@ -46,9 +50,9 @@ def agent(tmp_path: Path, broker: Broker) -> Iterator[Agent]:
 
 
 def kill_link(agent: Agent, operator: Operator, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A bug in routing an incoming message: paho raises it out of the network loop.
+    # A bug in a handler of incoming messages: paho raises it out of the network loop.
     assert agent.link is not None
-    monkeypatch.setattr(agent.link, "on_message", a_bug)
+    agent.link.subscribe(COMMANDS, a_bug)
     operator.send("ping")
 
 
@@ -142,7 +146,7 @@ def test_watchdog_pings_stop_when_the_link_thread_dies(
             wait_until(lambda: agent.link is not None and agent.link.connected.is_set(), 30)
             wait_until(lambda: len(notify.having("WATCHDOG")) >= 2, 10, "watchdog pings")
             assert agent.link is not None
-            agent.link.on_message = a_bug  # type: ignore[method-assign]
+            agent.link.subscribe(COMMANDS, a_bug)
             operator.send("ping")
             wait_until(lambda: bool(unhealthy()), 10, "the dead link reported")
             seen["last_ping"] = notify.having("WATCHDOG")[-1][0]

@@ -17,15 +17,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.fleet.serve import ChunkServer, RangeHTTPServer, RangeNotSatisfiable, parse_range
-from edge_agent.updates.transfer import (
-    ChunkPull,
-    TransferError,
-    TransferStopped,
-    data_subscription,
-    http_download,
-    parse_data_topic,
-    request_topic,
-)
+from edge_agent.link import topics
+from edge_agent.updates.transfer import ChunkPull, TransferError, TransferStopped, http_download
 from tests.mqtt_fixtures import DEVICE, PREFIX, Broker, Endpoint, Probe, Subscriber, wait_until
 
 TRANSFER = "t-0001"
@@ -53,7 +46,7 @@ class Device(Probe):
         properties: Properties | None,
     ) -> None:
         if not reason.is_failure:
-            client.subscribe(data_subscription(PREFIX, DEVICE, TRANSFER), qos=1)
+            client.subscribe(topics.transfer_data_filter(PREFIX, DEVICE, TRANSFER), qos=1)
         super()._on_connect(client, userdata, flags, reason, properties)
 
     def _on_subscribe(
@@ -69,9 +62,11 @@ class Device(Probe):
             self.pull.resend()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        parsed = parse_data_topic(msg.topic)
-        if parsed and self.pull is not None and parsed[:2] == (TRANSFER, self.pull.role):
-            self.pull.feed(parsed[2], bytes(msg.payload))
+        chunk = topics.parse(msg.topic)
+        if not isinstance(chunk, topics.TransferData) or self.pull is None:
+            return
+        if (chunk.transfer, chunk.role) == (TRANSFER, self.pull.role):
+            self.pull.feed(chunk.index, bytes(msg.payload))
 
     def send(self, topic: str, payload: bytes) -> bool:
         if not self.client.is_connected():
@@ -83,7 +78,7 @@ class Device(Probe):
         defaults: dict[str, Any] = {"window": WINDOW, "timeout_s": 3.0, "idle_limit_s": 8.0}
         self.pull = ChunkPull(
             self.send,
-            request_topic(PREFIX, DEVICE, TRANSFER),
+            topics.TransferGet(PREFIX, DEVICE, TRANSFER).topic,
             "model",
             part,
             size,
@@ -193,10 +188,10 @@ def test_mqtt_pull_restarted_asks_only_for_the_missing_chunks(
 
 
 def test_chunk_server_ignores_bad_requests(server: ChunkServer, broker: Broker) -> None:
-    data = f"{PREFIX}/{DEVICE}/transfer/{TRANSFER}/data/#"
+    data = topics.transfer_data_filter(PREFIX, DEVICE, TRANSFER)
     with Subscriber(broker, data) as chunks, Probe(broker) as asker:
         asker.connect()
-        topic = request_topic(PREFIX, DEVICE, TRANSFER)
+        topic = topics.TransferGet(PREFIX, DEVICE, TRANSFER).topic
         for bad in (
             b"not json",
             b'{"file": "labels", "from": 0, "count": 1}',
@@ -210,7 +205,9 @@ def test_chunk_server_ignores_bad_requests(server: ChunkServer, broker: Broker) 
         received = chunks.wait_for(1)
         time.sleep(0.3)  # room for a wrong answer to show up
     assert [m.topic for m in chunks.messages] == [received[0].topic]
-    assert parse_data_topic(received[0].topic) == (TRANSFER, "model", 63)
+    assert topics.parse(received[0].topic) == topics.TransferData(
+        PREFIX, DEVICE, TRANSFER, "model", 63
+    )
     assert len(received[0].payload) == CHUNK
 
 
@@ -222,12 +219,7 @@ def test_wrong_chunk_length_is_refused(tmp_path: Path) -> None:
         pull.run(threading.Event())
 
 
-def test_topic_helpers() -> None:
-    assert parse_data_topic("edge/cam-17/transfer/t1/data/model/12") == ("t1", "model", 12)
-    assert parse_data_topic("edge/cam-17/transfer/t1/data/model/x") is None
-    assert parse_data_topic("edge/cam-17/results/p") is None
-    with pytest.raises(ValueError, match="transfer id"):
-        request_topic("edge", "cam-17", "a/b")
+def test_range_headers_are_parsed() -> None:
     assert parse_range("bytes=10-", 100) == (10, 99)
     assert parse_range("bytes=10-19", 100) == (10, 19)
     assert parse_range("bytes=-30", 100) == (70, 99)

@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any, Literal
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
@@ -25,7 +24,8 @@ from edge_agent.commands.schemas import REQUEST_ID_PATTERN, Command, Reply
 from edge_agent.config.settings import CommandsSettings
 from edge_agent.errors import UserError, validation_lines
 from edge_agent.json_body import BodyError, canonical, parse_object
-from edge_agent.link.mqtt import MqttLink
+from edge_agent.link import topics
+from edge_agent.link.mqtt import Message, MqttLink, PublishError
 from edge_agent.payloads import Envelope
 from edge_agent.updates.signing import public_key_from_setting, verify_bytes
 
@@ -52,14 +52,10 @@ class CommandDispatcher:
         self.envelope = envelope
         self.journal = journal
         self.context = context
-        prefix = link.settings.topic_prefix
-        self.topics = [
-            f"{link.prefix}/cmd/+",
-            f"{prefix}/all/cmd/+",
-            *(f"{prefix}/group/{group}/cmd/+" for group in groups),
-        ]
+        self.prefix = link.settings.topic_prefix
+        self.filters = topics.command_filters(self.prefix, link.device, groups)
         self.handled = 0
-        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(_QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[topics.Command, Message] | None] = queue.Queue(_QUEUE_SIZE)
         self._running: set[str] = set()  # request ids of long commands not yet answered
         self._lock = threading.Lock()
         self._stopped = False
@@ -67,6 +63,9 @@ class CommandDispatcher:
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
 
     def start(self) -> None:
+        """Takes commands from here on: subscribed now, and on every connect."""
+        for topic_filter in self.filters:
+            self.link.subscribe(topic_filter, self.on_message)
         self._thread.start()
 
     @property
@@ -80,29 +79,31 @@ class CommandDispatcher:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def on_message(self, message: mqtt.MQTTMessage) -> None:
+    def on_message(self, message: Message) -> None:
         """paho's network thread: queue it and return."""
+        if not isinstance(message.topic, topics.Command):
+            return
         try:
-            self._queue.put_nowait(message)
+            self._queue.put_nowait((message.topic, message))
         except queue.Full:
-            log.warning("command queue full: %s dropped", message.topic)
+            log.warning("command queue full: %s dropped", message.topic.topic)
 
     # The commands thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        while (message := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            topic, message = item
             try:
-                self._handle(message)
+                self._handle(topic.command, message)
             except Exception:  # a bug in one handler must not end the thread
-                log.exception("command on %s failed", message.topic)
+                log.exception("command on %s failed", topic.topic)
             self.handled += 1
 
-    def _handle(self, message: mqtt.MQTTMessage) -> None:
-        name = message.topic.rsplit("/", 1)[-1]
-        props = getattr(message, "properties", None)
+    def _handle(self, name: str, message: Message) -> None:
+        props = message.properties
         request_id: str | None = None
         try:
-            body = self._parse(bytes(message.payload))
+            body = self._parse(message.payload)
             raw_id = body.get("request_id")
             if isinstance(raw_id, str) and _valid_id(raw_id):
                 request_id = raw_id
@@ -237,12 +238,13 @@ class CommandDispatcher:
                 out_props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 out_props.CorrelationData = correlation
         else:
-            topic = f"{self.link.prefix}/reply/{request_id or 'invalid'}"
+            topic = topics.Reply(self.prefix, self.link.device, request_id or "invalid").topic
         if self.link.settings.protocol != "5":
             out_props = None
-        info = self.link.client.publish(topic, body, qos=1, properties=out_props)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            log.warning("reply on %s not sent (link down); a repeat of the request gets it", topic)
+        try:
+            self.link.publish(topic, body, qos=1, properties=out_props)
+        except PublishError as exc:
+            log.warning("reply not sent (%s); a repeat of the request gets it", exc)
 
 
 def _valid_id(value: str) -> bool:

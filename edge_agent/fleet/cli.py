@@ -34,6 +34,7 @@ from edge_agent.fleet.client import (
     command_body,
     json_object,
 )
+from edge_agent.link import topics
 
 if TYPE_CHECKING:
     pass
@@ -254,19 +255,21 @@ def devices(args: argparse.Namespace) -> int:
     found: dict[str, dict[str, Any]] = {}
     with client_from(args) as fleet:
         prefix = fleet.options.prefix
-        fleet.subscribe(f"{prefix}/+/status")
+        status_filter = topics.Status(prefix, topics.ANY).topic
+        fleet.subscribe(status_filter)
         # Retained statuses come in one burst after the SUBACK: stop once it is over.
         deadline = time.monotonic() + args.timeout
         for message in fleet.messages_until(deadline, quiet=0.5):
             status = json_object(bytes(message.payload))
-            if status is not None:
-                found[message.topic.split("/")[1]] = status
+            topic = topics.parse(message.topic)
+            if status is not None and isinstance(topic, topics.Status):
+                found[topic.device] = status
     if args.json:
         for device, status in sorted(found.items()):
             print(json.dumps({"device": device, **status}, sort_keys=True))
         return 0
     if not found:
-        print(f"no device status under {prefix}/+/status", file=sys.stderr)
+        print(f"no device status under {status_filter}", file=sys.stderr)
         return 0
     rows: list[tuple[str, ...]] = [("DEVICE", "STATE", "BOOT", "VERSION", "MODELS", "LAST_ERROR")]
     rows += [_status_row(device, status) for device, status in sorted(found.items())]
@@ -311,14 +314,19 @@ def _age(seconds: float) -> str:
 
 def watch(args: argparse.Namespace) -> int:
     check_positive(args.count, "--count")
-    device = check_level(args.device, "--device") if args.device else "+"
-    suffix = {"telemetry": "telemetry", "results": "results/+", "events": "events/+"}
-    kinds = [kind for kind in suffix if getattr(args, kind)] or list(suffix)
+    device = check_level(args.device, "--device") if args.device else topics.ANY
+    kinds = [k for k in ("telemetry", "results", "events") if getattr(args, k)]
     printed = 0
     seen = Seen()
     out: IO[str] = sys.stdout
     with client_from(args) as fleet:
-        fleet.subscribe(*(f"{fleet.options.prefix}/{device}/{suffix[k]}" for k in kinds))
+        prefix = fleet.options.prefix
+        filters = {
+            "telemetry": topics.Telemetry(prefix, device).topic,
+            "results": topics.Result(prefix, device, topics.ANY).topic,
+            "events": topics.Event(prefix, device, topics.ANY).topic,
+        }
+        fleet.subscribe(*(filters[kind] for kind in kinds or filters))
         try:
             for message in fleet.messages_until(None):
                 body = json_object(bytes(message.payload))

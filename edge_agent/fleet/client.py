@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.commands.schemas import REQUEST_ID_PATTERN
 from edge_agent.errors import UserError
 from edge_agent.json_body import canonical
+from edge_agent.link import topics
 from edge_agent.link.mqtt import no_nagle
 from edge_agent.updates.signing import load_private_key, sign_bytes
 
@@ -96,10 +97,10 @@ class Target:
     def command_topics(self, prefix: str, command: str) -> list[tuple[str, str | None]]:
         """(topic, device id when the topic names one device)."""
         if self.kind == "device":
-            return [(f"{prefix}/{name}/cmd/{command}", name) for name in self.names]
+            return [(topics.Command(prefix, command, device=d).topic, d) for d in self.names]
         if self.kind == "group":
-            return [(f"{prefix}/group/{name}/cmd/{command}", None) for name in self.names]
-        return [(f"{prefix}/all/cmd/{command}", None)]
+            return [(topics.Command(prefix, command, group=g).topic, None) for g in self.names]
+        return [(topics.Command(prefix, command).topic, None)]
 
     @property
     def expected(self) -> set[str] | None:
@@ -343,7 +344,7 @@ class Request:
 
     def send(self, *extra_topics: str) -> None:
         prefix = self.fleet.options.prefix
-        self.fleet.subscribe(f"{prefix}/+/reply/{self.request_id}", *extra_topics)
+        self.fleet.subscribe(topics.Reply(prefix, topics.ANY, self.request_id).topic, *extra_topics)
         payload = json.dumps(self.body).encode()
         for topic, device in self.target.command_topics(prefix, self.command):
             self.fleet.publish(topic, payload, self._properties(device))
@@ -356,7 +357,9 @@ class Request:
             # Inside the device's own topic tree, so an ACL that confines each device to
             # {prefix}/{device}/# lets the reply through. A group or broadcast has no topic
             # every device may write, so those answer on their default reply topic.
-            props.ResponseTopic = f"{self.fleet.options.prefix}/{device}/reply/{self.request_id}"
+            props.ResponseTopic = topics.Reply(
+                self.fleet.options.prefix, device, self.request_id
+            ).topic
             props.CorrelationData = self.request_id.encode()
         if self.expires_in is not None:
             # The broker drops the command, queued for an offline device, once it expired.
@@ -392,15 +395,18 @@ class Request:
         on_reply: Callable[[str, dict[str, Any]], None] | None,
     ) -> None:
         body = json_object(bytes(message.payload))
-        levels = message.topic.split("/")
-        if body is None or len(levels) < 4 or not self._seen.first(body):
+        topic = topics.parse(message.topic)
+        if body is None or not isinstance(topic, topics.Reply | topics.Event):
             return
-        device, kind = levels[1], levels[2]
-        if kind == "reply" and self._is_ours(message, body) and device not in self.replies:
-            self.replies[device] = body
-            if on_reply is not None:
-                on_reply(device, body)
-        elif kind == "events" and body.get("request_id") == self.request_id and on_event:
+        if not self._seen.first(body):
+            return
+        device = topic.device
+        if isinstance(topic, topics.Reply):
+            if self._is_ours(message, body) and device not in self.replies:
+                self.replies[device] = body
+                if on_reply is not None:
+                    on_reply(device, body)
+        elif body.get("request_id") == self.request_id and on_event:
             on_event(device, body)
 
     def _is_ours(self, message: mqtt.MQTTMessage, body: dict[str, Any]) -> bool:

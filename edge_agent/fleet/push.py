@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 from edge_agent.errors import UserError
 from edge_agent.fleet.args import check_positive, client_from, signer_from, target_from
 from edge_agent.fleet.client import Request, Target, command_body
+from edge_agent.link import topics
 
 if TYPE_CHECKING:
     from edge_agent.updates.manifest import UpdateManifest
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 f"(request {request.request_id})",
                 file=sys.stderr,
             )
-            request.send(f"{fleet.options.prefix}/+/events/update")
+            request.send(topics.Event(fleet.options.prefix, topics.ANY, "update").topic)
             replies = request.wait(args.timeout, args.wait_for, progress.event, progress.reply)
         finally:
             stop()

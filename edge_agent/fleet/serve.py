@@ -24,7 +24,8 @@ from typing import Any, cast
 import paho.mqtt.client as mqtt
 
 from edge_agent.json_body import parse_object
-from edge_agent.updates.transfer import BLOCK, data_topic
+from edge_agent.link import topics
+from edge_agent.updates.transfer import BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,10 @@ class ChunkServer:
     ) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be > 0")
-        if not transfer_id or any(c in transfer_id for c in "/+#"):
+        if transfer_id == topics.ANY:
             raise ValueError(f"transfer id {transfer_id!r} cannot be one MQTT topic level")
+        # Checks both levels (ValueError, one line).
+        self.subscription = topics.TransferGet(prefix, topics.ANY, transfer_id).topic
         self.client = client
         self.prefix = prefix
         self.transfer_id = transfer_id
@@ -75,10 +78,6 @@ class ChunkServer:
         self._pending: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="chunk-server", daemon=True)
-
-    @property
-    def subscription(self) -> str:
-        return f"{self.prefix}/+/transfer/{self.transfer_id}/get"
 
     def start(self) -> ChunkServer:
         for role, path in self.files.items():
@@ -120,13 +119,13 @@ class ChunkServer:
     # paho's network thread
 
     def _on_get(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        levels = msg.topic[len(self.prefix) + 1 :].split("/")
-        if len(levels) != 4:
+        topic = topics.parse(msg.topic)
+        if not isinstance(topic, topics.TransferGet):
             return
         try:
-            self._queue.put_nowait((levels[0], bytes(msg.payload)))
+            self._queue.put_nowait((topic.device, bytes(msg.payload)))
         except queue.Full:
-            log.debug("chunk server: request queue full, dropped a request from %s", levels[0])
+            log.debug("chunk server: request queue full, dropped a request from %s", topic.device)
 
     # the chunk-server thread
 
@@ -164,8 +163,8 @@ class ChunkServer:
                 return
             data = os.pread(self._fds[role], self.chunk_size, index * self.chunk_size)
             self._throttle()
-            topic = data_topic(self.prefix, device, self.transfer_id, role, index)
-            info = self.client.publish(topic, data, qos=1)
+            topic = topics.TransferData(self.prefix, device, self.transfer_id, role, index)
+            info = self.client.publish(topic.topic, data, qos=1)
             if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self._pending.append(info)
             with self._lock:

@@ -1,18 +1,22 @@
 """The broker connection (paho-mqtt 2.x). Reconnects on its own with exponential backoff
 and full jitter, so a fleet that loses its broker does not come back in one wave. The Will
-marks the device offline; every connect publishes a retained online status."""
+marks the device offline; every connect publishes a retained online status.
+
+The link is the only user of its paho client: every publish goes through `publish()`, which
+hands each PUBACK to whoever published that message and to no one else, and incoming
+messages go, with their parsed topic, to the handlers subscribed to a matching filter."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import random
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -20,12 +24,41 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.backoff import Backoff
 from edge_agent.config.secrets import secret_path
+from edge_agent.link import topics
 
 if TYPE_CHECKING:  # settings import the runtime (numpy, OpenCV); edge-fleet uses no_nagle
     from edge_agent.config.settings import MqttSettings
 
 log = logging.getLogger(__name__)
+
+OnAck = Callable[[int], None]
+"""Told the PUBACK's reason code (0 delivered, >= 0x80 refused) of one message."""
+
+
+class PublishError(Exception):
+    """The message was not sent (paho refused it): no acknowledgement will come for it."""
+
+
+class LinkOffline(PublishError):
+    """Not connected, or the connection changed while the message was being handed over."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """An incoming message, its topic already parsed."""
+
+    topic: topics.Topic
+    payload: bytes
+    properties: Properties | None
+
+
+Handler = Callable[[Message], None]
+
+
+def _unclaimed(reason: int) -> None:
+    """Marks a message id no publisher has claimed yet (see _on_publish)."""
 
 
 class MqttLink:
@@ -40,7 +73,6 @@ class MqttLink:
     ) -> None:
         self.settings = settings
         self.device = device
-        self.prefix = f"{settings.topic_prefix}/{device}"
         self.online_status = online_status
         self.connected = threading.Event()
         self.state = "offline"
@@ -49,26 +81,30 @@ class MqttLink:
         self.offline_since: float | None = time.monotonic()
         self.offline_total_s = 0.0
         self.max_packet_size = settings.max_packet_size or 0
-        # Called from paho's network thread: (mid, reason code) and connection changes.
-        self.on_publish: Callable[[int, int], None] = lambda mid, rc: None
-        # Told of every connect (True) and loss (False): the sender, chunk transfers.
-        self.connection_listeners: list[Callable[[bool], None]] = []
-        # Topics taken (commands, transfers), subscribed on every connect, and where their
-        # messages go (paho's network thread).
-        self.subscriptions: list[str] = []
-        self.on_message: Callable[[mqtt.MQTTMessage], None] = lambda message: None
+        # Told of every connect (True) and loss (False), on paho's network thread.
+        self._listeners: tuple[Callable[[bool], None], ...] = ()
+        # Filters subscribed on every connect, and who gets their messages.
+        self._handlers: tuple[tuple[str, Handler], ...] = ()  # replaced whole: no lock
+        # Who published each message still waiting for its PUBACK (None: nobody listens),
+        # and the PUBACKs that came before publish() could say whose they are. Both are
+        # emptied at every connection change, with _epoch counting the changes.
+        self._acks_lock = threading.Lock()
+        self._awaiting: dict[int, OnAck | None] = {}
+        self._early: dict[int, int] = {}
+        self._epoch = 0
+        self._up = False  # CONNACK taken, not lost since: publish() may hand messages over
         self._stop = threading.Event()
-        self._attempt = 0
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         # Whether the broker answered the current attempt's CONNECT: a connection closed
         # before any CONNACK (a TLS client certificate refused, a half-open link) has no
         # refusal of its own to report.
         self._answered = False
-        self.client = self._make_client()
+        self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
 
     @property
     def status_topic(self) -> str:
-        return f"{self.prefix}/status"
+        return topics.Status(self.settings.topic_prefix, self.device).topic
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
@@ -103,8 +139,68 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        client.on_message = lambda client, userdata, message: self.on_message(message)
+        client.on_message = self._on_message
         return client
+
+    # Publishing, subscribing, listening ------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        on_ack: OnAck | None = None,
+        properties: Properties | None = None,
+    ) -> int:
+        """Hands the message to the broker connection and returns its message id.
+
+        `on_ack` is called once with the PUBACK's reason code, on paho's network thread (or
+        on this one, when the PUBACK came before this call returned), and never when the
+        connection is lost first. Raises LinkOffline when not connected, PublishError when
+        paho refuses the message (its queue is full, a topic it cannot publish on)."""
+        epoch = self._epoch
+        if not self._up:
+            raise LinkOffline(f"{topic}: not connected")
+        # Not under our lock: paho calls on_publish holding its own lock, and publish()
+        # takes that one.
+        try:
+            info = self._client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties
+            )
+        except ValueError as exc:
+            raise PublishError(f"{topic}: {exc}") from None
+        if info.rc:  # not MQTT_ERR_SUCCESS
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                raise LinkOffline(f"{topic}: not connected")
+            raise PublishError(f"{topic}: {mqtt.error_string(info.rc)}")
+        with self._acks_lock:
+            # Every message id is claimed, so no PUBACK is left over for a later message
+            # that gets the same id once paho's ids wrap around.
+            reason = self._early.pop(info.mid, None)
+            changed = epoch != self._epoch
+            if reason is None:
+                # After a change it may have gone out on the new connection: its PUBACK is
+                # taken by nobody rather than left for another message.
+                self._awaiting[info.mid] = None if changed else on_ack
+        if changed:
+            raise LinkOffline(f"{topic}: the connection changed while publishing")
+        if reason is not None and on_ack is not None:
+            on_ack(reason)
+        return info.mid
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Messages on topics matching `topic_filter` go to `handler` (paho's network
+        thread: it must return quickly). Subscribed now when connected, and on every
+        connect."""
+        self._handlers = (*self._handlers, (topic_filter, handler))
+        if self._up:
+            self._client.subscribe(topic_filter, qos=1)
+
+    def add_connection_listener(self, listener: Callable[[bool], None]) -> None:
+        """`listener(True)` after every connect, `listener(False)` when it is lost."""
+        self._listeners = (*self._listeners, listener)
 
     # Lifecycle -----------------------------------------------------------------------
 
@@ -122,10 +218,16 @@ class MqttLink:
         self._stop.set()
         if self.connected.is_set():
             offline = json.dumps({"state": "offline", "device": self.device, "reason": "stopped"})
-            info = self.client.publish(self.status_topic, offline.encode(), qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout / 2)
-        self.client.disconnect()
+            acked = threading.Event()
+            with contextlib.suppress(PublishError):
+                self.publish(
+                    self.status_topic,
+                    offline.encode(),
+                    retain=True,
+                    on_ack=lambda reason: acked.set(),
+                )
+                acked.wait(timeout / 2)
+        self._client.disconnect()
         self._thread.join(timeout)
 
     def _run(self) -> None:
@@ -140,7 +242,7 @@ class MqttLink:
                 if s.protocol == "5":
                     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                     props.SessionExpiryInterval = s.session_expiry_s
-                    self.client.connect(
+                    self._client.connect(
                         s.host,
                         s.port,
                         keepalive=s.keepalive_s,
@@ -148,26 +250,20 @@ class MqttLink:
                         properties=props,
                     )
                 else:
-                    self.client.connect(s.host, s.port, keepalive=s.keepalive_s)
+                    self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._failed(f"cannot connect to {s.host}:{s.port}: {exc}")
             else:
                 # This thread runs the network loop; it returns once the connection is
                 # gone (paho's own reconnect is off).
-                self.client.loop_forever()
+                self._client.loop_forever()
             if self._stop.is_set():
                 return
-            delay = self._backoff()
+            delay = self._backoff.next()
             self.state = "waiting"
             if self._stop.wait(delay):
                 return
             self.reconnects += 1
-
-    def _backoff(self) -> float:
-        s = self.settings
-        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return random.uniform(s.reconnect_min_s, max(s.reconnect_min_s, cap))
 
     def _failed(self, message: str) -> None:
         if message != self.last_error:
@@ -191,7 +287,8 @@ class MqttLink:
         # paho would resend what was unacknowledged at the drop right after this callback;
         # the sender resends those rows from the outbox, so each would go twice.
         client.drop_out_messages()
-        self._attempt = 0
+        self._connection_changed(up=True)
+        self._backoff.reset()
         if self.offline_since is not None:
             self.offline_total_s += time.monotonic() - self.offline_since
             self.offline_since = None
@@ -199,30 +296,43 @@ class MqttLink:
         self.last_error = ""
         log.info("mqtt: connected to %s:%s", self.settings.host, self.settings.port)
         no_nagle(client)
-        if self.subscriptions:
-            client.subscribe([(topic, 1) for topic in self.subscriptions])
+        filters = list(dict.fromkeys(topic_filter for topic_filter, _ in self._handlers))
+        if filters:
+            client.subscribe([(topic_filter, 1) for topic_filter in filters])
         self.publish_status()
         self.connected.set()
-        for listener in self.connection_listeners:
+        for listener in self._listeners:
             listener(True)
 
     def publish_status(self) -> None:
         """The retained online status, again: on connect, and when something changed that
         an operator should see (a rejected config edit, a model that failed to load)."""
         status = {"state": "online", "device": self.device, **self.online_status()}
-        self.client.publish(self.status_topic, json.dumps(status).encode(), qos=1, retain=True)
+        try:
+            self.publish(self.status_topic, json.dumps(status).encode(), retain=True)
+        except PublishError as exc:
+            log.debug("mqtt: status not published (%s); the next connect publishes it", exc)
+
+    def _connection_changed(self, up: bool) -> None:
+        """PUBACKs of the old connection never come: forget who waited for them."""
+        with self._acks_lock:
+            self._epoch += 1
+            self._up = up
+            self._awaiting.clear()
+            self._early.clear()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         was_up = self.connected.is_set()
         self.connected.clear()
+        self._connection_changed(up=False)
         if self.offline_since is None:
             self.offline_since = time.monotonic()
         s = self.settings
         if was_up:
             self._failed(f"connection to {s.host}:{s.port} lost: {reason}")
-            for listener in self.connection_listeners:
+            for listener in self._listeners:
                 listener(False)
         elif not self._answered and not self._stop.is_set():
             self._failed(
@@ -232,7 +342,24 @@ class MqttLink:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
-        self.on_publish(mid, int(getattr(reason, "value", 0) or 0))
+        code = int(getattr(reason, "value", 0) or 0)
+        with self._acks_lock:
+            on_ack = self._awaiting.pop(mid, _unclaimed)
+            if on_ack is _unclaimed:
+                self._early[mid] = code  # publish() has not returned yet: it claims this
+                return
+        if on_ack is not None:
+            on_ack(code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        topic = topics.parse(message.topic)
+        if topic is None:
+            log.debug("mqtt: a message on %s, not a topic of ours: dropped", message.topic)
+            return
+        incoming = Message(topic, bytes(message.payload), getattr(message, "properties", None))
+        for topic_filter, handler in self._handlers:
+            if mqtt.topic_matches_sub(topic_filter, message.topic):
+                handler(incoming)
 
     def snapshot(self) -> dict[str, Any]:
         offline = self.offline_total_s

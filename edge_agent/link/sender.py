@@ -1,5 +1,6 @@
 """Drains the outbox through the link: oldest rows first (events, results, telemetry),
-QoS 1, inside a bounded in-flight window. A row is marked delivered only on its PUBACK;
+QoS 1, inside a bounded in-flight window. A row is marked delivered only on its own PUBACK,
+which the link hands to the sender for the publish that row went out in;
 rows in flight when the connection drops stay pending and go again after the reconnect,
 so delivery is at least once and duplicates stay within the window.
 
@@ -12,11 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-
-from paho.mqtt.client import MQTT_ERR_SUCCESS
+from functools import partial
 
 from edge_agent.config.settings import MqttSettings
-from edge_agent.link.mqtt import MqttLink
+from edge_agent.link.mqtt import MqttLink, PublishError
 from edge_agent.outbox.database import OutboxWriteError
 from edge_agent.outbox.store import Outbox, Stored
 
@@ -47,8 +47,7 @@ class Sender:
         self.rate = settings.drain_rate
         self.sent = 0
         self.acked = 0
-        self._inflight: dict[int, int] = {}  # mid -> outbox seq
-        self._early: dict[int, int] = {}  # PUBACKs that beat publish() returning: mid -> rc
+        self._inflight: set[int] = set()  # outbox seqs published, their PUBACK not yet in
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
         self._suspects: dict[int, int] = {}
@@ -65,8 +64,8 @@ class Sender:
         self._unrefused: list[tuple[int, str]] = []
         self._write_error = ""
         self._retry_at = 0.0
-        link.on_publish = self._on_publish
-        link.connection_listeners.append(self._on_connection)
+        self._acked_by = self._on_ack  # bound once: a publish binds only its row's seq
+        link.add_connection_listener(self._on_connection)
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
 
     def start(self) -> None:
@@ -103,14 +102,12 @@ class Sender:
         with self._changed:
             return len(self._inflight)
 
-    # paho's network thread ---------------------------------------------------------------
+    # paho's network thread (or ours, for a PUBACK that beat publish() returning) ----------
 
-    def _on_publish(self, mid: int, reason: int) -> None:
+    def _on_ack(self, seq: int, reason: int) -> None:
+        """The PUBACK of the publish that carried row `seq`, and no other."""
         with self._changed:
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
-                self._early[mid] = reason
-                return
+            self._inflight.discard(seq)
             self._ack(seq, reason)
             self._changed.notify_all()
 
@@ -124,13 +121,12 @@ class Sender:
     def _on_connection(self, up: bool) -> None:
         with self._changed:
             if not up:
-                for seq in self._inflight.values():
+                for seq in self._inflight:
                     self._suspects[seq] = self._suspects.get(seq, 0) + 1
                 # Not acknowledged: they stay pending in the outbox and go again, read
                 # from the start.
                 self._inflight.clear()
                 self._cursor.clear()
-                self._early.clear()
             self._epoch += 1
             self._changed.notify_all()
 
@@ -203,23 +199,31 @@ class Sender:
                 row, "dropped_connection", f"was in flight at {_SUSPECT_DROPS} drops in a row"
             )
             return True
-        # Not under our lock: paho calls on_publish holding its own, and publish() takes
-        # that one. A PUBACK that beats this call returning is kept in _early.
-        info = self.link.client.publish(row.topic, row.payload, qos=row.qos)
-        if info.rc != MQTT_ERR_SUCCESS:
-            return False  # not connected any more: the row stays pending
         with self._changed:
             if epoch != self._epoch:
                 # The connection changed under this page: read again from the cursor the
                 # new connection starts with (a duplicate at worst, never a gap).
                 return False
-            self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
-            early = self._early.pop(info.mid, None)
-            if early is None:
-                self._inflight[info.mid] = row.seq
-            else:
-                self._ack(row.seq, early)
+            # Read and in flight before it is sent: its PUBACK may come before publish()
+            # returns. A connection change from here on clears both.
+            self._inflight.add(row.seq)
+            read_before = self._cursor.get(row.cls, 0)
+            self._cursor[row.cls] = max(read_before, row.seq)
             self.sent += 1
+        # Not under our lock: the link calls _on_ack holding paho's lock, which publish()
+        # takes too.
+        try:
+            self.link.publish(
+                row.topic, row.payload, qos=row.qos, on_ack=partial(self._acked_by, row.seq)
+            )
+        except PublishError:
+            # Not connected any more, or paho's queue is full: it stays pending.
+            with self._changed:
+                self._inflight.discard(row.seq)
+                self.sent -= 1
+                if epoch == self._epoch:
+                    self._cursor[row.cls] = read_before  # to be read again
+            return False
         return True
 
     def _put_aside(self, row: Stored, reason: str, why: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from edge_agent.counters import Counters
+from edge_agent.link.topics import result_topic
 from edge_agent.outbox.database import OutboxWriteError
 from edge_agent.outbox.store import Message, MessageClass, Outbox
 from edge_agent.payloads import ResultPayload
@@ -77,7 +78,7 @@ class OutboxWriter:
         self._thread.start()
 
     def put(self, payload: ResultPayload, on_durable: Callable[[], None] | None = None) -> None:
-        topic = f"{self.topic_prefix}/{self.device}/results/{payload.pipeline}"
+        topic = result_topic(self.topic_prefix, self.device, payload.pipeline)
         body = payload.model_dump_json(by_alias=True).encode()
         message = Message(payload.id, topic, body, 1, "result", time.time())
         self._queue.put(message if on_durable is None else (message, on_durable))

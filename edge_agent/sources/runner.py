@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.backoff import Backoff
 from edge_agent.sources.base import (
     EndOfStream,
     Frame,
@@ -42,7 +43,9 @@ class SourceRunner:
         self.name = source.name
         self._on_frame = on_frame
         self._on_state = on_state
-        self._rng = rng or random.Random()
+        # Exponential with full jitter, never below the minimum: no tight loop.
+        config = source.config
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, rng=rng)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -50,7 +53,6 @@ class SourceRunner:
         self._last_error = ""
         self._reconnects = 0
         self._frames = 0
-        self._attempt = 0  # failures since frames last came, for the backoff
         self._capped = 0  # live frames dropped by the fps cap
         self._callback_errors = 0
         self._crashed = False  # the thread ended by a bug: a restart of the agent may help
@@ -181,12 +183,7 @@ class SourceRunner:
         self._last_error = message
         self._log_failure(message)
         self._set_state(SourceState.RECONNECTING, message)
-        cfg = self.source.config
-        # Exponential with full jitter, never below the minimum: no tight loop.
-        ceiling = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2.0 ** min(self._attempt, 30))
-        delay = self._rng.uniform(cfg.reconnect_min_s, max(cfg.reconnect_min_s, ceiling))
-        self._attempt += 1
-        if not self._stop.wait(delay):
+        if not self._stop.wait(self._backoff.next()):
             self._reconnects += 1
 
     def _read_all(self) -> None:
@@ -215,7 +212,7 @@ class SourceRunner:
                 due = max(due + period, now)
             if not got_frame:
                 got_frame = True
-                self._attempt = 0  # it works again: the next failure starts the backoff over
+                self._backoff.reset()  # it works again: the next failure starts over
             self._frames += 1
             try:
                 self._on_frame(frame)

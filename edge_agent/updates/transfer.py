@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from edge_agent.backoff import Backoff
 from edge_agent.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ Progress = Callable[[int, int], None]
 """Called with (bytes done, total) as a download advances."""
 
 BLOCK = 64 * 1024
-_TOPIC_WORD = re.compile(r"^[^/+#\x00]+$")
+_RETRY_MAX_S = 10.0  # the longest wait between two HTTP tries
 
 
 class TransferError(UserError):
@@ -69,6 +70,7 @@ def http_download(
             f.truncate(0)
             have = 0
         failures = 0
+        backoff = Backoff(backoff_s, _RETRY_MAX_S, jitter=False)
         while have < size:
             if stop.is_set():
                 raise TransferStopped(f"{url}: stopped after {have} of {size} bytes")
@@ -96,7 +98,7 @@ def http_download(
                     f"{url}: {problem} at {have} of {size} bytes ({attempts} tries, no progress)"
                 )
             log.info("%s: %s; retrying", url, problem)
-            if stop.wait(min(backoff_s * 2 ** max(failures - 1, 0), 10.0)):
+            if stop.wait(backoff.delay(failures - 1)):
                 raise TransferStopped(f"{url}: stopped after {have} of {size} bytes")
         f.flush()
         os.fsync(f.fileno())
@@ -177,40 +179,6 @@ def _too_long(url: str, f: BinaryIO, size: int) -> TransferError:
 
 
 # --- MQTT chunks ------------------------------------------------------------------------------
-
-
-def _check_word(what: str, value: str) -> str:
-    if not _TOPIC_WORD.match(value):
-        raise ValueError(f"{what} {value!r} cannot be one MQTT topic level")
-    return value
-
-
-def request_topic(prefix: str, device: str, transfer_id: str) -> str:
-    """Where the device asks for chunks: `{prefix}/{device}/transfer/{id}/get`."""
-    _check_word("device", device)
-    return f"{prefix}/{device}/transfer/{_check_word('transfer id', transfer_id)}/get"
-
-
-def data_topic(prefix: str, device: str, transfer_id: str, role: str, index: int) -> str:
-    """Where one chunk arrives: `{prefix}/{device}/transfer/{id}/data/{role}/{index}`."""
-    return f"{prefix}/{device}/transfer/{transfer_id}/data/{role}/{index}"
-
-
-def data_subscription(prefix: str, device: str, transfer_id: str) -> str:
-    """The filter that receives every chunk of one transfer."""
-    _check_word("device", device)
-    return f"{prefix}/{device}/transfer/{_check_word('transfer id', transfer_id)}/data/#"
-
-
-def parse_data_topic(topic: str) -> tuple[str, str, int] | None:
-    """(transfer id, role, index) of a `.../transfer/{id}/data/{role}/{index}` topic, or None."""
-    levels = topic.split("/")
-    if len(levels) < 5 or levels[-5] != "transfer" or levels[-3] != "data":
-        return None
-    index = levels[-1]
-    if not index.isdigit() or not levels[-4] or not levels[-2]:
-        return None
-    return levels[-4], levels[-2], int(index)
 
 
 class ChunkPull:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.config.settings import UpdatesSettings
 from edge_agent.errors import UserError
+from edge_agent.link import topics
 from edge_agent.updates.manifest import (
     HttpSource,
     MqttSource,
@@ -29,20 +30,12 @@ from edge_agent.updates.manifest import (
 from edge_agent.updates.signing import verify_file, verify_manifest
 from edge_agent.updates.staging import StageReport, stage
 from edge_agent.updates.store import ModelStore
-from edge_agent.updates.transfer import (
-    ChunkPull,
-    TransferStopped,
-    http_download,
-    parse_data_topic,
-    request_topic,
-)
+from edge_agent.updates.transfer import ChunkPull, TransferStopped, http_download
 
 if TYPE_CHECKING:
-    import paho.mqtt.client as mqtt
-
     from edge_agent.config.settings import AgentSettings
     from edge_agent.host import ModelHost
-    from edge_agent.link.mqtt import MqttLink
+    from edge_agent.link.mqtt import Message, MqttLink
 
 log = logging.getLogger(__name__)
 
@@ -220,16 +213,15 @@ class Updater:
             for pull in pulls:
                 pull.resend()
 
-    def on_transfer_message(self, message: mqtt.MQTTMessage) -> None:
+    def on_transfer_message(self, message: Message) -> None:
         """A chunk from the operator (paho's network thread)."""
-        parsed = parse_data_topic(message.topic)
-        if parsed is None:
+        chunk = message.topic
+        if not isinstance(chunk, topics.TransferData):
             return
-        transfer, role, index = parsed
         with self._lock:
-            pull = self._pulls.get((transfer, role))
+            pull = self._pulls.get((chunk.transfer, chunk.role))
         if pull is not None:
-            pull.feed(index, bytes(message.payload))
+            pull.feed(chunk.index, message.payload)
 
     # Steps -------------------------------------------------------------------------------
 
@@ -291,7 +283,7 @@ class Updater:
             )
         pull = ChunkPull(
             self.publish,
-            request_topic(link.settings.topic_prefix, link.device, source.transfer),
+            topics.TransferGet(link.settings.topic_prefix, link.device, source.transfer).topic,
             role,
             part,
             size,
