@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        # Held from reading the config files to applying them (a file edit's reload,
+        # set_config): a reading overtaken by the other is never applied.
+        self.config_lock = threading.RLock()
         self.envelope = Envelope(settings.device.id)
         self.status = StatusBoard()
         state_dir = settings.device.state_dir
@@ -180,7 +184,9 @@ class Agent:
             applied = Reload(self.host, self.graph, self.settings, new).apply()
             self.settings = new
             self.host.store.keep_versions = new.updates.keep_versions
-            return applied
+        if applied.done:
+            self.status.touch()  # models and pipelines in the status may have changed
+        return applied
 
     def restart_pipeline(self, name: str) -> list[str]:
         """Takes the pipeline out and builds it again (its source too when no other
@@ -214,6 +220,7 @@ class Agent:
             status=self.command_status,
             flush=self.flush,
             restart_pipeline=self.restart_pipeline,
+            config_lock=self.config_lock,
         )
         journal = CommandJournal(
             settings.device.state_dir / "commands.db", settings.commands.remember
