@@ -227,7 +227,7 @@ class Agent:
         )
         return CommandDispatcher(
             settings.commands,
-            settings.updates.trusted_keys,
+            lambda: self.settings.updates.trusted_keys,
             self.link,
             self.envelope,
             journal,

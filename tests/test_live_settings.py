@@ -5,6 +5,7 @@ new model runs."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from edge_agent.config.load import load_settings
 from edge_agent.config.section import applies_of
 from edge_agent.config.settings import AgentSettings
 from edge_agent.fleet.serve import RangeHTTPServer
+from edge_agent.json_body import canonical
 from edge_agent.reload import ReloadRefused
 from edge_agent.service import Service
+from edge_agent.updates.signing import sign_bytes
 from tests import blocking_decoder
 from tests.agent_helpers import config_text, mqtt_table, start_agent
 from tests.conftest import MODELS
@@ -161,7 +164,15 @@ def test_an_edit_of_updates_applies_live_and_says_so(
     base = config(tmp_path / "state", digits, detector, mqtt_table(broker.port))
     text = PIPELINES + mqtt_table(broker.port) + trusted.config() + updates
     agent = start_agent(tmp_path, text, models=model_tables(digits, detector), online=True)
+
+    def signed_ping(request_id: str) -> dict[str, object]:
+        body = {"request_id": request_id, "issued_at": time.time(), "nonce": request_id}
+        value = sign_bytes(canonical(body), other.private)
+        return {**body, "signature": {"key_id": "second", "value": value}}
+
     try:
+        unknown = operator.call("ping", **signed_ping("before-1"))
+        assert unknown["status"] == "error" and "unknown key 'second'" in unknown["reason"]
         manifest, folder = digits_update(tmp_path, other)  # signed by a key not trusted yet
         with RangeHTTPServer(folder) as server:
             body = {**manifest.as_dict(), "source": {"kind": "http", "url": server.url}}
@@ -174,6 +185,8 @@ def test_an_edit_of_updates_applies_live_and_says_so(
             applied = agent.reload(load_settings(path))
             assert applied.done == ["updates.trusted_keys.second applied"]
             assert applied.restart_required == []
+            # Commands signed with it are taken at once too.
+            assert operator.call("ping", **signed_ping("after-1"))["status"] == "ok"
             reply = operator.call("update_model", manifest=body, timeout=60)
         assert reply["status"] == "ok" and reply["result"]["state"] == "committed", reply
         # A remote change of a live [updates] key is named, never "nothing changed".

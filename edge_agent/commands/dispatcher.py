@@ -12,6 +12,7 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from paho.mqtt.packettypes import PacketTypes
@@ -39,7 +40,7 @@ class CommandDispatcher:
     def __init__(
         self,
         settings: CommandsSettings,
-        trusted_keys: dict[str, str],
+        trusted_keys: Callable[[], dict[str, str]],
         link: MqttLink,
         envelope: Envelope,
         journal: CommandJournal,
@@ -47,7 +48,7 @@ class CommandDispatcher:
         groups: list[str],
     ) -> None:
         self.settings = settings
-        self.trusted_keys = trusted_keys
+        self.trusted_keys = trusted_keys  # read at each command: [updates] applies live
         self.link = link
         self.envelope = envelope
         self.journal = journal
@@ -185,7 +186,7 @@ class CommandDispatcher:
             if self.settings.require_signed:
                 raise CommandError("unsigned command refused (commands.require_signed is true)")
             return
-        setting = self.trusted_keys.get(signature.key_id)
+        setting = self.trusted_keys().get(signature.key_id)
         if setting is None:
             raise CommandError(f"signed by unknown key {signature.key_id!r}")
         if command.issued_at is None or command.nonce is None:
