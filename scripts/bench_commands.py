@@ -6,7 +6,9 @@ response topic, one at a time, timing send to reply. Beside it, in the same run:
 broker's own round trip (publish to a topic the operator itself subscribes), and the same
 pings to the agent with its pipeline paused (idle).
 
-Each figure is measured against a stock Mosquitto and one with `set_tcp_nodelay true`.
+Each figure is measured against a stock Mosquitto and one with `set_tcp_nodelay true`, and
+on the stock broker with two operator clients: a plain paho client, and one that sets
+TCP_QUICKACK after each packet as `edge-fleet` does (the agent always does).
 
     .venv/bin/python scripts/bench_commands.py [--pings 200]
 
@@ -34,9 +36,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_link import start_broker  # noqa: E402
+
+from edge_agent.link.mqtt import quick_ack  # noqa: E402
 
 DEVICE = "bench"
 CONFIG = ROOT / "configs" / "demo.toml"
@@ -45,11 +50,14 @@ CONFIG = ROOT / "configs" / "demo.toml"
 class Operator:
     """One MQTT 5 client: publishes a request, waits for the message on its reply topic."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, quick: bool) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
         self.got = threading.Event()
         self.last = b""
+        self.quick = quick
         self.client.on_message = self._on_message
+        if quick:
+            self.client.on_publish = lambda client, *_: quick_ack(client)
         self.client.connect("127.0.0.1", port)
         # As the agent's link does: a small message is not held back for a delayed ACK.
         sock = self.client.socket()
@@ -58,6 +66,8 @@ class Operator:
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self.quick:
+            quick_ack(client)
         self.last = msg.payload
         self.got.set()
 
@@ -111,10 +121,10 @@ def ms(values: list[float]) -> tuple[float, float]:
     return float(p50) * 1000, float(p99) * 1000
 
 
-def measure(folder: Path, nodelay: bool, pings: int) -> dict[str, tuple[float, float]]:
+def measure(folder: Path, nodelay: bool, quick: bool, pings: int) -> dict[str, tuple[float, float]]:
     broker, port = start_broker(folder, *(["set_tcp_nodelay true"] if nodelay else []))
     agent = start_agent(port, folder / "state")
-    operator = Operator(port)
+    operator = Operator(port, quick)
     try:
         operator.listen("ops/replies")
         deadline = time.monotonic() + 60
@@ -161,15 +171,20 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=200)
     args = parser.parse_args()
     print(f"command round trip, {args.pings} pings each, ms (p50 / p99)")
-    print(f"{'broker':<28}{'broker echo':>16}{'agent idle':>16}{'agent running':>16}")
+    head = f"{'broker, operator client':<44}"
+    print(head + f"{'broker echo':>16}{'agent paused':>16}{'agent running':>16}")
+    cases = [
+        (False, False, "stock Mosquitto, plain paho"),
+        (False, True, "stock Mosquitto, quick-ack (edge-fleet)"),
+        (True, False, "set_tcp_nodelay true, plain paho"),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        for nodelay in (False, True):
-            folder = Path(tmp) / ("nodelay" if nodelay else "stock")
+        for i, (nodelay, quick, label) in enumerate(cases):
+            folder = Path(tmp) / str(i)
             folder.mkdir()
-            f = measure(folder, nodelay, args.pings)
-            label = "set_tcp_nodelay true" if nodelay else "stock Mosquitto"
+            f = measure(folder, nodelay, quick, args.pings)
             cells = [f"{f[k][0]:6.1f} / {f[k][1]:5.1f}" for k in ("broker", "idle", "running")]
-            print(f"{label:<28}" + "".join(f"{c:>16}" for c in cells))
+            print(f"{label:<44}" + "".join(f"{c:>16}" for c in cells))
     return 0
 
 

@@ -31,7 +31,7 @@ from edge_agent.commands.schemas import REQUEST_ID_PATTERN
 from edge_agent.errors import UserError
 from edge_agent.json_body import canonical
 from edge_agent.link import topics
-from edge_agent.link.mqtt import no_nagle
+from edge_agent.link.mqtt import no_nagle, quick_ack
 from edge_agent.updates.signing import load_private_key, sign_bytes
 
 Protocol = Literal["5", "3.1.1"]
@@ -198,7 +198,9 @@ class FleetClient:
                 raise UserError(f"TLS files (--ca/--cert/--key): {exc}") from None
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
-        client.on_message = lambda client, userdata, message: self.messages.put(message)
+        client.on_message = self._on_message
+        # A broker with Nagle on waits for our ACK before its next small packet to us.
+        client.on_publish = lambda client, *_: quick_ack(client)
         return client
 
     # Lifecycle ---------------------------------------------------------------------------
@@ -232,6 +234,10 @@ class FleetClient:
         self.close()
 
     # paho's network thread ---------------------------------------------------------------
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        quick_ack(client)
+        self.messages.put(message)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any

@@ -342,6 +342,7 @@ class MqttLink:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
+        quick_ack(client)
         code = int(getattr(reason, "value", 0) or 0)
         with self._acks_lock:
             on_ack = self._awaiting.pop(mid, _unclaimed)
@@ -352,6 +353,7 @@ class MqttLink:
             on_ack(code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        quick_ack(client)
         topic = topics.parse(message.topic)
         if topic is None:
             log.debug("mqtt: a message on %s, not a topic of ours: dropped", message.topic)
@@ -381,3 +383,20 @@ def no_nagle(client: mqtt.Client) -> None:
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# Linux only; elsewhere ACKs keep the kernel's own timing.
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def quick_ack(client: mqtt.Client) -> None:
+    """TCP_QUICKACK on the client's socket, after each packet read: what just arrived is
+    acknowledged now, not up to 40 ms later. A broker with Nagle on (Mosquitto's default)
+    holds its next small packet to us (a command, a reply, the next PUBACK) until that ACK
+    comes. The kernel leaves quick-ack mode on its own, so it is set again each time."""
+    if _QUICKACK is None:
+        return
+    sock = client.socket()
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
