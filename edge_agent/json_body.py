@@ -1,15 +1,19 @@
-"""Parsing a JSON object from the network, strictly: UTF-8 only (json.loads on bytes would
-guess UTF-16 or UTF-32), finite numbers only (NaN, Infinity and 1e999999 would slip past
-every comparison), and nesting no deeper than a limit checked before parsing, since the
-parser recurses per level and a body thousands of levels deep raises RecursionError
-instead of a ValueError. Every refusal is a BodyError naming the problem."""
+"""Parsing JSON from outside (a command body, a file that came with an update or inside a
+model, a line from a sensor), strictly: UTF-8 only (json.loads on bytes would guess UTF-16
+or UTF-32), finite numbers only (NaN, Infinity and 1e999999 would slip past every
+comparison), within a size limit, and nesting no deeper than a limit checked before
+parsing, since the parser recurses per level and a body thousands of levels deep raises
+RecursionError instead of a ValueError. Every refusal is a BodyError, one line naming the
+thing and the problem."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from itertools import accumulate
+from pathlib import Path
 from typing import Any
 
 # Far deeper than any command, config change or update manifest (about 6 levels), far
@@ -38,23 +42,57 @@ def canonical(body: dict[str, Any]) -> bytes:
 
 
 def parse_object(
-    payload: bytes, max_depth: int = MAX_DEPTH, max_bytes: int | None = None
+    payload: bytes, max_depth: int = MAX_DEPTH, max_bytes: int | None = None, *, what: str = "body"
 ) -> dict[str, Any]:
+    """A JSON object; BodyError names `what` and the problem ("body is not UTF-8: ...")."""
+    body = parse_value(payload, max_depth, max_bytes, what=what)
+    if not isinstance(body, dict):
+        raise BodyError(f"{what} must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def parse_value(
+    payload: bytes, max_depth: int = MAX_DEPTH, max_bytes: int | None = None, *, what: str = "body"
+) -> Any:
+    """Any JSON value, as strictly as parse_object: for a line from a sensor, say."""
     if max_bytes is not None and len(payload) > max_bytes:
-        raise BodyError(f"body is {len(payload)} bytes, more than {max_bytes}")
+        raise BodyError(f"{what} is {len(payload)} bytes, more than {max_bytes}")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BodyError(f"body is not UTF-8: {exc}") from exc
+        raise BodyError(f"{what} is not UTF-8: {exc}") from exc
     try:
-        body = loads(text, max_depth)
+        return loads(text, max_depth)
     except _TooDeep as exc:
-        raise BodyError(f"body {exc}") from exc
+        raise BodyError(f"{what} {exc}") from exc
     except ValueError as exc:
-        raise BodyError(f"body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BodyError(f"body must be a JSON object, not {type(body).__name__}")
-    return body
+        raise BodyError(f"{what} is not JSON: {exc}") from exc
+
+
+def read_file(
+    path: Path, max_bytes: int, max_depth: int = MAX_DEPTH, *, what: str | None = None
+) -> Any:
+    """A JSON file that came from outside (with an update, beside a model), read no further
+    than `max_bytes`. BodyError names `what` (the path, unless given) and the problem;
+    OSError is left to the caller."""
+    what = str(path) if what is None else what
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BodyError(f"{what} is {max(size, len(data))} bytes, more than {max_bytes}")
+    return parse_value(data, max_depth, what=what)
+
+
+def read_object(
+    path: Path, max_bytes: int, max_depth: int = MAX_DEPTH, *, what: str | None = None
+) -> dict[str, Any]:
+    """read_file, for a file that must hold a JSON object."""
+    what = str(path) if what is None else what
+    found = read_file(path, max_bytes, max_depth, what=what)
+    if not isinstance(found, dict):
+        raise BodyError(f"{what} must be a JSON object, not {type(found).__name__}")
+    return found
 
 
 def loads(text: str, max_depth: int = MAX_DEPTH) -> Any:

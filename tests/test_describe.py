@@ -125,6 +125,33 @@ def test_ultralytics_names_in_the_zip_become_labels(tmp_path: Path, backend: Bac
     assert model.manifest.input.resize == "letterbox"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("meta", "problem"),
+    [
+        (b'{"names": ' * 2000 + b"0" + b"}" * 2000, "nests 2000 levels deep, more than 32"),
+        (b'{"task": "classify", "imgsz": [NaN, 8]}', "NaN is not a JSON number"),
+        (b'{"names": "' + b"x" * (1024 * 1024) + b'"}', "more than 1048576"),
+    ],
+)
+def test_a_hostile_ultralytics_metadata_json_is_ignored_with_one_line(
+    tmp_path: Path, backend: Backend, caplog: pytest.LogCaptureFixture, meta: bytes, problem: str
+) -> None:
+    """The model still loads and runs; its metadata.json is set aside, and the log says why."""
+    model_path = surgery().zip_only(
+        MODELS / "digits_int8.tflite", tmp_path / "u.tflite", {"metadata.json": meta}
+    )
+    with caplog.at_level(logging.WARNING):
+        model = load_model(model_path, backend, threads=1)
+    lines = [r.getMessage() for r in caplog.records if "model metadata" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert lines[0].startswith("u.tflite: model metadata: metadata.json ")
+    assert problem in lines[0] and lines[0].endswith("; ignored")
+    assert model.labels == [] and model.manifest.input.resize == "stretch"  # type: ignore[union-attr]
+    predictor = Predictor(model)
+    (prediction,) = predictor.predict(*map(list, zip(predictor.load_input(DIGITS[0]), strict=True)))
+    assert prediction.result["top"]
+
+
 def test_float_input_with_nothing_to_go_on_says_so(
     tmp_path: Path, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from edge_agent.commands.schemas import Ping
-from edge_agent.json_body import MAX_DEPTH, BodyError, nesting_depth, parse_object
+from edge_agent.json_body import (
+    MAX_DEPTH,
+    BodyError,
+    nesting_depth,
+    parse_object,
+    parse_value,
+    read_file,
+    read_object,
+)
 
 
 @pytest.mark.parametrize(
@@ -77,3 +86,29 @@ def test_command_times_must_be_finite(field: str, value: float) -> None:
     """Also where a command is built without the parser (NaN passes every comparison)."""
     with pytest.raises(ValidationError, match="finite number"):
         Ping.model_validate({"request_id": "r-1", field: value})
+
+
+def test_other_json_from_outside_is_refused_naming_the_thing() -> None:
+    assert parse_value(b"[1, 2.5]", what="line") == [1, 2.5]
+    with pytest.raises(BodyError, match=r"^line nests 40 levels deep, more than 32$"):
+        parse_value(b"[" * 40 + b"]" * 40, what="line")
+    with pytest.raises(BodyError, match=r"^line is not JSON: NaN is not a JSON number$"):
+        parse_value(b"[NaN]", what="line")
+    with pytest.raises(BodyError, match=r"^line is 9 bytes, more than 8$"):
+        parse_value(b"[1,2,3,4]", max_bytes=8, what="line")
+
+
+def test_a_file_is_read_no_further_than_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "model.json"
+    path.write_bytes(b'{"labels": ["' + b"x" * 10_000_000 + b'"]}')
+    with pytest.raises(BodyError) as err:
+        read_file(path, 4096)
+    assert str(err.value) == f"{path} is 10000016 bytes, more than 4096"
+    path.write_bytes(b'["a"]')
+    assert read_file(path, 4096) == ["a"]
+    with pytest.raises(BodyError, match=r"^files\.manifest must be a JSON object, not list$"):
+        read_object(path, 4096, what="files.manifest")
+    path.write_bytes(b'{"a": ' * 33 + b"1" + b"}" * 33)
+    with pytest.raises(BodyError) as err:
+        read_object(path, 4096)
+    assert str(err.value) == f"{path} nests 33 levels deep, more than 32"

@@ -143,3 +143,28 @@ def test_a_model_cut_anywhere_is_refused_before_the_runtime_reads_it(
         path.write_bytes(content[:cut])
         with pytest.raises(UserError, match="truncated or corrupt"):
             load_model(path, backend)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"labels": ' * 2000 + "[]" + "}" * 2000, "nests 2001 levels deep, more than 32"),
+        ('{"name": "digits", "input": {"range": [0, Infinity]}}', "Infinity is not a JSON"),
+        ('{"name": "' + "x" * (1024 * 1024) + '"}', "bytes, more than 1048576"),
+        ('["digits"]', "must be a JSON object, not list"),
+    ],
+)
+def test_a_hostile_model_manifest_is_refused_with_one_line_naming_it(
+    backend: Backend, models: Path, tmp_path: Path, text: str, problem: str
+) -> None:
+    """A manifest can arrive with an update: parsed as strictly as a command body."""
+    from edge_agent.errors import UserError
+
+    path = tmp_path / "digits.tflite"
+    path.write_bytes((models / "digits_int8.tflite").read_bytes())
+    (tmp_path / "digits.json").write_text(text)
+    with pytest.raises(UserError) as err:
+        load_model(path, backend)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'digits.json'} ") and problem in message, message
+    assert "\n" not in message

@@ -184,3 +184,34 @@ def test_serial_device_gets_its_baud_rate(tmp_path: Path) -> None:
         source.close()
         os.close(controller)
         os.close(device)
+
+
+def test_hostile_json_lines_on_a_serial_port_are_counted_and_reading_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Each line built to break a JSON parser is one bad line; the source is not reopened."""
+    controller, device = os.openpty()
+    source = lines(os.ttyname(device), tmp_path, format="json", channels=2, window=2, hop=2)
+    collector = Collector()
+    runner = start_runner(source, collector)
+    hostile = [
+        b"[" * 2000 + b"]" * 2000,  # json.loads: RecursionError, not a ValueError
+        b"[NaN, 1]",
+        b"[1e999999, 1]",
+        b"[" + b"9" * 400 + b", 1]",  # an int no float holds
+        b"[" + b"1, " * 2000 + b"1]",  # over max_line_bytes
+    ]
+    try:
+        assert collector.wait_state(SourceState.RUNNING)
+        with os.fdopen(os.dup(controller), "wb") as port:
+            port.write(b"[1, 2]\r\n" + b"\r\n".join(hostile) + b"\r\n")
+            port.write(b"[3, 4]\r\n[5, 6]\r\n[7, 8]\r\n")
+        assert collector.wait_frames(2)
+    finally:
+        runner.stop()
+        os.close(controller)
+        os.close(device)
+    assert [f.data.tolist() for f in collector.frames] == [[[1, 2], [3, 4]], [[5, 6], [7, 8]]]
+    assert source.counters == {"bad_lines": len(hostile)}
+    assert runner.reconnects == 0
+    assert collector.state_names() == [SourceState.RUNNING, SourceState.STOPPED]

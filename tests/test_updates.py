@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,8 +189,22 @@ def _tamper_file(folder: Path, manifest: UpdateManifest, how: str) -> None:
 def _with_task(folder: Path, manifest: UpdateManifest, task: str) -> UpdateManifest:
     """The update, its model's own manifest naming `task`, file reference updated."""
     own = folder / manifest.files["manifest"].path
-    own.write_text(json.dumps({**json.loads(own.read_text()), "task": task}))
-    data = own.read_bytes()
+    data = json.dumps({**json.loads(own.read_text()), "task": task}).encode()
+    return _with_model_manifest(folder, manifest, data)
+
+
+# Model manifests built to break a JSON parser, or to pass one that is not strict.
+HOSTILE_MODEL_MANIFESTS = {
+    "deep_manifest": b'{"labels": ' * 5000 + b"[]" + b"}" * 5000,
+    "nan_manifest": b'{"name": "digits", "task": "classification", "input": {"range": [0, NaN]}}',
+    "huge_manifest": b'{"name": "digits", "description": "' + b"x" * (1024 * 1024) + b'"}',
+}
+
+
+def _with_model_manifest(folder: Path, manifest: UpdateManifest, data: bytes) -> UpdateManifest:
+    """The update, its model's own manifest replaced by `data`, file reference updated."""
+    own = folder / manifest.files["manifest"].path
+    own.write_bytes(data)
     ref = {"path": own.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     body = manifest.as_dict()
     return UpdateManifest.model_validate({**body, "files": {**body["files"], "manifest": ref}})
@@ -230,6 +245,9 @@ def _manifest_change(manifest: UpdateManifest, how: str, keys: Keys) -> dict[str
         ("path_traversal", "bare file name"),
         ("absolute_name", "name"),
         ("code_task", "names code to import"),
+        ("deep_manifest", "files.manifest nests 5001 levels deep, more than 32"),
+        ("nan_manifest", "files.manifest is not JSON: NaN is not a JSON number"),
+        ("huge_manifest", "files.manifest is 1048613 bytes, more than 1048576"),
     ],
 )
 def test_bad_updates_are_refused_and_the_running_model_untouched(
@@ -240,6 +258,9 @@ def test_bad_updates_are_refused_and_the_running_model_untouched(
         _tamper_file(folder, manifest, how)
     if how == "code_task":
         manifest = keys.sign(_with_task(folder, manifest, "os:system"))
+    if how in HOSTILE_MODEL_MANIFESTS:
+        data = HOSTILE_MODEL_MANIFESTS[how]
+        manifest = keys.sign(_with_model_manifest(folder, manifest, data))
     body = _manifest_change(manifest, how, keys)
     with RangeHTTPServer(folder) as server:
         reply = operator.call(
@@ -255,6 +276,32 @@ def test_bad_updates_are_refused_and_the_running_model_untouched(
     downloads = agent.settings.device.state_dir / "downloads"
     assert not downloads.exists() or not any(downloads.iterdir())
     assert operator.call("ping")["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("saved", "problem"),
+    [
+        (b"[" * 100_000, "nests 100000 levels deep, more than 32"),
+        (b'{"name": "digits", "version": "1.1.0", "created": Infinity}', "Infinity is not a"),
+        (b'{"name": "' + b"x" * 200_000 + b'"}', "is 200012 bytes, more than 131072"),
+    ],
+)
+def test_a_hostile_saved_download_is_abandoned_with_one_line(
+    agent: Agent, caplog: pytest.LogCaptureFixture, saved: bytes, problem: str
+) -> None:
+    """The manifest kept beside a half-done download came from the network once: at the
+    next start it is parsed as strictly, and one that fails is dropped, not retried."""
+    folder = agent.updater.downloads / "digits-1.1.0"
+    folder.mkdir(parents=True)
+    (folder / "update.json").write_bytes(saved)
+    with caplog.at_level(logging.WARNING):
+        agent.updater.resume_downloads()
+        wait_until(lambda: not folder.exists(), what="the hostile download removed")
+    lines = [r.getMessage() for r in caplog.records if "download abandoned" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert lines[0].startswith(f"{folder / 'update.json'} ") and problem in lines[0], lines
+    assert agent.health(20.0) == []
+    assert running_version(agent) == "1.0.0"
 
 
 def test_activate_and_rollback_commands_switch_versions_without_a_restart(

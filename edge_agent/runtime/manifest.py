@@ -4,13 +4,17 @@ and how to read what it says."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import UserError, validation_lines
+from edge_agent.json_body import BodyError, read_object
+
+# A model's manifest is a few hundred bytes, some tens of kB with its labels inline (the
+# 1,000 ImageNet classes take about 20 kB): anything far larger is not one.
+MAX_MODEL_MANIFEST_BYTES = 1024 * 1024
 
 # A decoder: a name registered in the entry-point group edge_agent.decoders (the built-ins
 # are: classification, detection, yolo, ssd_anchors, segmentation, anomaly, regression,
@@ -156,9 +160,12 @@ def read_sidecar(model_path: Path) -> tuple[ModelManifest, list[str]] | None:
     if not path.exists():
         return None
     try:
-        manifest = ModelManifest.model_validate(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from None
+        # It may have come with an update: parsed as strictly as anything from outside.
+        manifest = ModelManifest.model_validate(read_object(path, MAX_MODEL_MANIFEST_BYTES))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except BodyError as exc:
+        raise UserError(str(exc)) from None
     except ValidationError as exc:
         raise UserError(validation_lines(exc, str(path))[0]) from None
     return manifest, _labels(manifest, path.parent)

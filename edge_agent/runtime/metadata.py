@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib
 import io
-import json
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from edge_agent.json_body import BodyError, parse_object
 
 METADATA_ENTRY = "TFLITE_METADATA"
 _METADATA_IDENTIFIER = b"M001"
@@ -25,6 +26,9 @@ _MODEL_BUFFERS, _MODEL_METADATA = 4, 6
 _BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
 _ENTRY_NAME, _ENTRY_BUFFER = 0, 1
 ULTRALYTICS_FILE = "metadata.json"
+# Ultralytics' metadata.json is a few kB with its class names (LVIS's 1,203 take about
+# 20 kB): anything far larger is not one.
+MAX_METADATA_JSON_BYTES = 1024 * 1024
 # Colour spaces of the schema's ColorSpaceType, by value.
 _COLOR_SPACES = {1: "RGB", 2: "GRAY"}
 _LABEL_FILE_TYPES = {2: "axis", 3: "value"}  # TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS
@@ -97,28 +101,32 @@ def read_metadata(content: bytes) -> ModelMetadata:
     """Everything the file says about itself. A file whose metadata cannot be parsed reads
     as having none, with the reason in `note`: it must still run."""
     files = _associated_files(content)
-    ultralytics = _ultralytics(files)
+    ultralytics, ultralytics_note = _ultralytics(files)
+
+    def noted(note: str | None) -> str | None:
+        return "; ".join(n for n in (note, ultralytics_note) if n) or None
+
     try:
         entries = _metadata_entries(content)
     except (struct.error, IndexError, ValueError) as exc:
-        return ModelMetadata(files=files, ultralytics=ultralytics, note=f"unreadable: {exc}")
+        return ModelMetadata(files=files, ultralytics=ultralytics, note=noted(f"unreadable: {exc}"))
     raw = entries.get(METADATA_ENTRY)
     names = sorted(entries)
     if not raw or raw[4:8] != _METADATA_IDENTIFIER:
-        return ModelMetadata(entries=names, files=files, ultralytics=ultralytics)
+        return ModelMetadata(entries=names, files=files, ultralytics=ultralytics, note=noted(None))
     schema = _schema()
     if schema is None:
         return ModelMetadata(
             entries=names,
             files=files,
             ultralytics=ultralytics,
-            note=f"{METADATA_ENTRY} skipped: the flatbuffers package is not installed",
+            note=noted(f"{METADATA_ENTRY} skipped: the flatbuffers package is not installed"),
         )
     try:
         parsed = schema.ModelMetadataT.InitFromPackedBuf(raw, 0)
     except Exception as exc:  # a corrupt flatbuffer fails in many ways inside flatc code
         return ModelMetadata(
-            entries=names, files=files, ultralytics=ultralytics, note=f"unreadable: {exc!r}"
+            entries=names, files=files, ultralytics=ultralytics, note=noted(f"unreadable: {exc!r}")
         )
     subgraphs = parsed.subgraphMetadata or []
     first = subgraphs[0] if subgraphs else None
@@ -133,6 +141,7 @@ def read_metadata(content: bytes) -> ModelMetadata:
         outputs=[_tensor(t) for t in (first.outputTensorMetadata or [])] if first else [],
         files=files,
         ultralytics=ultralytics,
+        note=noted(None),
     )
 
 
@@ -201,15 +210,15 @@ def _associated_files(content: bytes) -> dict[str, bytes]:
         return {}
 
 
-def _ultralytics(files: dict[str, bytes]) -> dict[str, Any] | None:
+def _ultralytics(files: dict[str, bytes]) -> tuple[dict[str, Any] | None, str | None]:
+    """Ultralytics' metadata.json, or None with the reason it was not taken."""
     raw = files.get(ULTRALYTICS_FILE)
     if raw is None:
-        return None
+        return None, None
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        return parse_object(raw, max_bytes=MAX_METADATA_JSON_BYTES, what=ULTRALYTICS_FILE), None
+    except BodyError as exc:
+        return None, f"{exc}; ignored"
 
 
 def ultralytics_names(data: dict[str, Any]) -> list[str] | None:

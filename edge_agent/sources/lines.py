@@ -3,7 +3,6 @@ server, into sliding windows. Lines that do not give a sample are skipped and co
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from edge_agent.config.local_only import LOCAL_ONLY
+from edge_agent.json_body import parse_value
 from edge_agent.sources.base import EndOfStream, Frame, Source, SourceError, SourceUnusable
 from edge_agent.sources.windows import WindowedConfig, Windower
 from edge_agent.watch import Waker
@@ -202,7 +202,9 @@ class LinesSource(Source):
             if self.cfg.format == "numbers":
                 values: list[Any] = [float(v) for v in line.replace(b",", b" ").split()]
             else:
-                doc = json.loads(line)
+                # Strictly: a line nested thousands deep would raise RecursionError (and
+                # end the read) in json.loads; NaN and Infinity are not numbers.
+                doc = parse_value(line, max_bytes=self.cfg.max_line_bytes, what="line")
                 if isinstance(doc, dict):
                     keys = self.cfg.fields or list(doc)
                     values = [doc[key] for key in keys]
@@ -210,7 +212,7 @@ class LinesSource(Source):
                     values = doc
                 else:
                     return None
-        except (ValueError, KeyError):  # json's errors are ValueErrors too
+        except (ValueError, KeyError):  # BodyError is a ValueError too
             return None
         if len(values) < channels:
             return None
@@ -218,7 +220,10 @@ class LinesSource(Source):
         for value in sample:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return None
-            if not math.isfinite(value):
+            try:
+                if not math.isfinite(value):
+                    return None
+            except OverflowError:  # an integer of hundreds of digits
                 return None
         return sample
 

@@ -5,7 +5,6 @@ still on trial is rolled back at start and a half-done download resumes."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -17,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.config.settings import UpdatesSettings
 from edge_agent.errors import UserError
+from edge_agent.json_body import BodyError, read_object
 from edge_agent.link import topics
+from edge_agent.runtime.manifest import MAX_MODEL_MANIFEST_BYTES
 from edge_agent.updates.manifest import (
+    MAX_MANIFEST_BYTES,
     HttpSource,
     MqttSource,
     UpdateManifest,
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 1.0  # download progress events at most this often
 _MIN_SAMPLES = 20  # inferences needed before the running model's p95 counts as a baseline
 _CHUNK_HEADERS = 512  # room for the topic and MQTT headers around one chunk
+# The manifest saved beside a half-done download: as received, re-spaced and with
+# defaults filled in, so somewhat longer than the limit it arrived under.
+_SAVED_MANIFEST_BYTES = 2 * MAX_MANIFEST_BYTES
 
 
 @dataclass
@@ -116,10 +121,11 @@ class Updater:
 
     def _resume(self, saved: Path) -> None:
         try:
-            body = json.loads(saved.read_bytes())
-        except (OSError, ValueError) as exc:
+            body = read_object(saved, _SAVED_MANIFEST_BYTES)
+        except (OSError, BodyError) as exc:
             # Damaged on disk: retrying at every start would only fail again.
-            log.warning("%s: unreadable (%s); download abandoned", saved, exc)
+            problem = exc if isinstance(exc, BodyError) else f"{saved}: unreadable ({exc})"
+            log.warning("%s; download abandoned", problem)
             shutil.rmtree(saved.parent, ignore_errors=True)
             return
         try:
@@ -416,9 +422,12 @@ def refuse_code_reference(model_manifest: Path) -> None:
     """A decoder named as `module:Class` imports code: an update may name a registered
     decoder, and only the device's own config may name a module."""
     try:
-        task = json.loads(model_manifest.read_bytes()).get("task", "")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UpdateRefused(f"files.manifest: not a JSON object: {exc}") from None
+        found = read_object(model_manifest, MAX_MODEL_MANIFEST_BYTES, what="files.manifest")
+    except BodyError as exc:
+        raise UpdateRefused(str(exc)) from None
+    except OSError as exc:
+        raise UpdateRefused(f"files.manifest: cannot read: {exc.strerror or exc}") from None
+    task = found.get("task", "")
     if isinstance(task, str) and ":" in task:
         raise UpdateRefused(
             f"files.manifest: task {task!r} names code to import; an update may only name a "
