@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from typing import overload
 
 
 class Counters(Mapping[str, int]):
@@ -38,7 +39,13 @@ class Counters(Mapping[str, int]):
         with self._lock:
             return name in self._counts
 
-    def get(self, name: str, default: int | None = None) -> int | None:  # type: ignore[override]
+    @overload  # type: ignore[override]
+    def get(self, name: str, default: None = None) -> int | None: ...
+
+    @overload
+    def get(self, name: str, default: int) -> int: ...
+
+    def get(self, name: str, default: int | None = None) -> int | None:
         with self._lock:
             return self._counts.get(name, default)
 

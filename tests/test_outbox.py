@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -80,6 +81,51 @@ def test_full_outbox_refuses_results_and_drops_oldest_telemetry(tmp_path: Path) 
     box.append(telemetry)
     assert box.drops.get("telemetry:dropped_oldest", 0) >= 5
     assert {m.id for m in box.pending(1000) if m.cls == "telemetry"} == {m.id for m in telemetry}
+
+
+def test_every_loss_from_every_thread_is_counted_once_in_the_stats(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Housekeeping expires, the sender sets aside, the writer gives up: each on its own
+    thread, all counted in the one drops count that telemetry and the summary read."""
+    settings = OutboxSettings(
+        max_bytes=100_000, telemetry=ClassPolicy(when_full="drop_oldest", ttl_s=60)
+    )
+    box = Outbox(tmp_path / "outbox.db", settings)
+    writer = OutboxWriter(box, "edge", "d")
+    old = time.time() - 3600
+    box.append([message("telemetry", 100, created=old) for _ in range(30)])
+    box.append([message("event", 100) for _ in range(20)])
+    events = [m.seq for m in box.pending(20)]
+    for _ in range(120):  # more than fits: some are refused, held, given up at the stop
+        writer.put_message("edge/d/results/p", b"r" * 1000, "result", uuid.uuid4().hex)
+
+    def refused_by_the_broker() -> None:
+        for seq in events:
+            box.set_aside(seq, "too_large")
+
+    expiring = threading.Thread(target=box.expire)
+    setting_aside = threading.Thread(target=refused_by_the_broker)
+    expiring.start()
+    setting_aside.start()
+    expiring.join()
+    setting_aside.join()
+    with caplog.at_level(logging.INFO):
+        writer.close(timeout=0.5)
+    given_up = writer.taken["result"] - writer.stored["result"]
+    assert given_up > 0
+    drops = box.stats()["drops"]
+    assert drops == {
+        "telemetry:expired": 30,
+        "event:too_large": 20,
+        "result:rejected_full": given_up,
+    }
+    assert json.loads(json.dumps(box.stats()))["drops"] == drops  # as telemetry sends it
+    summary = caplog.records[-1].getMessage()
+    assert (
+        f"dropped event:too_large 20, result:rejected_full {given_up}, telemetry:expired 30"
+        in summary
+    )
 
 
 def test_expired_and_old_delivered_rows_go_and_the_file_shrinks(tmp_path: Path) -> None:

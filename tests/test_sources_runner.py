@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -241,3 +242,29 @@ def test_stop_before_start_and_twice() -> None:
     assert runner.stop() is True
     assert runner.stop() is True
     assert runner.state == SourceState.STOPPED
+
+
+def test_every_frame_read_is_accounted_for_while_telemetry_reads_the_counts() -> None:
+    """Counted on the source's thread, read on another: each read whole, none going back,
+    and at the end every frame read is either handed on or dropped by the cap."""
+
+    def handler(frame: Frame) -> None:
+        if frame.index % 3 == 0:
+            raise ValueError("bad frame handler")
+
+    collector = Collector(on_frame=handler)
+    source = Scripted(frames=300, every=0.001, live=True, fps=200.0)
+    runner = start_runner(source, collector)
+    seen: list[dict[str, Any]] = []
+    while not collector.wait_state(SourceState.ENDED, timeout=0.002):
+        seen.append(runner.snapshot())
+    runner.stop()
+    frames = [snap["frames"] for snap in seen]
+    assert frames == sorted(frames)
+    final = runner.snapshot()
+    counters = final["counters"]
+    assert final["frames"] == len(collector.frames) == runner.frames
+    assert counters["fps_cap"] > 0
+    assert final["frames"] + counters["fps_cap"] == source.given == 300
+    assert counters["callback_errors"] == sum(f.index % 3 == 0 for f in collector.frames)
+    assert final["reconnects"] == runner.reconnects == 0

@@ -131,6 +131,7 @@ def test_mqtt_pull_arrives_byte_identical(
     assert server.progress()[DEVICE] == (SIZE, SIZE)
     # Each chunk once, give or take a re-ask on a slow machine.
     assert SIZE <= server.sent()[DEVICE] <= SIZE + WINDOW * CHUNK
+    assert pull.requests == len(device.asked) > 0  # the pull's count is what went out
     print(f"4 MiB over MQTT chunks: {elapsed:.2f} s, {SIZE / elapsed / 1e6:.1f} MB/s")
 
 

@@ -16,6 +16,7 @@ import time
 from functools import partial
 
 from edge_agent.config.settings import MqttSettings
+from edge_agent.counters import Counters
 from edge_agent.link.mqtt import MqttLink, PublishError
 from edge_agent.outbox.database import OutboxWriteError
 from edge_agent.outbox.store import Outbox, Stored
@@ -45,8 +46,9 @@ class Sender:
         self.link = link
         self.window = settings.inflight
         self.rate = settings.drain_rate
-        self.sent = 0
-        self.acked = 0
+        # Rows published and rows acknowledged this run: added to by the sender thread,
+        # read from others.
+        self.counts = Counters("sent", "acked")
         self._inflight: set[int] = set()  # outbox seqs published, their PUBACK not yet in
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
@@ -96,6 +98,14 @@ class Sender:
         with self._changed:
             self._idle = False
             self._changed.notify_all()
+
+    @property
+    def sent(self) -> int:
+        return self.counts["sent"]
+
+    @property
+    def acked(self) -> int:
+        return self.counts["acked"]
 
     @property
     def in_flight(self) -> int:
@@ -209,7 +219,6 @@ class Sender:
             self._inflight.add(row.seq)
             read_before = self._cursor.get(row.cls, 0)
             self._cursor[row.cls] = max(read_before, row.seq)
-            self.sent += 1
         # Not under our lock: the link calls _on_ack holding paho's lock, which publish()
         # takes too.
         try:
@@ -220,10 +229,10 @@ class Sender:
             # Not connected any more, or paho's queue is full: it stays pending.
             with self._changed:
                 self._inflight.discard(row.seq)
-                self.sent -= 1
                 if epoch == self._epoch:
                     self._cursor[row.cls] = read_before  # to be read again
             return False
+        self.counts.add("sent")
         return True
 
     def _put_aside(self, row: Stored, reason: str, why: str) -> None:
@@ -241,7 +250,7 @@ class Sender:
         for seq, reason in refused:
             if reason not in ("too_large", "dropped_connection"):
                 log.warning("broker refused outbox row %d (%s): set aside", seq, reason)
-        self.acked += len(acked)
+        self.counts.add("acked", len(acked))
         self._unmarked.extend(acked)
         self._unmarked_set.update(acked)
         self._unrefused.extend(refused)

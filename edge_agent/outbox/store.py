@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.config.settings import ClassPolicy, OutboxSettings
+from edge_agent.counters import Counters
 from edge_agent.outbox.database import (
     BUSY_WAIT_MS,
     OutboxWriteError,
@@ -82,7 +83,9 @@ class Outbox:
     def __init__(self, path: Path, settings: OutboxSettings) -> None:
         self.path = path
         self.settings = settings
-        self.drops: dict[str, int] = {}  # "result:rejected_full", "telemetry:expired", ...
+        # Messages lost, by "class:reason" ("result:rejected_full", "telemetry:expired"):
+        # counted by the writer, the sender and housekeeping, read by telemetry.
+        self.drops = Counters()
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         budget = min(settings.max_bytes, int(settings.max_disk_share * self._disk_span()))
@@ -158,7 +161,7 @@ class Outbox:
             else:
                 self._recount_locked()  # some ids were already stored: rare, count again
         for cls, count in dropped.items():
-            self._count(f"{cls}:dropped_oldest", count)
+            self.count_drop(f"{cls}:dropped_oldest", count)
         return refused
 
     @property
@@ -340,7 +343,7 @@ class Outbox:
                 self._db.execute("UPDATE messages SET state=2 WHERE seq=?", (seq,))
             self._tally(row[0], -1, -row[1])
             self._set_aside += 1
-        self._count(f"{row[0]}:{reason}")
+        self.count_drop(f"{row[0]}:{reason}")
 
     # Housekeeping --------------------------------------------------------------------------
 
@@ -364,7 +367,7 @@ class Outbox:
         except sqlite3.Error as exc:
             log.warning("outbox: housekeeping postponed: %s", OutboxWriteError(self.path, exc))
         for cls, count in expired.items():
-            self._count(f"{cls}:expired", count)
+            self.count_drop(f"{cls}:expired", count)
         return sum(expired.values())
 
     def _delete_some(self, where: str, before: float, counts: dict[str, int] | None = None) -> bool:
@@ -417,11 +420,13 @@ class Outbox:
             "delivered_kept": delivered,
             "set_aside": aside,
             "file_bytes": file_bytes,
-            "drops": dict(self.drops),
+            "drops": self.drops.snapshot(),
         }
 
-    def _count(self, reason: str, n: int = 1) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + n
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """`n` messages lost for `reason` ("class:why"): dropped here, or never stored (the
+        writer gave them up)."""
+        self.drops.add(reason, n)
 
     def _scalar_locked(self, sql: str, args: list[Any]) -> Any:
         row = self._db.execute(sql, args).fetchone()

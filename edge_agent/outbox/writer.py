@@ -119,10 +119,9 @@ class OutboxWriter:
         def counts(counter: Mapping[str, int]) -> str:
             return ", ".join(f"{cls} {n}" for cls, n in sorted(counter.items())) or "none"
 
-        drops = Counter(self.outbox.drops)
         return (
             f"outbox: taken {counts(self.taken)}; stored {counts(self.stored)}; "
-            f"dropped {counts(drops)}; WAL peak {self.outbox.wal_peak // 1024} kB "
+            f"dropped {counts(self.outbox.drops)}; WAL peak {self.outbox.wal_peak // 1024} kB "
             f"(bound {self.outbox.wal_limit // 1024} kB)"
         )
 
@@ -279,8 +278,7 @@ class OutboxWriter:
         reason = "disk_full" if self.disk_full or self.write_error else "rejected_full"
         by_class: Counter[str] = Counter(m.cls for m in messages)
         for cls, count in by_class.items():
-            key = f"{cls}:{reason}"
-            self.outbox.drops[key] = self.outbox.drops.get(key, 0) + count
+            self.outbox.count_drop(f"{cls}:{reason}", count)
         for m in messages:
             self._on_durable.pop(m.id, None)
         cause = self.write_error or "the outbox is full"

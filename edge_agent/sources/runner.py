@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent.backoff import Backoff
+from edge_agent.counters import Counters
 from edge_agent.sources.base import (
     EndOfStream,
     Frame,
@@ -51,10 +52,9 @@ class SourceRunner:
         self._thread: threading.Thread | None = None
         self._state = SourceState.STARTING
         self._last_error = ""
-        self._reconnects = 0
-        self._frames = 0
-        self._capped = 0  # live frames dropped by the fps cap
-        self._callback_errors = 0
+        # Added to on the source's thread, read by telemetry's; "fps_cap" (live frames
+        # dropped by the cap) and "callback_errors" appear once they happen.
+        self.counts = Counters("reconnects", "frames")
         self._crashed = False  # the thread ended by a bug: a restart of the agent may help
         self._logged_error = ("", 0.0)  # message, when
         # So a flapping source logs at most a failure and a recovery a minute.
@@ -71,11 +71,11 @@ class SourceRunner:
 
     @property
     def reconnects(self) -> int:
-        return self._reconnects
+        return self.counts["reconnects"]
 
     @property
     def frames(self) -> int:
-        return self._frames
+        return self.counts["frames"]
 
     @property
     def dead(self) -> bool:
@@ -92,17 +92,13 @@ class SourceRunner:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        counters = dict(self.source.counters)
-        if self._capped:
-            counters["fps_cap"] = self._capped
-        if self._callback_errors:
-            counters["callback_errors"] = self._callback_errors
+        counts = self.counts.snapshot()
         return {
             "state": self._state.value,
             "last_error": self._last_error,
-            "reconnects": self._reconnects,
-            "frames": self._frames,
-            "counters": counters,
+            "reconnects": counts.pop("reconnects"),
+            "frames": counts.pop("frames"),
+            "counters": {**self.source.counters, **counts},  # the source's, and the runner's
         }
 
     def start(self) -> None:
@@ -184,7 +180,7 @@ class SourceRunner:
         self._log_failure(message)
         self._set_state(SourceState.RECONNECTING, message)
         if not self._stop.wait(self._backoff.next()):
-            self._reconnects += 1
+            self.counts.add("reconnects")
 
     def _read_all(self) -> None:
         fps = self.source.config.fps
@@ -205,7 +201,7 @@ class SourceRunner:
             now = time.monotonic()
             if period and self.source.live:
                 if now < due - period / 4:
-                    self._capped += 1  # early: waiting would have left it to go stale
+                    self.counts.add("fps_cap")  # early: waiting would have left it stale
                     continue
                 due = due + period if due + period > now else now + period
             elif period:
@@ -213,12 +209,12 @@ class SourceRunner:
             if not got_frame:
                 got_frame = True
                 self._backoff.reset()  # it works again: the next failure starts over
-            self._frames += 1
+            self.counts.add("frames")
             try:
                 self._on_frame(frame)
             except Exception:
-                self._callback_errors += 1
-                n = self._callback_errors
+                self.counts.add("callback_errors")
+                n = self.counts["callback_errors"]
                 if n <= 3 or n & (n - 1) == 0:  # the first few, then at powers of two
                     log.exception("source %s: frame handler failed (%d so far)", self.name, n)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edge_agent.backoff import Backoff
+from edge_agent.counters import Counters
 from edge_agent.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -217,13 +218,17 @@ class ChunkPull:
         self.progress = progress or _no_progress
         self.idle_limit_s = idle_limit_s
         self.chunks = -(-size // chunk_size)
-        self.requests = 0  # requests published
+        self.counts = Counters("requests")  # published; read from other threads
         self._cond = threading.Condition()
         self._next = 0  # the first chunk not yet in the part file
         self._held: dict[int, bytes] = {}  # arrived ahead of `_next`: at most `window`
         self._deadline: dict[int, float] = {}  # asked for, not arrived: when to ask again
         self._kick = False
         self._error: TransferError | None = None
+
+    @property
+    def requests(self) -> int:
+        return self.counts["requests"]
 
     def _length(self, index: int) -> int:
         return min(self.chunk_size, self.size - index * self.chunk_size)
@@ -327,7 +332,7 @@ class ChunkPull:
             payload = json.dumps({"file": self.role, "from": first, "count": count})
             if not self.publish(self.request_topic, payload.encode()):
                 return False
-            self.requests += 1
+            self.counts.add("requests")
             with self._cond:
                 for i in range(first, first + count):
                     if i >= self._next and i not in self._held:
