@@ -4,7 +4,7 @@ raw paho QoS 1 publishing of the same payloads to the same broker, in the same r
 
     .venv/bin/python scripts/bench_link.py [--count 100000]
 
-Target: the drain at least 0.8x raw paho; memory flat while draining.
+Target: the drain at least 0.9x raw paho; memory flat while draining.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def raw_paho(port: int, payloads: list[bytes], window: int) -> float:
 def agent_drain(
     port: int, payloads: list[bytes], folder: Path, window: int
 ) -> tuple[float, float, float]:
-    box = Outbox(folder / "outbox.db", OutboxSettings(durability="normal"))
+    box = Outbox(folder / "outbox.db", OutboxSettings())  # the default settings
     now = time.time()
     for start in range(0, len(payloads), 5000):
         box.append(
@@ -104,10 +105,12 @@ def agent_drain(
     started = time.perf_counter()
     sender.start()
     link.start()
-    while box.stats()["pending"]:
+    # The sender's own count, not an outbox query: the bench must not load the database.
+    while sender.acked < len(payloads):
         peak = max(peak, process.memory_info().rss)
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
+    assert box.stats()["pending"] == 0
     sender.stop()
     link.stop()
     box.close()
@@ -118,24 +121,36 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=500, help="messages in flight")
+    parser.add_argument("--repeats", type=int, default=3, help="raw and agent runs, taken in turns")
     args = parser.parse_args()
     payloads = [PAYLOAD % uuid.uuid4().hex.encode() for _ in range(args.count)]
+    raws, drains, rss = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         broker, port = start_broker(Path(tmp))
         try:
-            raw = raw_paho(port, payloads, args.window)
-            drain, rss_start, rss_peak = agent_drain(port, payloads, Path(tmp), args.window)
+            # In turns, so a busy moment of the machine falls on both alike.
+            for i in range(args.repeats):
+                raws.append(raw_paho(port, payloads, args.window))
+                folder = Path(tmp) / f"run{i}"
+                folder.mkdir()
+                drain, rss_start, rss_peak = agent_drain(port, payloads, folder, args.window)
+                drains.append(drain)
+                rss.append((rss_start, rss_peak))
         finally:
             broker.terminate()
             broker.wait(5)
-    print(f"{args.count} messages of {len(PAYLOAD)} bytes, QoS 1, window {args.window}\n")
+    raw, drain = statistics.median(raws), statistics.median(drains)
+    print(f"{args.count} messages of {len(PAYLOAD)} bytes, QoS 1, window {args.window}, ")
+    print(f"median of {args.repeats} runs each, in turns\n")
     print(f"{'figure':<36}{'agent':>10}{'baseline':>10}{'ratio':>8}  target")
-    print(f"{'drain vs raw paho [msg/s]':<36}{drain:>10.0f}{raw:>10.0f}{drain / raw:>8.2f}  >= 0.8")
-    growth = (rss_peak - rss_start) / rss_start
+    print(f"{'drain vs raw paho [msg/s]':<36}{drain:>10.0f}{raw:>10.0f}{drain / raw:>8.2f}  >= 0.9")
+    print("  runs: agent " + ", ".join(f"{d:.0f}" for d in drains))
+    print("        raw   " + ", ".join(f"{r:.0f}" for r in raws))
+    rss_start, rss_peak = rss[0]
     label = "RSS while draining, peak vs start [MB]"
-    print(f"{label:<36}{rss_peak:>10.1f}{rss_start:>10.1f}{1 + growth:>8.2f}  flat")
+    print(f"{label:<36}{rss_peak:>10.1f}{rss_start:>10.1f}{rss_peak / rss_start:>8.2f}  flat")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"(peak RSS of the whole process, raw paho's run included: {peak_mb:.0f} MB)")
+    print(f"(peak RSS of the whole process, raw paho's runs included: {peak_mb:.0f} MB)")
     return 0
 
 

@@ -342,13 +342,17 @@ class MqttLink:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
-        quick_ack(client)
         code = int(getattr(reason, "value", 0) or 0)
         with self._acks_lock:
             on_ack = self._awaiting.pop(mid, _unclaimed)
             if on_ack is _unclaimed:
                 self._early[mid] = code  # publish() has not returned yet: it claims this
                 return
+            last = not self._awaiting
+        if last:
+            # The broker's next packet may be a command: ack at once. While more are in
+            # flight our own publishes carry the ACKs, and a drain saves the system call.
+            quick_ack(client)
         if on_ack is not None:
             on_ack(code)
 

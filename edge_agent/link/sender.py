@@ -119,7 +119,14 @@ class Sender:
         with self._changed:
             self._inflight.discard(seq)
             self._ack(seq, reason)
-            self._changed.notify_all()
+            # Wake the sender only when this ack gives it something to do: a page of room,
+            # or a batch of marks to write. Waking it at every PUBACK costs more than the
+            # publishing itself.
+            if (
+                self._room() >= max(1, self.window // 4)
+                or len(self._acked) + len(self._refused) >= _MARK_BATCH
+            ):
+                self._changed.notify_all()
 
     def _ack(self, seq: int, reason: int) -> None:
         if reason >= 0x80:
