@@ -60,6 +60,10 @@ def kill_sender(agent: Agent, operator: Operator, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(agent.outbox, "pending_after", a_bug)
 
 
+def kill_marks(agent: Agent, operator: Operator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent.outbox, "mark_delivered", a_bug)
+
+
 def kill_writer(agent: Agent, operator: Operator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent.outbox, "append", a_bug)
 
@@ -97,13 +101,14 @@ Kill = Callable[[Agent, Operator, pytest.MonkeyPatch], None]
     [
         (kill_link, "mqtt link thread died"),
         (kill_sender, "mqtt sender thread died"),
+        (kill_marks, "mqtt sender thread died"),
         (kill_writer, "outbox writer thread died"),
         (kill_worker, "model detector: an inference thread died"),
         (kill_commands, "commands thread died"),
         (kill_long_command, "commands thread died"),
         (kill_update, "update thread died"),
     ],
-    ids=["link", "sender", "writer", "worker", "commands", "long-command", "updater"],
+    ids=["link", "sender", "marks", "writer", "worker", "commands", "long-command", "updater"],
 )
 def test_health_names_each_thread_that_died(
     agent: Agent, operator: Operator, monkeypatch: pytest.MonkeyPatch, kill: Kill, problem: str

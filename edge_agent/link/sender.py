@@ -4,9 +4,11 @@ which the link hands to the sender for the publish that row went out in;
 rows in flight when the connection drops stay pending and go again after the reconnect,
 so delivery is at least once and duplicates stay within the window.
 
+Two threads: `mqtt-sender` reads pages of rows and publishes them, `outbox-marks` writes
+the acknowledgements to the outbox in batches, so publishing never waits on a write.
 Writing a mark can fail (a full disk): the acknowledgement is then kept in memory, the row
-is not sent again, and the mark is retried every second. The thread never dies of it; if
-it dies of anything else, `died` says so and the health check stops the watchdog."""
+is not sent again, and the mark is retried every second. Neither thread dies of it; if one
+dies of anything else, `died` says so and the health check stops the watchdog."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ _REFUSALS = {
 }
 _FIXED_HEADER = 16  # room for the MQTT fixed and variable headers around topic + payload
 _MARK_BATCH = 500
-_SETTLE_S = 0.05  # acknowledgements wait at most this long to be written
+_SETTLE_S = 0.05  # acknowledgements are written this often, in one transaction
 _IDLE_S = 1.0  # with nothing pending, look again this often even without a wake-up
 # A row in flight at this many drops in a row is taken for the reason (a broker that
 # disconnects instead of refusing, e.g. an oversized message on MQTT 3.1.1).
@@ -59,31 +61,37 @@ class Sender:
         self._stop = False
         self._started = False
         self._idle = False  # the outbox had nothing pending at the last look
-        # Acknowledged or refused, but not yet written to the outbox (its disk is full):
-        # touched by the sender thread only (and by stop() once it has ended).
+        # Acknowledged or refused, not yet written to the outbox: never sent again
+        # (guarded by _changed; the sender thread reads it, the marks thread empties it).
+        self._not_marked: set[int] = set()
+        # Taken for writing but not written yet (a full disk): the marks thread's own
+        # (and stop()'s, once it has ended).
         self._unmarked: list[int] = []
-        self._unmarked_set: set[int] = set()
         self._unrefused: list[tuple[int, str]] = []
         self._write_error = ""
         self._retry_at = 0.0
         self._acked_by = self._on_ack  # bound once: a publish binds only its row's seq
         link.add_connection_listener(self._on_connection)
         self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+        self._marks = threading.Thread(target=self._mark_run, name="outbox-marks", daemon=True)
 
     def start(self) -> None:
         self._started = True
         self._thread.start()
+        self._marks.start()
 
     @property
     def died(self) -> bool:
-        """The thread ended without being asked to."""
-        return self._started and not self._thread.is_alive() and not self._stop
+        """A thread ended without being asked to."""
+        ended = not (self._thread.is_alive() and self._marks.is_alive())
+        return self._started and ended and not self._stop
 
     def stop(self, timeout: float = 2.0) -> None:
         with self._changed:
             self._stop = True
             self._changed.notify_all()
-        self._thread.join(timeout)
+        self._thread.join(timeout / 2)
+        self._marks.join(timeout / 2)
         self._settle(final=True)
         if self._unmarked:
             log.error(
@@ -118,14 +126,11 @@ class Sender:
         """The PUBACK of the publish that carried row `seq`, and no other."""
         with self._changed:
             self._inflight.discard(seq)
+            self._not_marked.add(seq)
             self._ack(seq, reason)
-            # Wake the sender only when this ack gives it something to do: a page of room,
-            # or a batch of marks to write. Waking it at every PUBACK costs more than the
-            # publishing itself.
-            if (
-                self._room() >= max(1, self.window // 4)
-                or len(self._acked) + len(self._refused) >= _MARK_BATCH
-            ):
+            # Wake the sender only when this ack gives it a page of room: waking it at every
+            # PUBACK costs more than the publishing itself.
+            if self._room() >= max(1, self.window // 4):
                 self._changed.notify_all()
 
     def _ack(self, seq: int, reason: int) -> None:
@@ -151,22 +156,20 @@ class Sender:
 
     def _run(self) -> None:
         next_send = time.monotonic()
-        # Refill the window a page at a time, and write acknowledgements in batches: one
-        # query and one transaction per many messages, not per message.
+        # Refill the window a page at a time: one query per many messages.
         refill = max(1, self.window // 4)
         while True:
             with self._changed:
                 self._changed.wait_for(
                     lambda: (
                         self._stop
-                        or len(self._acked) + len(self._refused) >= _MARK_BATCH
                         or (
                             self.link.connected.is_set()
                             and self._room() >= refill
                             and not self._idle
                         )
                     ),
-                    timeout=_SETTLE_S if self._acked or self._refused else _IDLE_S,
+                    timeout=_IDLE_S,
                 )
                 if self._stop:
                     return
@@ -174,17 +177,17 @@ class Sender:
                 epoch = self._epoch
                 room = self._room()
                 self._idle = False
-            self._settle()
             if room < refill or not self.link.connected.is_set():
                 continue
             rows = self.outbox.pending_after(room, after)
-            if self._unmarked_set:
-                # Acknowledged already, only the mark is missing: not sent again.
-                rows = [row for row in rows if row.seq not in self._unmarked_set]
-                if rows:
-                    with self._changed:
-                        for row in rows:
+            with self._changed:
+                if self._not_marked:
+                    # Acknowledged already, only the mark is missing: not sent again.
+                    known = self._not_marked
+                    for row in rows:
+                        if row.seq in known:
                             self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
+                    rows = [row for row in rows if row.seq not in known]
             if not rows:
                 with self._changed:
                     self._idle = True  # until new rows are committed (wake) or a timeout
@@ -246,7 +249,18 @@ class Sender:
         log.warning("outbox row %d (%s) %s: set aside", row.seq, row.topic, why)
         with self._changed:
             self._refused.append((row.seq, reason))
+            self._not_marked.add(row.seq)
             self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
+
+    def _mark_run(self) -> None:
+        """The marks thread: what was acknowledged in the last _SETTLE_S goes to the outbox
+        in one write, while the sender thread publishes on. A steady cadence rather than a
+        wake-up per acknowledgement: batching is the point."""
+        while True:
+            with self._changed:
+                if self._changed.wait_for(lambda: self._stop, timeout=_SETTLE_S):
+                    return
+            self._settle()
 
     def _settle(self, final: bool = False) -> None:
         """Writes what the broker acknowledged or refused to the outbox. When that fails
@@ -259,7 +273,6 @@ class Sender:
                 log.warning("broker refused outbox row %d (%s): set aside", seq, reason)
         self.counts.add("acked", len(acked))
         self._unmarked.extend(acked)
-        self._unmarked_set.update(acked)
         self._unrefused.extend(refused)
         if not self._unmarked and not self._unrefused:
             return
@@ -270,11 +283,14 @@ class Sender:
                 chunk = self._unmarked[:_MARK_BATCH]
                 self.outbox.mark_delivered(chunk)
                 del self._unmarked[: len(chunk)]
-                self._unmarked_set.difference_update(chunk)
+                with self._changed:
+                    self._not_marked.difference_update(chunk)
             while self._unrefused:
                 seq, reason = self._unrefused[0]
                 self.outbox.set_aside(seq, reason)
                 del self._unrefused[0]
+                with self._changed:
+                    self._not_marked.discard(seq)
         except OutboxWriteError as exc:
             if str(exc) != self._write_error:
                 log.error(
