@@ -87,6 +87,20 @@ def test_unknown_keys_and_wrong_types_are_named_with_their_line(tmp_path: Path) 
     assert text[int(threads.split(":")[1]) - 1].startswith("threads")
 
 
+@pytest.mark.parametrize("device", ["all", "group"])
+def test_a_device_id_that_is_a_fleet_topic_level_is_refused(tmp_path: Path, device: str) -> None:
+    """edge/all/cmd/... and edge/group/NAME/cmd/... address many devices: a device by
+    either name would take them for its own."""
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        config_text(tmp_path / "state", SOURCE).replace('id = "test-device"', f'id = "{device}"')
+    )
+    proc = run_cli("config", "validate", str(path))
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert "device.id" in line and "broadcast or group" in line, line
+
+
 def test_a_pipeline_naming_a_missing_source_or_model(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(config_text(tmp_path, SOURCE.replace('model = "detector"', 'model = "nope"')))

@@ -29,6 +29,7 @@ from edge_agent.runtime.delegates import CpuConfig, DelegateEntry
 from edge_agent.sources import SourceEntry
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+RESERVED_DEVICE_IDS = ("all", "group")
 
 
 def _cpu() -> DelegateEntry:
@@ -41,6 +42,16 @@ class DeviceSettings(Section):
         description="Device id: MQTT client id and topic level. Default: the host name.",
     )
     groups: list[Name] = Field(default_factory=list, description="Fleet groups it belongs to.")
+
+    @field_validator("id")
+    @classmethod
+    def _not_a_fleet_level(cls, value: str) -> str:
+        # {prefix}/all/cmd/... and {prefix}/group/NAME/cmd/... are broadcast and group
+        # commands: a device by either name could not be told apart from them.
+        if value in RESERVED_DEVICE_IDS:
+            raise ValueError(f"{value!r} is a topic level of its own (broadcast or group)")
+        return value
+
     state_dir: Annotated[Path, LOCAL_ONLY] = Field(
         Path("../var"),
         description="Where the agent keeps its state (outbox, models, journals); "
