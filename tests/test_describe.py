@@ -3,9 +3,12 @@ the config's overrides), run by the real runtime on real images, frames and wind
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
+import tracemalloc
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,35 @@ def test_ultralytics_names_in_the_zip_become_labels(tmp_path: Path, backend: Bac
     model = load_model(model_path, backend, threads=1)
     assert model.labels == [f"digit {i}" for i in range(10)]
     assert model.manifest.input.resize == "letterbox"  # type: ignore[union-attr]
+
+
+def test_a_zip_bomb_beside_the_model_is_not_inflated(
+    tmp_path: Path, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 256 MB entry that deflates to a few hundred kB is named and not read; the small
+    metadata.json beside it still gives the labels."""
+    names = {str(i): f"digit {i}" for i in range(10)}
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("metadata.json", json.dumps({"task": "classify", "names": names}))
+        with z.open("bomb.bin", "w", force_zip64=True) as bomb:
+            chunk = bytes(1024 * 1024)
+            for _ in range(256):
+                bomb.write(chunk)
+    model_path = tmp_path / "bomb.tflite"
+    model_path.write_bytes((MODELS / "digits_int8.tflite").read_bytes() + archive.getvalue())
+    assert model_path.stat().st_size < 2 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            model = load_model(model_path, backend, threads=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024, f"{peak / 2**20:.0f} MB allocated while loading"
+    [line] = [r.getMessage() for r in caplog.records if "bomb.bin" in r.getMessage()]
+    assert "associated file(s) over 16777216 bytes not read: bomb.bin" in line
+    assert model.labels == [f"digit {i}" for i in range(10)]
 
 
 @pytest.mark.parametrize(

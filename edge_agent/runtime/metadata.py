@@ -29,6 +29,9 @@ ULTRALYTICS_FILE = "metadata.json"
 # Ultralytics' metadata.json is a few kB with its class names (LVIS's 1,203 take about
 # 20 kB): anything far larger is not one.
 MAX_METADATA_JSON_BYTES = 1024 * 1024
+# Associated files are labels, vocabularies and metadata.json: an entry bigger than this is
+# not read (a model that arrives with an update could carry a zip bomb).
+MAX_ASSOCIATED_FILE_BYTES = 16 * 1024 * 1024
 # Colour spaces of the schema's ColorSpaceType, by value.
 _COLOR_SPACES = {1: "RGB", 2: "GRAY"}
 _LABEL_FILE_TYPES = {2: "axis", 3: "value"}  # TENSOR_AXIS_LABELS, TENSOR_VALUE_LABELS
@@ -100,11 +103,16 @@ class ModelMetadata:
 def read_metadata(content: bytes) -> ModelMetadata:
     """Everything the file says about itself. A file whose metadata cannot be parsed reads
     as having none, with the reason in `note`: it must still run."""
-    files = _associated_files(content)
+    files, skipped = _associated_files(content)
     ultralytics, ultralytics_note = _ultralytics(files)
+    zip_note = (
+        f"associated file(s) over {MAX_ASSOCIATED_FILE_BYTES} bytes not read: " + ", ".join(skipped)
+        if skipped
+        else None
+    )
 
     def noted(note: str | None) -> str | None:
-        return "; ".join(n for n in (note, ultralytics_note) if n) or None
+        return "; ".join(n for n in (note, zip_note, ultralytics_note) if n) or None
 
     try:
         entries = _metadata_entries(content)
@@ -201,13 +209,24 @@ def _tensor(meta: Any) -> TensorMeta:
     )
 
 
-def _associated_files(content: bytes) -> dict[str, bytes]:
-    """The zip appended after the flatbuffer (empty in many models: no names, no harm)."""
+def _associated_files(content: bytes) -> tuple[dict[str, bytes], list[str]]:
+    """The zip appended after the flatbuffer (empty in many models: no names, no harm),
+    and the names of entries too big to read. zipfile stops reading an entry at its stated
+    size (and fails its CRC past it), so the stated size bounds what is inflated."""
+    files: dict[str, bytes] = {}
+    skipped: list[str] = []
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            return {n: archive.read(n) for n in archive.namelist() if not n.endswith("/")}
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                if info.file_size > MAX_ASSOCIATED_FILE_BYTES:
+                    skipped.append(info.filename)
+                    continue
+                files[info.filename] = archive.read(info)
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError):
-        return {}
+        return {}, []
+    return files, skipped
 
 
 def _ultralytics(files: dict[str, bytes]) -> tuple[dict[str, Any] | None, str | None]:
