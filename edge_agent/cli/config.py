@@ -1,6 +1,6 @@
 """`edge-agent config validate FILE`: every problem on its own line, with key and line.
 `edge-agent config show [--config FILE] [--origin]`: the settings the agent would run, and
-where each value came from."""
+where each value came from. `edge-agent config reference`: every key, as docs/config.md."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ def add_parser(commands: Any) -> None:
         "remote.toml:LINE or env NAME",
     )
     show.set_defaults(handler=run_show)
+    reference = actions.add_parser(
+        "reference",
+        help="print every section and key (type, default, description, how a change applies) "
+        "as Markdown: docs/config.md",
+    )
+    reference.set_defaults(handler=run_reference)
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    from edge_agent.config.reference import reference
+
+    sys.stdout.write(reference())
+    return 0
 
 
 def run_validate(args: argparse.Namespace) -> int:
