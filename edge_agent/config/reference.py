@@ -34,7 +34,7 @@ _TAGS = ("kind", "name")
 
 def reference() -> str:
     out = [HEADER]
-    seen: dict[frozenset[type], str] = {}
+    seen: Seen = {}
     for name, field in AgentSettings.model_fields.items():
         applies = applies_of(field.metadata)
         out.append(f"## `[{name}]`\n")
@@ -44,11 +44,16 @@ def reference() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _section(out: list[str], path: str, annotation: Any, seen: dict[frozenset[type], str]) -> None:
+Seen = dict[frozenset[type], str]  # union members already listed -> where
+
+
+def _section(
+    out: list[str], path: str, annotation: Any, seen: Seen, defaults: BaseModel | None = None
+) -> None:
     """The table(s) for a field holding a model, a table of models, or a list of them."""
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Annotated:
-        _section(out, path, args[0], seen)
+        _section(out, path, args[0], seen, defaults)
     elif origin is dict:
         _section(out, f"{path}.NAME", args[1], seen)
     elif origin is list:
@@ -56,7 +61,7 @@ def _section(out: list[str], path: str, annotation: Any, seen: dict[frozenset[ty
     elif origin in (Union, UnionType):
         present = [a for a in args if a is not NoneType]
         if len(present) == 1:  # an optional table, or an optional list of them
-            _section(out, path, present[0], seen)
+            _section(out, path, present[0], seen, defaults)
             return
         members = [m for m in args if isinstance(m, type) and issubclass(m, BaseModel)]
         first = seen.setdefault(frozenset(members), path)
@@ -69,29 +74,43 @@ def _section(out: list[str], path: str, annotation: Any, seen: dict[frozenset[ty
             out.append(f"### `[{path}]` with `{tag} = {json.dumps(value)}`\n")
             _table(out, path, member, seen)
     elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        _table(out, path, annotation, seen)
+        _table(out, path, annotation, seen, defaults)
 
 
 def _table(
-    out: list[str], path: str, model: type[BaseModel], seen: dict[frozenset[type], str]
+    out: list[str],
+    path: str,
+    model: type[BaseModel],
+    seen: Seen,
+    defaults: BaseModel | None = None,
 ) -> None:
+    """`defaults`: the table's own default value, where its fields have none (each outbox
+    class has its own policy)."""
     if model.__doc__ and model.__doc__ != BaseModel.__doc__:
         out.append(" ".join(model.__doc__.split()) + "\n")
     out.append("| key | type | default | description |")
     out.append("|---|---|---|---|")
-    nested: list[tuple[str, Any]] = []
+    nested: list[tuple[str, Any, BaseModel | None]] = []
     for key, field in model.model_fields.items():
         if _holds_model(field.annotation):
-            nested.append((f"{path}.{key}", field.annotation))
+            nested.append((f"{path}.{key}", field.annotation, _model_default(field)))
             continue
         note = " *Local only.*" if LOCAL_ONLY in field.metadata else ""
         description = (field.description or "").replace("|", "\\|") + note
         name = field.alias or key
-        out.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} | {description} |")
+        default = _default(field, getattr(defaults, key, PydanticUndefined))
+        out.append(f"| `{name}` | {_type(field.annotation)} | {default} | {description} |")
     out.append("")
-    for sub_path, annotation in nested:
+    for sub_path, annotation, sub_defaults in nested:
         out.append(f"#### `[{sub_path}]`\n")
-        _section(out, sub_path, annotation, seen)
+        _section(out, sub_path, annotation, seen, sub_defaults)
+
+
+def _model_default(field: FieldInfo) -> BaseModel | None:
+    value = field.default
+    if field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    return value if isinstance(value, BaseModel) else None
 
 
 def _holds_model(annotation: Any) -> bool:
@@ -135,7 +154,9 @@ def _type(annotation: Any) -> str:
     return str(annotation)
 
 
-def _default(field: FieldInfo) -> str:
+def _default(field: FieldInfo, table_default: Any = PydanticUndefined) -> str:
+    if table_default is not PydanticUndefined:
+        return "none" if table_default is None else f"`{json.dumps(_plain(table_default))}`"
     if field.default_factory is not None:
         # A factory may read the machine (the host name): only containers are shown.
         value = field.default_factory()  # type: ignore[call-arg]

@@ -161,12 +161,18 @@ class ServiceSettings(Section):
 
 
 class ClassPolicy(Section):
+    """A class's policy. A table given in the file replaces the class's default policy
+    whole: a key left out takes the value below, not the class's default."""
+
     when_full: Literal["reject_new", "drop_oldest"] = Field(
+        "reject_new",
         description="What gives when the outbox is full: new messages refused (counted and "
-        "reported), or the oldest undelivered ones dropped."
+        "reported), or the oldest undelivered ones dropped.",
     )
+    # TOML has no null: leaving the key out is how a file says "never".
     ttl_s: float | None = Field(
-        description="Undelivered messages expire after this many seconds; empty: never."
+        None,
+        description="Undelivered messages expire after this many seconds; left out: never.",
     )
 
 
