@@ -136,8 +136,8 @@ class ModelHost:
                     key, f"{key}: new file not used, old model keeps running: {exc}"
                 )
                 raise
-            self.status.resolve(key)
-            self.status.touch()  # operators see the version that now runs
+            if not self.status.resolve(key):
+                self.status.touch()  # operators see the version that now runs
             return self._workers[name].model
 
     # Health ---------------------------------------------------------------------------

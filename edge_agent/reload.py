@@ -54,7 +54,10 @@ class Reload:
         self.graph = graph
         self.old = old
         self.new = new
-        self.applied = Applied(restart_required=restart_required(old, new))
+        # Every changed key, read once: what waits for a restart, and what is named as
+        # applied where it is used.
+        self.changed = changed_keys(old, new)
+        self.applied = Applied(restart_required=restart_required(self.changed))
 
     def apply(self) -> Applied:
         host, graph, old, new = self.host, self.graph, self.old, self.new
@@ -118,7 +121,7 @@ class Reload:
             if model_worker is not None:
                 model_worker.batch = new.models[name].batch
         self._logging()
-        done.extend(_read_where_used(old, new))
+        done.extend(_read_where_used(self.changed))
         return self.applied
 
     def _load_all(self, needed: list[str]) -> dict[str, list[LoadedModel]]:
@@ -193,17 +196,17 @@ def section_applies(section: str) -> str:
     return declared.how
 
 
-def restart_required(old: AgentSettings, new: AgentSettings) -> list[str]:
-    """Keys that differ between `old` and `new` in sections that need a restart."""
-    return [k for k in changed_keys(old, new) if section_applies(k.split(".")[0]) == "restart"]
+def restart_required(changed: list[str]) -> list[str]:
+    """The changed keys in sections that need a restart."""
+    return [k for k in changed if section_applies(k.split(".")[0]) == "restart"]
 
 
-def _read_where_used(old: AgentSettings, new: AgentSettings) -> list[str]:
+def _read_where_used(changed: list[str]) -> list[str]:
     """Live sections that the reload steps do not touch (updates, telemetry, logging,
     service) are read where they are used: they took effect once the settings are swapped.
     Named here, so a change is never answered with "nothing changed"."""
     by_section: dict[str, list[str]] = {}
-    for key in changed_keys(old, new):
+    for key in changed:
         section = key.split(".")[0]
         if section not in _APPLIED_BY_STEPS and section_applies(section) != "restart":
             by_section.setdefault(section, []).append(key)

@@ -49,12 +49,15 @@ class StatusBoard:
             self._problems[key] = Problem(key, text, since)
         self._changed()
 
-    def resolve(self, key: str) -> None:
+    def resolve(self, key: str) -> bool:
+        """True when the problem was there (and listeners heard it is gone)."""
         with self._lock:
             gone = self._problems.pop(key, None)
-        if gone is not None:
-            log.info("resolved: %s", gone.text)
-            self._changed()
+        if gone is None:
+            return False
+        log.info("resolved: %s", gone.text)
+        self._changed()
+        return True
 
     def touch(self) -> None:
         """Something else the status shows changed (the model that runs): listeners hear

@@ -47,6 +47,7 @@ class Sender:
         self.outbox = outbox
         self.link = link
         self.window = settings.inflight
+        self._refill = max(1, self.window // 4)  # the window is refilled a page at a time
         self.rate = settings.drain_rate
         # Rows published and rows acknowledged this run: added to by the sender thread,
         # read from others.
@@ -130,7 +131,7 @@ class Sender:
             self._ack(seq, reason)
             # Wake the sender only when this ack gives it a page of room: waking it at every
             # PUBACK costs more than the publishing itself.
-            if self._room() >= max(1, self.window // 4):
+            if self._room() >= self._refill:
                 self._changed.notify_all()
 
     def _ack(self, seq: int, reason: int) -> None:
@@ -157,7 +158,7 @@ class Sender:
     def _run(self) -> None:
         next_send = time.monotonic()
         # Refill the window a page at a time: one query per many messages.
-        refill = max(1, self.window // 4)
+        refill = self._refill
         while True:
             with self._changed:
                 self._changed.wait_for(

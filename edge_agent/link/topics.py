@@ -41,14 +41,25 @@ def check_level(what: str, value: str) -> str:
 
 
 @dataclass(frozen=True)
-class Status:
-    kind: ClassVar[Kind] = "status"
+class _OfDevice:
+    """A topic under one device: `prefix/device/...`. Each subclass names its further
+    levels in `levels` (what a bad value is called, the field), all checked alike."""
+
+    kind: ClassVar[Kind]
+    levels: ClassVar[tuple[tuple[str, str], ...]] = ()
     prefix: str
     device: str
 
     def __post_init__(self) -> None:
         check_level("prefix", self.prefix)
         check_level("device", self.device)
+        for what, name in self.levels:
+            check_level(what, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class Status(_OfDevice):
+    kind: ClassVar[Kind] = "status"
 
     @property
     def topic(self) -> str:
@@ -56,16 +67,10 @@ class Status:
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(_OfDevice):
     kind: ClassVar[Kind] = "result"
-    prefix: str
-    device: str
+    levels: ClassVar[tuple[tuple[str, str], ...]] = (("pipeline", "pipeline"),)
     pipeline: str
-
-    def __post_init__(self) -> None:
-        check_level("prefix", self.prefix)
-        check_level("device", self.device)
-        check_level("pipeline", self.pipeline)
 
     @property
     def topic(self) -> str:
@@ -73,16 +78,10 @@ class Result:
 
 
 @dataclass(frozen=True)
-class Event:
+class Event(_OfDevice):
     kind: ClassVar[Kind] = "event"
-    prefix: str
-    device: str
+    levels: ClassVar[tuple[tuple[str, str], ...]] = (("event kind", "event"),)
     event: str  # the event's kind: update, agent, ...
-
-    def __post_init__(self) -> None:
-        check_level("prefix", self.prefix)
-        check_level("device", self.device)
-        check_level("event kind", self.event)
 
     @property
     def topic(self) -> str:
@@ -90,14 +89,8 @@ class Event:
 
 
 @dataclass(frozen=True)
-class Telemetry:
+class Telemetry(_OfDevice):
     kind: ClassVar[Kind] = "telemetry"
-    prefix: str
-    device: str
-
-    def __post_init__(self) -> None:
-        check_level("prefix", self.prefix)
-        check_level("device", self.device)
 
     @property
     def topic(self) -> str:
@@ -134,16 +127,10 @@ class Command:
 
 
 @dataclass(frozen=True)
-class Reply:
+class Reply(_OfDevice):
     kind: ClassVar[Kind] = "reply"
-    prefix: str
-    device: str
+    levels: ClassVar[tuple[tuple[str, str], ...]] = (("request id", "request_id"),)
     request_id: str
-
-    def __post_init__(self) -> None:
-        check_level("prefix", self.prefix)
-        check_level("device", self.device)
-        check_level("request id", self.request_id)
 
     @property
     def topic(self) -> str:
@@ -151,16 +138,10 @@ class Reply:
 
 
 @dataclass(frozen=True)
-class TransferGet:
+class TransferGet(_OfDevice):
     kind: ClassVar[Kind] = "transfer_get"
-    prefix: str
-    device: str
+    levels: ClassVar[tuple[tuple[str, str], ...]] = (("transfer id", "transfer"),)
     transfer: str
-
-    def __post_init__(self) -> None:
-        check_level("prefix", self.prefix)
-        check_level("device", self.device)
-        check_level("transfer id", self.transfer)
 
     @property
     def topic(self) -> str:
@@ -168,19 +149,18 @@ class TransferGet:
 
 
 @dataclass(frozen=True)
-class TransferData:
+class TransferData(_OfDevice):
     kind: ClassVar[Kind] = "transfer_data"
-    prefix: str
-    device: str
+    levels: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("transfer id", "transfer"),
+        ("file role", "role"),
+    )
     transfer: str
     role: str
     index: int
 
     def __post_init__(self) -> None:
-        check_level("prefix", self.prefix)
-        check_level("device", self.device)
-        check_level("transfer id", self.transfer)
-        check_level("file role", self.role)
+        super().__post_init__()
         if self.index < 0:
             raise ValueError(f"chunk index {self.index} is negative")
 
