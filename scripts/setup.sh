@@ -34,6 +34,21 @@ if [ "$kind" = main ] && ! PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mos
   fi
 fi
 
+# The browser tests drive Debian's chromium through Playwright (no browser download).
+if [ "$kind" = main ] && [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo -n"; fi
+  if ! command -v apt-get >/dev/null; then
+    echo "no apt-get: install chromium by hand for the browser tests" >&2
+  else
+    echo "installing chromium for the browser tests ..." >&2
+    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        >/dev/null 2>&1 \
+      || echo "could not install chromium with apt-get; the browser tests need it" >&2
+  fi
+fi
+
 stamp="$venv/.edge-agent-stamp"
 want=$(cat "${deps[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
