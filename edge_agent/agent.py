@@ -10,8 +10,9 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.commands.dispatcher import CommandDispatcher
@@ -36,6 +37,9 @@ from edge_agent.status_board import StatusBoard
 from edge_agent.telemetry import Telemetry
 from edge_agent.updates.store import ModelStore
 from edge_agent.updates.updater import Updater
+
+if TYPE_CHECKING:
+    from edge_agent.http.endpoint import HttpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,22 @@ class Agent:
             topics.Telemetry(settings.mqtt.topic_prefix, settings.device.id).topic,
         )
         self._link_started = False  # a start that failed on a model never started them
+        # The events emitted lately, for the HTTP status.
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=settings.http.recent_events)
+        self.http: HttpEndpoint | None = None
+        if settings.http.enabled:
+            # Imported only when on: a device without the endpoint does not load it.
+            from edge_agent.http.endpoint import HttpEndpoint
+
+            self.http = HttpEndpoint(
+                settings.http,
+                device=self.envelope.device,
+                status=self.command_status,
+                pipelines=self.graph.pipelines,
+                graph=self.graph,
+                events=self.recent_events,
+                board=self.status,
+            )
 
     def current_settings(self) -> AgentSettings:
         return self.settings
@@ -134,9 +154,13 @@ class Agent:
             self._link_started = True
         self.updater.resume_downloads()
         self.graph.start_sources()
+        if self.http is not None:
+            self.http.start()  # a taken port is a problem on the status, not a failed start
 
     def stop(self, timeout: float = 4.0) -> None:
         """Sources stop, frames in flight finish, the sink flushes."""
+        if self.http is not None:
+            self.http.stop(timeout / 4)
         self.graph.stop_sources(timeout / 2)
         self.updater.stopping.set()
         if self.commands is not None and self._link_started:
@@ -248,6 +272,7 @@ class Agent:
         prefix, device = self.settings.mqtt.topic_prefix, self.settings.device.id
         topic = topics.Event(prefix, device, event.get("kind", "agent")).topic
         self.writer.put_message(topic, json.dumps(body).encode(), "event", body["id"])
+        self.recent_events.append(body)
         log.info("event: %s", event)
 
     def _publish_now(self, topic: str, payload: bytes) -> bool:
@@ -338,6 +363,8 @@ class Agent:
             problems.append("commands thread died")
         if self.updater.dead:
             problems.append("update thread died")
+        if self.http is not None and self.http.dead:
+            problems.append("http thread died")
         return problems
 
     def status_line(self) -> str:

@@ -165,14 +165,16 @@ class ClassPolicy(Section):
     whole: a key left out takes the value below, not the class's default."""
 
     when_full: Literal["reject_new", "drop_oldest"] = Field(
-        "reject_new",
-        description="What gives when the outbox is full: new messages refused (counted and "
-        "reported), or the oldest undelivered ones dropped.",
+        "drop_oldest",
+        description="What gives when the outbox is full: the oldest undelivered messages of "
+        "the class dropped so the newest are kept, or new ones refused (held in memory, up "
+        "to 16 MB, until there is room). Either way counted and reported.",
     )
     # TOML has no null: leaving the key out is how a file says "never".
     ttl_s: float | None = Field(
         None,
-        description="Undelivered messages expire after this many seconds; left out: never.",
+        description="Undelivered messages expire this many seconds after they were made "
+        "(applies to those already stored too); left out: never.",
     )
 
 
@@ -183,10 +185,17 @@ class OutboxSettings(Section):
         "agent, may lose the last commits on power loss (faster on slow storage).",
     )
     max_bytes: int = Field(
-        500_000_000, ge=100_000, description="Most bytes of messages the outbox keeps."
+        500_000_000,
+        ge=100_000,
+        description="Most bytes of undelivered messages the outbox keeps (its WAL counts "
+        "against it too). Full: each class's when_full applies.",
     )
     max_disk_share: float = Field(
-        0.5, gt=0, le=1, description="Most share of the free disk the outbox may take."
+        0.5,
+        gt=0,
+        le=1,
+        description="Most share of the free disk (plus the outbox's own files) the outbox may "
+        "take; the smaller of this and max_bytes bounds it.",
     )
     retention_s: float = Field(
         24 * 3600, ge=0, description="Delivered results are kept this long for local use."
@@ -195,8 +204,9 @@ class OutboxSettings(Section):
         20.0, ge=0, le=5000, description="Longest wait to gather a batch into one commit."
     )
     results: ClassPolicy = Field(
-        default_factory=lambda: ClassPolicy(when_full="reject_new", ttl_s=None),
-        description="Inference results: kept until delivered.",
+        default_factory=lambda: ClassPolicy(when_full="drop_oldest", ttl_s=7 * 24 * 3600),
+        description="Inference results: kept up to 7 days undelivered; when full, the oldest "
+        "go so the newest are kept (docs/outbox.md says why).",
     )
     events: ClassPolicy = Field(
         default_factory=lambda: ClassPolicy(when_full="drop_oldest", ttl_s=7 * 24 * 3600),
@@ -375,6 +385,37 @@ class CommandsSettings(Section):
         return value
 
 
+class HttpSettings(Section):
+    enabled: bool = Field(False, description="Serve /metrics, /api/status and a status page.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to listen on. Anything beyond localhost (0.0.0.0, a LAN address) "
+        "needs token_file: without it the endpoint is not started.",
+    )
+    port: int = Field(
+        9110, ge=0, le=65535, description="TCP port to listen on; 0: any free one, logged."
+    )
+    token_file: Annotated[str | None, LOCAL_ONLY] = Field(
+        None,
+        description="File holding the bearer token clients must send, or credential:NAME "
+        "for a systemd credential in $CREDENTIALS_DIRECTORY. Given, every request needs it, "
+        "on localhost too.",
+    )
+    recent_events: int = Field(
+        50, ge=0, le=10_000, description="Recent events /api/status shows, newest last."
+    )
+    snapshot_quality: int = Field(
+        80, ge=1, le=100, description="JPEG quality of /api/snapshot.jpg."
+    )
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            secret_path(value)
+        return value
+
+
 class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
@@ -419,6 +460,9 @@ class AgentSettings(BaseSettings):
     )
     service: Annotated[ServiceSettings, LIVE] = Field(
         default_factory=ServiceSettings, description="Running under systemd."
+    )
+    http: Annotated[HttpSettings, NEEDS_RESTART] = Field(
+        default_factory=HttpSettings, description="Local HTTP endpoint: metrics, status, page."
     )
 
     @model_validator(mode="after")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,38 @@ class Window:
         }
 
 
+# Upper bounds (seconds) of the latency histograms: 0.5 ms on a fast accelerator to seconds
+# on a stalled CPU model, roughly 1-2.5-5 per decade.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True)
+class HistogramCounts:
+    """Cumulative counts by upper bound (the last one +Inf) and the sum of every value,
+    since the pipeline started: what a Prometheus histogram exposes."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]  # len(bounds) + 1: the last is every value
+    sum: float
+
+
+class Histogram:
+    """Counts of one measurement by bucket, kept for the whole run (Window keeps only the
+    last values, which percentiles need but a scraper summing over time cannot use)."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+
+    def add(self, value: float) -> None:
+        self._counts[bisect_left(self.bounds, value)] += 1  # value <= bound, as `le` says
+        self._sum += value
+
+    def counts(self) -> HistogramCounts:
+        return HistogramCounts(self.bounds, tuple(accumulate(self._counts)), self._sum)
+
+
 # frames: captured; results: handed off; dropped: the oldest frame, as inference fell
 # behind; skipped: by the change gate, too like the last inferred one; cache_hits: an
 # identical input's earlier result reused; errors: not inferred or not decoded.
@@ -53,11 +87,13 @@ class PipelineStats:
     window: int = 1024
     counts: Counters = field(default_factory=lambda: Counters(*COUNTS))
     stages: dict[str, Window] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
     _done: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    _lock: threading.Lock = field(default_factory=threading.Lock)  # stages and _done
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # stages, histograms, _done
 
     def __post_init__(self) -> None:
         self.stages = {name: Window(self.window) for name in STAGES}
+        self.histograms = {name: Histogram() for name in STAGES}
 
     def count(self, what: str, n: int = 1) -> None:
         if what not in COUNTS:  # a typo would be a count nobody reads
@@ -95,6 +131,12 @@ class PipelineStats:
             self._done.append(time.monotonic())
             for stage, seconds in timings.items():
                 self.stages[stage].add(seconds)
+                self.histograms[stage].add(seconds)
+
+    def latency_histograms(self) -> dict[str, HistogramCounts]:
+        """Each stage's latency histogram, in seconds, since the pipeline started."""
+        with self._lock:
+            return {name: h.counts() for name, h in self.histograms.items()}
 
     def fps(self) -> float:
         with self._lock:

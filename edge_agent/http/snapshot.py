@@ -1,0 +1,49 @@
+"""The latest frame of a source as JPEG, with what its pipelines last found drawn on it:
+the picture the `snapshot` command sends, drawn by the same function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+
+from edge_agent.commands.drawing import draw
+from edge_agent.graph import SourceHub
+
+
+class Hubs(Protocol):
+    """The part of the pipeline graph a snapshot reads."""
+
+    def hub(self, source: str) -> SourceHub | None: ...
+
+    def hubs(self) -> dict[str, SourceHub]: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    source: str
+    ts: float  # Unix time the frame was captured
+    jpeg: bytes
+
+
+class Snapshots:
+    def __init__(self, graph: Hubs, quality: int) -> None:
+        self._graph = graph
+        self._quality = quality
+
+    def latest(self, source: str | None = None) -> Snapshot | None:
+        """The named source's latest image frame, or the first source's that has one;
+        None when there is no such frame yet."""
+        names = [source] if source is not None else sorted(self._graph.hubs())
+        for name in names:
+            hub = self._graph.hub(name)
+            frame = hub.last_frame if hub is not None else None
+            if hub is None or frame is None or not frame.is_image:
+                continue
+            image = frame.data.copy()  # drawn on: the pipelines keep reading the original
+            draw(image, hub.pipelines)
+            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
+            if ok:
+                return Snapshot(name, frame.wall_time, jpeg.tobytes())
+        return None
