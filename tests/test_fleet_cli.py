@@ -6,6 +6,7 @@ table, and the live watch."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 from collections.abc import Iterator
@@ -42,6 +43,15 @@ def agent(tmp_path: Path, broker: Broker, keys: Keys) -> Iterator[Agent]:
     )
     yield agent
     agent.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_fleet_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's own environment and profiles file stay out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("EDGE_FLEET_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("EDGE_FLEET_PROFILES", str(tmp_path / "no-profiles.toml"))
 
 
 def fleet(broker: Broker, *args: str) -> int:
@@ -91,8 +101,16 @@ def test_keygen_sign_and_push_over_mqtt_until_the_device_commits(
         code = fleet(broker, "push", str(folder), "--device", DEVICE, "--chunk-size", "4096")
         out, err = capsys.readouterr()
         assert code == 0, (out, err)
-        assert out.strip().splitlines()[-1] == f"{DEVICE}: ok committed digits 1.1.0", out
+        done, staged = out.strip().splitlines()[-2:]
+        assert done == f"{DEVICE}: ok committed digits 1.1.0", out
+        # The staging figures, from the device's own check: golden agreement and latency.
+        assert re.fullmatch(
+            r"  staged on cpu: golden \d+\.\d% agree, [\d.]+ ms per inference "
+            r"\(running [\d.]+ ms\)",
+            staged,
+        ), out
         assert "100%" in err and "downloading" in err and DEVICE in err, err
+        assert "health watch" in err and "failed" not in err, err
         assert running_version(agent) == "1.1.0"
         record = agent.store.active("digits")
         assert record is not None and record.state == "committed"
@@ -123,35 +141,39 @@ def test_a_push_the_device_refuses_exits_1_with_its_reason(
     capsys.readouterr()
     assert fleet(broker, "push", str(folder), "--device", DEVICE, "--timeout", "20") == 1
     out = capsys.readouterr().out
-    assert f"{DEVICE}: error: bad signature" in out, out
+    assert f"{DEVICE}: failed at verify: bad signature" in out, out
     assert running_version(agent) == "1.0.0"
 
 
 def test_cmd_ping_to_a_device_and_to_its_group(
     broker: Broker, agent: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert fleet(broker, "cmd", "ping", "--device", DEVICE) == 0
+    assert fleet(broker, "cmd", "ping", "--device", DEVICE, "--json") == 0
     [reply] = json_lines(capsys.readouterr().out)
     assert reply["status"] == "ok" and reply["device"] == DEVICE
     assert reply["result"] == {"pong": True, "boot_id": agent.envelope.boot_id}
-    code = fleet(broker, "cmd", "ping", "--group", "lab", "--timeout", "5", "--wait-for", "1")
+    code = fleet(
+        broker, "cmd", "ping", "--group", "lab", "--timeout", "5", "--wait-for", "1", "--json"
+    )
     assert code == 0
     [reply] = json_lines(capsys.readouterr().out)
     assert reply["status"] == "ok" and reply["device"] == DEVICE
     # Over MQTT 3.1.1 there is no response topic: the reply comes on the reply topic.
-    assert fleet(broker, "cmd", "ping", "--device", DEVICE, "--mqtt", "3.1.1") == 0
+    assert fleet(broker, "cmd", "ping", "--device", DEVICE, "--mqtt", "3.1.1", "--json") == 0
     assert json_lines(capsys.readouterr().out)[0]["status"] == "ok"
 
 
 def test_cmd_with_a_bad_argument_gets_an_error_reply_and_exit_1(
     broker: Broker, agent: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = fleet(broker, "cmd", "set_log_level", "--device", DEVICE, "--arg", "level=loud")
+    code = fleet(
+        broker, "cmd", "set_log_level", "--device", DEVICE, "--arg", "level=loud", "--json"
+    )
     assert code == 1
     [reply] = json_lines(capsys.readouterr().out)
     assert reply["status"] == "error" and "level" in str(reply["reason"]), reply
     # --arg values are JSON when they parse: a number here, and the device takes it.
-    code = fleet(broker, "cmd", "pause", "--device", DEVICE, "--json", '{"pipeline": "digits"}')
+    code = fleet(broker, "cmd", "pause", "--device", DEVICE, "--body", '{"pipeline": "digits"}')
     assert code == 0 and agent.pipelines["digits"].paused.is_set()
     assert fleet(broker, "cmd", "resume", "--device", DEVICE, "--arg", "pipeline=digits") == 0
     assert not agent.pipelines["digits"].paused.is_set()
@@ -161,7 +183,9 @@ def test_no_reply_from_an_absent_device_exits_1(
     broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert fleet(broker, "cmd", "ping", "--device", "nobody", "--timeout", "0.5") == 1
-    assert "no reply from nobody within 0.5 s" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "no reply within 0.5 s from 1 device(s): nobody" in err, err
+    assert out.split() == ["DEVICE", "STATUS", "MS", "RESULT", "nobody", "no", "reply", "-", "-"]
 
 
 def test_a_signed_cmd_is_accepted_where_commands_must_be_signed(
@@ -170,12 +194,12 @@ def test_a_signed_cmd_is_accepted_where_commands_must_be_signed(
     body = device_body(broker.port, keys.config(), extra="[commands]\nrequire_signed = true\n")
     agent = start_agent(tmp_path, body, groups=("lab",), online=True)
     try:
-        assert fleet(broker, "cmd", "ping", "--device", DEVICE) == 1
+        assert fleet(broker, "cmd", "ping", "--device", DEVICE, "--json") == 1
         [refused] = json_lines(capsys.readouterr().out)
         assert "unsigned command refused" in str(refused["reason"])
         pem = tmp_path / "keys" / f"{keys.key_id}.pem"
         args = ["--sign-key", str(pem), "--expires-in", "60"]
-        assert fleet(broker, "cmd", "ping", "--device", DEVICE, *args) == 0
+        assert fleet(broker, "cmd", "ping", "--device", DEVICE, *args, "--json") == 0
         [reply] = json_lines(capsys.readouterr().out)
         assert reply["status"] == "ok", reply
     finally:
@@ -199,7 +223,7 @@ def test_devices_lists_the_device_with_its_model_versions(
 def test_watch_prints_results_as_json_lines_and_stops_after_count(
     broker: Broker, agent: Agent, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert fleet(broker, "watch", "--device", DEVICE, "--results", "--count", "3") == 0
+    assert fleet(broker, "watch", "--device", DEVICE, "--results", "--count", "3", "--json") == 0
     lines = json_lines(capsys.readouterr().out)
     assert len(lines) == 3
     assert all(line["schema"] == "edge-agent/result/1" for line in lines)
@@ -210,7 +234,7 @@ def test_watch_prints_results_as_json_lines_and_stops_after_count(
     ("args", "message"),
     [
         (["cmd", "ping", "--device", DEVICE, "--arg", "novalue"], "expected KEY=VALUE"),
-        (["cmd", "ping", "--all", "--json", "[1]"], "--json: must be a JSON object"),
+        (["cmd", "ping", "--all", "--body", "[1]"], "--body: must be a JSON object"),
         (["cmd", "ping", "--device", "a/b"], "must be one topic level"),
         (["cmd", "ping", "--all", "--broker", "127.0.0.1:1"], "cannot connect"),
         (["push", "/nonexistent", "--all"], "cannot read"),

@@ -1,5 +1,5 @@
-"""`edge-agent models list|activate|rollback`: the installed model versions and which one
-runs, changed on the local store in the config's state dir. `models inspect|manifest`
+"""`edge-agent models list|activate|rollback|remove`: the installed model versions and which
+one runs, changed on the local store in the config's state dir. `models inspect|manifest`
 look at one model file (cli/inspect.py)."""
 
 from __future__ import annotations
@@ -29,10 +29,15 @@ def add_parser(commands: Any) -> None:
     activate.add_argument("version", help="an installed version")
     rollback = actions.add_parser("rollback", help="back to the previous version")
     rollback.add_argument("name", help="the model ([models.NAME] in the config)")
+    remove = actions.add_parser(
+        "remove", help="delete an installed version (not the active one or the rollback target)"
+    )
+    remove.add_argument("name", help="the model ([models.NAME] in the config)")
+    remove.add_argument("version", help="an installed version")
     from edge_agent.cli import quantize  # the quantize subcommand lives in its own module
 
     quantize.add_parser(actions)
-    for action in (list_, activate, rollback):
+    for action in (list_, activate, rollback, remove):
         action.add_argument("--config", type=Path, help="agent TOML file (for the state dir)")
         action.add_argument("--json", action="store_true", help="machine-readable output")
         action.set_defaults(handler=run)
@@ -53,6 +58,18 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(settings)
     if args.action == "list":
         return _list(settings, store, args.json)
+    if args.action == "remove":
+        store.remove(args.name, args.version)
+        left = store.versions(args.name)
+        if args.json:
+            sys.stdout.write(
+                json.dumps({"name": args.name, "removed": args.version, "installed": left}) + "\n"
+            )
+        else:
+            sys.stdout.write(
+                f"{args.name}: removed {args.version}; installed: {', '.join(left) or 'none'}\n"
+            )
+        return 0
     before = store.active(args.name)
     if args.action == "activate":
         if args.name not in settings.models:

@@ -153,6 +153,13 @@ def rollback_model(ctx: CommandContext, cmd: s.ModelCommand) -> Any:
     return ctx.updater.rollback(cmd.name, "operator asked")
 
 
+def remove_model(ctx: CommandContext, cmd: s.RemoveModel) -> Any:
+    """Deletes an installed version; the active one and the rollback target are refused."""
+    store = ctx.host.store
+    store.remove(cmd.name, cmd.version)
+    return {"name": cmd.name, "removed": cmd.version, "installed": store.versions(cmd.name)}
+
+
 def flush_outbox(ctx: CommandContext, cmd: s.FlushOutbox) -> Any:
     return ctx.flush()
 
@@ -175,6 +182,7 @@ HANDLERS: dict[str, Handler] = {
     "update_model": Handler(s.UpdateModel, update_model, long_running=True),
     "activate_model": Handler(s.ActivateModel, activate_model, long_running=True),
     "rollback_model": Handler(s.ModelCommand, rollback_model, long_running=True),
+    "remove_model": Handler(s.RemoveModel, remove_model),
     "flush_outbox": Handler(s.FlushOutbox, flush_outbox),
     "set_log_level": Handler(s.SetLogLevel, set_log_level),
 }

@@ -89,6 +89,13 @@ class ActivateModel(ModelCommand):
     version: str = Field(max_length=64, description="An installed version.")
 
 
+class RemoveModel(ModelCommand):
+    version: str = Field(
+        max_length=64,
+        description="An installed version that is neither active nor the rollback target.",
+    )
+
+
 class FlushOutbox(Command):
     pass
 

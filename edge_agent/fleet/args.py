@@ -26,26 +26,34 @@ def key_id_from(value: str) -> str:
 
 
 def client_from(args: argparse.Namespace) -> FleetClient:
+    """The connection the flags, the environment and the profile describe (fleet/profile.py)."""
     from edge_agent.config.secrets import read_secret
+    from edge_agent.fleet.profile import resolve
 
-    tls = any(path is not None for path in (args.ca, args.cert, args.key))
-    host, port = parse_address(args.broker, 8883 if tls else 1883)
-    password = None
-    if args.password_file is not None:
+    found = resolve(args)
+    files = {key: found.get(key) for key in ("ca", "cert", "key")}
+    tls = bool(found.get("tls")) or any(path is not None for path in files.values())
+    host, port = parse_address(found.get("broker"), 8883 if tls else 1883, found.sources["broker"])
+    password = found.get("password")
+    if found.get("password_file") is not None:
         try:
-            password = read_secret(str(args.password_file))
+            password = read_secret(str(found.get("password_file")))
         except ValueError as exc:
-            raise UserError(f"--password-file: {exc}") from None
+            raise UserError(f"{found.sources['password_file']}: {exc}") from None
+    if password is not None and found.get("username") is None:
+        where = found.sources.get("password") or found.sources["password_file"]
+        raise UserError(f"{where}: a password needs a user name (--username)")
     options = BrokerOptions(
         host=host,
         port=port,
-        prefix=check_level(args.prefix, "--prefix"),
-        username=args.username,
+        prefix=check_level(found.get("prefix", "edge"), found.sources.get("prefix", "--prefix")),
+        username=found.get("username"),
         password=password,
-        ca=args.ca,
-        cert=args.cert,
-        key=args.key,
-        protocol=args.mqtt,
+        ca=files["ca"],
+        cert=files["cert"],
+        key=files["key"],
+        protocol=found.get("mqtt", "5"),
+        use_tls=tls,
     )
     return FleetClient(options)  # connected by `with`
 

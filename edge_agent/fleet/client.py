@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -43,6 +43,7 @@ _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _ADDRESS = re.compile(
     r"\[(?P<v6>[^\]]+)\](?::(?P<p6>\d+))?|(?P<host>[^:\[\]/]+)(?::(?P<port>\d+))?"
 )
+TICK_S = 0.5  # how often a wait with a countdown redraws it
 _SEEN = 10_000  # message ids remembered to drop the duplicates at-least-once delivery makes
 
 
@@ -57,10 +58,11 @@ class BrokerOptions:
     cert: Path | None = None
     key: Path | None = None
     protocol: Protocol = "5"
+    use_tls: bool = False  # with no file given: the system's CA certificates
 
     @property
     def tls(self) -> bool:
-        return any(path is not None for path in (self.ca, self.cert, self.key))
+        return self.use_tls or any(path is not None for path in (self.ca, self.cert, self.key))
 
     @property
     def address(self) -> str:
@@ -182,7 +184,7 @@ class FleetClient:
         if o.username is not None:
             client.username_pw_set(o.username, o.password)
         elif o.password is not None:
-            raise UserError("--password-file: needs --username")
+            raise UserError("a password needs a user name (--username)")
         if o.tls:
             for flag, path in (("--ca", o.ca), ("--cert", o.cert), ("--key", o.key)):
                 if path is not None and not path.is_file():
@@ -289,11 +291,22 @@ class FleetClient:
             why = mqtt.error_string(info.rc) if info.rc else "no PUBACK"
             raise UserError(f"broker {self.options.address}: {topic} not sent: {why}")
 
+    @overload
     def messages_until(
-        self, deadline: float | None, quiet: float | None = None
-    ) -> Iterator[mqtt.MQTTMessage]:
+        self, deadline: float | None, quiet: float | None = None, tick: None = None
+    ) -> Iterator[mqtt.MQTTMessage]: ...
+
+    @overload
+    def messages_until(
+        self, deadline: float | None, quiet: float | None = None, *, tick: float
+    ) -> Iterator[mqtt.MQTTMessage | None]: ...
+
+    def messages_until(
+        self, deadline: float | None, quiet: float | None = None, tick: float | None = None
+    ) -> Iterator[mqtt.MQTTMessage | None]:
         """Messages as they come, until `deadline` (monotonic; None: never) or, with
-        `quiet`, once one came, until none came for that long (a burst of retained ones)."""
+        `quiet`, once one came, until none came for that long (a burst of retained ones).
+        With `tick`, None comes in between whenever nothing came for that long."""
         got = False
         while True:
             wait = None if deadline is None else deadline - time.monotonic()
@@ -301,9 +314,13 @@ class FleetClient:
                 wait = quiet if wait is None else min(wait, quiet)
             if wait is not None and wait <= 0:
                 return
+            step = wait if tick is None else tick if wait is None else min(wait, tick)
             try:
-                message = self.messages.get(timeout=wait)
+                message = self.messages.get(timeout=step)
             except queue.Empty:
+                if step is not None and tick is not None and (wait is None or step < wait):
+                    yield None  # a tick, not the end
+                    continue
                 return
             got = True
             yield message
@@ -346,6 +363,8 @@ class Request:
         self.request_id: str = body["request_id"]
         self.expires_in = expires_in
         self.replies: dict[str, dict[str, Any]] = {}  # device -> its first reply
+        self.round_trip_ms: dict[str, float] = {}  # device -> publish to its reply
+        self._sent: dict[str | None, float] = {}  # topic's device (None: many) -> when
         self._seen = Seen()
 
     def send(self, *extra_topics: str) -> None:
@@ -353,7 +372,9 @@ class Request:
         self.fleet.subscribe(topics.Reply(prefix, topics.ANY, self.request_id).topic, *extra_topics)
         payload = json.dumps(self.body).encode()
         for topic, device in self.target.command_topics(prefix, self.command):
-            self.fleet.publish(topic, payload, self._properties(device))
+            properties = self._properties(device)
+            self._sent.setdefault(device, time.monotonic())
+            self.fleet.publish(topic, payload, properties)
 
     def _properties(self, device: str | None) -> Properties | None:
         if self.fleet.options.protocol != "5":
@@ -378,13 +399,24 @@ class Request:
         wait_for: int | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         on_reply: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        expected: set[str] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """Replies by device, until every targeted device answered, `wait_for` did, the
-        timeout passed, or the operator pressed Ctrl-C (the way to end a group's wait)."""
-        expected = self.target.expected
+        """Replies by device, until every expected device answered (the targeted ones by
+        default; for a group or all, those the caller knows of), `wait_for` did, the
+        timeout passed, or the operator pressed Ctrl-C. `on_tick` is called about every
+        `TICK_S` while nothing comes (a countdown on screen)."""
+        if expected is None:
+            expected = self.target.expected
         deadline = time.monotonic() + timeout
+        tick = TICK_S if on_tick is not None else None
         try:
-            for message in self.fleet.messages_until(deadline):
+            for message in self.fleet.messages_until(deadline, tick=tick):
+                if message is None:
+                    if on_tick is not None:
+                        on_tick()
+                    continue
                 self._take(message, on_event, on_reply)
                 if expected is not None and expected <= self.replies.keys():
                     break
@@ -410,6 +442,9 @@ class Request:
         if isinstance(topic, topics.Reply):
             if self._is_ours(message, body) and device not in self.replies:
                 self.replies[device] = body
+                sent = self._sent.get(device, self._sent.get(None))
+                if sent is not None:
+                    self.round_trip_ms[device] = (time.monotonic() - sent) * 1000
                 if on_reply is not None:
                     on_reply(device, body)
         elif body.get("request_id") == self.request_id and on_event:

@@ -220,14 +220,33 @@ class ModelStore:
                 keep.update(v for v in (record.version, record.previous) if v is not None)
             removed = [v for v in versions if v not in keep]
             for version in removed:
-                folder = self.version_dir(name, version)
-                # Renamed first so a crash mid-delete never leaves a half version installed.
-                doomed = folder.with_name(f".{version}.del-{os.getpid()}-{time.monotonic_ns()}")
-                folder.rename(doomed)
-                shutil.rmtree(doomed, ignore_errors=True)
+                self._delete(name, version)
             if removed:
                 fsync_path(self._name_dir(name))
             return removed
+
+    def remove(self, name: str, version: str) -> None:
+        """Remove one installed version; never the active one, nor the one a rollback would
+        go back to (UserError saying so)."""
+        with self._locked():
+            if not self._installed(name, version):
+                installed = ", ".join(self.versions(name)) or "none"
+                raise UserError(
+                    f"model {name!r}: version {version!r} is not installed (installed: {installed})"
+                )
+            record = self.active(name)
+            if record is not None and record.version == version:
+                raise UserError(
+                    f"model {name!r}: version {version!r} is active ({record.state}); "
+                    "activate or roll back to another version first"
+                )
+            if record is not None and record.previous == version:
+                raise UserError(
+                    f"model {name!r}: version {version!r} is where a rollback from "
+                    f"{record.version} goes; it stays while {record.version} is active"
+                )
+            self._delete(name, version)
+            fsync_path(self._name_dir(name))
 
     def list(self) -> dict[str, dict[str, Any]]:
         """Every model in the store: {name: {versions, active, previous, state, since}}."""
@@ -262,6 +281,13 @@ class ModelStore:
             with (self.root / _LOCK_FILE).open("a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 yield  # the lock goes with the file's close
+
+    def _delete(self, name: str, version: str) -> None:
+        folder = self.version_dir(name, version)
+        # Renamed first so a crash mid-delete never leaves a half version installed.
+        doomed = folder.with_name(f".{version}.del-{os.getpid()}-{time.monotonic_ns()}")
+        folder.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _write_active(self, name: str, record: ActiveRecord) -> None:
         # Only lock holders write, so one fixed temp name will do; a stray one is cleaned.

@@ -102,7 +102,11 @@ class Updater:
                 to = back.version if back else "the config's file"
                 done.append(f"model {name}: {record.version} was on trial at a crash, back to {to}")
                 self._event(
-                    name, record.version, "rolled_back", reason="not committed before a restart"
+                    name,
+                    record.version,
+                    "rolled_back",
+                    reason="not committed before a restart",
+                    detail={"step": "restart"},
                 )
         for line in done:
             log.warning("%s", line)
@@ -337,9 +341,19 @@ class Updater:
             self._swap_in(name)
         except UserError as exc:
             self.store.rollback(name)
-            self._event(name, version, "rolled_back", request_id=request_id, reason=str(exc))
+            self._event(
+                name,
+                version,
+                "rolled_back",
+                request_id=request_id,
+                reason=str(exc),
+                detail={"step": "activation"},
+            )
             raise UpdateRefused(f"activation failed, rolled back: {exc}") from None
-        self._event(name, version, "activated", request_id=request_id)
+        window = self.settings.health_window_s
+        self._event(
+            name, version, "activated", request_id=request_id, detail={"health_window_s": window}
+        )
         result: dict[str, Any] = {
             "name": name,
             "version": version,
@@ -350,7 +364,14 @@ class Updater:
         if problem is not None:
             self.store.rollback(name)
             self._swap_in(name)
-            self._event(name, version, "rolled_back", request_id=request_id, reason=problem)
+            self._event(
+                name,
+                version,
+                "rolled_back",
+                request_id=request_id,
+                reason=problem,
+                detail={"step": "health watch"},
+            )
             raise UpdateRefused(f"rolled back after activation: {problem}")
         self.store.commit(name)
         self.store.prune(name)
