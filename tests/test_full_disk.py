@@ -36,6 +36,9 @@ queue_size = 1000
 
 [outbox]
 durability = "normal"
+# Held in memory while the disk is full, so that everything made arrives (the default
+# drops the oldest results instead: tests/test_retention.py).
+results = {{ when_full = "reject_new" }}
 
 [mqtt]
 enabled = true

@@ -30,8 +30,8 @@ def message(cls: str = "result", size: int = 100, created: float | None = None) 
         f"edge/d/{cls}",
         b"x" * size,
         1,
-        cls,
-        created or time.time(),  # type: ignore[arg-type]
+        cls,  # type: ignore[arg-type]
+        created or time.time(),
     )
 
 
@@ -66,7 +66,8 @@ def test_a_duplicate_id_is_stored_once(tmp_path: Path) -> None:
 
 
 def test_full_outbox_refuses_results_and_drops_oldest_telemetry(tmp_path: Path) -> None:
-    settings = OutboxSettings(max_bytes=100_000)
+    """Results set to reject_new (the default drops their oldest: test_retention.py)."""
+    settings = OutboxSettings(max_bytes=100_000, results=ClassPolicy(when_full="reject_new"))
     box = Outbox(tmp_path / "outbox.db", settings)
     results = [message("result", 1000) for _ in range(120)]
     refused = box.append(results)
@@ -89,7 +90,9 @@ def test_every_loss_from_every_thread_is_counted_once_in_the_stats(
     """Housekeeping expires, the sender sets aside, the writer gives up: each on its own
     thread, all counted in the one drops count that telemetry and the summary read."""
     settings = OutboxSettings(
-        max_bytes=100_000, telemetry=ClassPolicy(when_full="drop_oldest", ttl_s=60)
+        max_bytes=100_000,
+        results=ClassPolicy(when_full="reject_new"),
+        telemetry=ClassPolicy(when_full="drop_oldest", ttl_s=60),
     )
     box = Outbox(tmp_path / "outbox.db", settings)
     writer = OutboxWriter(box, "edge", "d")
@@ -192,7 +195,11 @@ def disk_3m(tmp_path: Path) -> Iterator[Path]:
 
 def test_full_disk_applies_the_policy_keeps_the_database_and_resumes(small_disk: Path) -> None:
     path = small_disk / "outbox.db"
-    box = Outbox(path, OutboxSettings(max_disk_share=1.0, durability="normal"))
+    # Results held, not dropped, while the disk is full (the default drops the oldest).
+    settings = OutboxSettings(
+        max_disk_share=1.0, durability="normal", results=ClassPolicy(when_full="reject_new")
+    )
+    box = Outbox(path, settings)
     writer = OutboxWriter(box, "edge", "d")
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (1024 * 1024 + 512 * 1024))

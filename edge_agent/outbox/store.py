@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,8 @@ from edge_agent.outbox.database import (
     free_bytes,
     open_database,
 )
+from edge_agent.outbox.episodes import LossEpisodes
+from edge_agent.outbox.growth import GrowthWindow, seconds_to_full
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ _WAL_MAX = 4 * 1024 * 1024
 _ROW_OVERHEAD = 160
 # How long the WAL's truncation waits for a reader beside the agent (`edge-agent results`).
 _TRUNCATE_WAIT_MS = 100
+# Losses told once per episode (a line when one begins and one when it ends); the others
+# have their own line where they happen (the writer, the sender).
+_EPISODE_REASONS = ("dropped_oldest", "expired")
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,20 @@ class Outbox:
     """One SQLite file. Thread-safe: every call takes the connection's lock; the writer
     thread (outbox/writer.py) makes the appends, the sender the reads and marks."""
 
-    def __init__(self, path: Path, settings: OutboxSettings) -> None:
+    def __init__(
+        self,
+        path: Path,
+        settings: OutboxSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self.settings = settings
         # Messages lost, by "class:reason" ("result:rejected_full", "telemetry:expired"):
         # counted by the writer, the sender and housekeeping, read by telemetry.
         self.drops = Counters()
+        self._episodes = LossEpisodes(self._loss_text)
+        # The backlog's growth, for the time until the outbox is full (stats' full_in_s).
+        self._growth = GrowthWindow(clock)
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         budget = min(settings.max_bytes, int(settings.max_disk_share * self._disk_span()))
@@ -97,9 +110,14 @@ class Outbox:
         # milliseconds under the lock the sender needs.
         self._pending: dict[str, list[int]] = {}  # class -> [count, bytes]
         self._delivered = 0
+        self._delivered_bytes = 0
         self._set_aside = 0
+        # SQLite's count of commits by other connections (`edge-agent results purge`):
+        # when it moves, the tallies are counted again.
+        self._data_version = 0
         with self._lock:
             self._recount_locked()
+            self._note_growth_locked()
 
     def close(self) -> None:
         with self._lock:
@@ -115,6 +133,7 @@ class Outbox:
         refused: list[Message] = []
         dropped: dict[str, int] = {}
         with self._lock:
+            self._sync_locked()
             with self._transaction():
                 by_size, by_disk = self._room_locked()
                 rows = []
@@ -160,6 +179,7 @@ class Outbox:
                     self._tally(row[4], 1, row[8])
             else:
                 self._recount_locked()  # some ids were already stored: rare, count again
+            self._note_growth_locked()
         for cls, count in dropped.items():
             self.count_drop(f"{cls}:dropped_oldest", count)
         return refused
@@ -236,6 +256,7 @@ class Outbox:
             freed += size + _ROW_OVERHEAD
         self._db.executemany("DELETE FROM messages WHERE seq=?", victims)
         self._delivered -= len(victims)
+        self._delivered_bytes -= freed - len(victims) * _ROW_OVERHEAD
         return freed
 
     def _recount_locked(self) -> None:
@@ -244,8 +265,36 @@ class Outbox:
             "SELECT class, COUNT(*), SUM(size) FROM messages WHERE state=0 GROUP BY class"
         ):
             self._pending[cls] = [count, size]
-        self._delivered = self._scalar_locked("SELECT COUNT(*) FROM messages WHERE state=1", [])
+        self._delivered, self._delivered_bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE state=1"
+        ).fetchone()
         self._set_aside = self._scalar_locked("SELECT COUNT(*) FROM messages WHERE state=2", [])
+        self._data_version = self._scalar_locked("PRAGMA data_version", [])
+
+    def _sync_locked(self) -> None:
+        """Counts again if another connection has committed since the last look: rows
+        purged beside the running agent. Undelivered ones gone that way are counted as
+        purged, with one line."""
+        if self._scalar_locked("PRAGMA data_version", []) == self._data_version:
+            return
+        before = {cls: tally[0] for cls, tally in self._pending.items()}
+        self._recount_locked()
+        gone = {
+            cls: count - self._pending.get(cls, [0, 0])[0]
+            for cls, count in before.items()
+            if count > self._pending.get(cls, [0, 0])[0]
+        }
+        for cls, count in gone.items():
+            self.drops.add(f"{cls}:purged", count)
+        if gone:
+            log.warning(
+                "outbox: %s undelivered message(s) removed by another process (%s)",
+                sum(gone.values()),
+                ", ".join(f"{cls} {n}" for cls, n in sorted(gone.items())),
+            )
+
+    def _note_growth_locked(self) -> None:
+        self._growth.note(self._bytes, sum(count for count, _ in self._pending.values()))
 
     def _tally(self, cls: str, count: int, size: int) -> None:
         tally = self._pending.setdefault(cls, [0, 0])
@@ -320,6 +369,7 @@ class Outbox:
         for start in range(0, len(seqs), step):
             chunk = seqs[start : start + step]
             with self._lock:
+                self._sync_locked()
                 with self._transaction():
                     marked = self._db.execute(
                         "UPDATE messages SET state=1, delivered=? WHERE state=0"
@@ -328,7 +378,9 @@ class Outbox:
                     ).fetchall()
                 for cls, size in marked:
                     self._tally(cls, -1, -size)
+                    self._delivered_bytes += size
                 self._delivered += len(marked)
+                self._note_growth_locked()
 
     def set_aside(self, seq: int, reason: str) -> None:
         """A message that can never be delivered (too large for the broker): kept, counted,
@@ -343,20 +395,29 @@ class Outbox:
                 self._db.execute("UPDATE messages SET state=2 WHERE seq=?", (seq,))
             self._tally(row[0], -1, -row[1])
             self._set_aside += 1
+            self._note_growth_locked()
         self.count_drop(f"{row[0]}:{reason}")
 
     # Housekeeping --------------------------------------------------------------------------
 
     def expire(self, now: float | None = None) -> int:
-        """Drops undelivered messages past their TTL and delivered ones past retention, a
-        write's worth per transaction, then lets the file shrink. On a write that fails (a
-        full disk) it logs and stops; the next call goes on."""
+        """Drops undelivered messages older than their class's ttl_s (as the policy is now,
+        so a changed TTL applies to what is stored) and delivered ones past retention, a
+        write's worth per transaction, then lets the file shrink. Each kind of loss is
+        logged once per episode: its end is told by the first pass that finds none. On a
+        write that fails (a full disk) it logs and stops; the next call goes on."""
         now = time.time() if now is None else now
         expired: dict[str, int] = {}
         try:
-            while self._delete_some("state=0 AND expires < ?", now, expired) or self._delete_some(
-                "state=1 AND delivered < ?", now - self.settings.retention_s
-            ):
+            for cls in PRIORITY:
+                ttl = self._policy(cls).ttl_s
+                if ttl is None:
+                    continue
+                while self._delete_some(
+                    "state=0 AND class=? AND created < ?", [cls, now - ttl], expired
+                ):
+                    pass
+            while self._delete_some("state=1 AND delivered < ?", [now - self.settings.retention_s]):
                 pass
             with self._lock:
                 # Each step frees one page; executescript runs it to the end (execute stops
@@ -368,17 +429,21 @@ class Outbox:
             log.warning("outbox: housekeeping postponed: %s", OutboxWriteError(self.path, exc))
         for cls, count in expired.items():
             self.count_drop(f"{cls}:expired", count)
+        self._episodes.close_quiet()
         return sum(expired.values())
 
-    def _delete_some(self, where: str, before: float, counts: dict[str, int] | None = None) -> bool:
+    def _delete_some(
+        self, where: str, args: list[Any], counts: dict[str, int] | None = None
+    ) -> bool:
         """Deletes up to a write's worth of rows matching `where`; True if it found a full
         write's worth (there may be more). Undelivered ones are counted by class."""
         with self._lock:
+            self._sync_locked()
             with self._transaction():
                 gone = self._db.execute(
                     f"DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE {where}"
                     " LIMIT ?) RETURNING class, size, state",
-                    (before, self.rows_per_write),
+                    [*args, self.rows_per_write],
                 ).fetchall()
             for cls, size, state in gone:
                 if state == PENDING:
@@ -387,10 +452,16 @@ class Outbox:
                         counts[cls] = counts.get(cls, 0) + 1
                 elif state == DELIVERED:
                     self._delivered -= 1
+                    self._delivered_bytes -= size
+            self._note_growth_locked()
         return len(gone) >= self.rows_per_write
 
     def stats(self) -> dict[str, Any]:
+        """Counts, bytes, ages, drops and the time until full. Cheap (tallies kept in
+        memory, one indexed row per class, a stat of the files): the status line calls it
+        every second and an HTTP scrape may call it ten times a second."""
         with self._lock:
+            self._sync_locked()
             by_class = {
                 cls: {"pending": count, "bytes": size}
                 for cls, (count, size) in self._pending.items()
@@ -407,6 +478,11 @@ class Outbox:
             ]
             oldest = min((f for f in firsts if f is not None), default=None)
             delivered, aside, pending_bytes = self._delivered, self._set_aside, self._bytes
+            by_size, by_disk = self._room_locked()
+            # Delivered rows give their space to new ones before anything is dropped.
+            by_disk += self._delivered_bytes + delivered * _ROW_OVERHEAD
+            self._note_growth_locked()
+        full_in = seconds_to_full((by_size, by_disk), self._growth.rates(), _ROW_OVERHEAD)
         file_bytes = sum(
             Path(f"{self.path}{s}").stat().st_size
             for s in ("", "-wal")
@@ -420,13 +496,33 @@ class Outbox:
             "delivered_kept": delivered,
             "set_aside": aside,
             "file_bytes": file_bytes,
+            # Bytes of messages that may still be added before the policies apply, and
+            # when that happens at the backlog's growth over the last minutes (None: not
+            # growing, or not known yet).
+            "room_bytes": min(by_size, by_disk),
+            "full_in_s": None if full_in is None else round(full_in, 1),
             "drops": self.drops.snapshot(),
+            # Losses going on now (dropped oldest, expired), with their counts so far.
+            "dropping": self._episodes.open(),
         }
 
     def count_drop(self, reason: str, n: int = 1) -> None:
         """`n` messages lost for `reason` ("class:why"): dropped here, or never stored (the
         writer gave them up)."""
         self.drops.add(reason, n)
+        if reason.partition(":")[2] in _EPISODE_REASONS:
+            self._episodes.note(reason, n)
+
+    def _loss_text(self, cls: str, why: str) -> str:
+        """What an episode of `why` means, for its first line."""
+        if why == "dropped_oldest":
+            return (
+                f"full (max_bytes {self.settings.max_bytes / 1e6:.0f} MB, max_disk_share"
+                f" {self.settings.max_disk_share:g}): dropping the oldest undelivered {cls}"
+                " messages so the newest are kept"
+            )
+        ttl = self._policy(cls).ttl_s or 0
+        return f"undelivered {cls} messages older than ttl_s {ttl:g} s are expiring"
 
     def _scalar_locked(self, sql: str, args: list[Any]) -> Any:
         row = self._db.execute(sql, args).fetchone()
