@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ def add_parser(commands: Any) -> None:
         "--config",
         type=Path,
         help="agent TOML file (default: $EDGE_AGENT_CONFIG, configs/agent.toml in a "
-        "checkout, /etc/edge-agent/agent.toml)",
+        "checkout, ~/.config/edge-agent/agent.toml unless root, /etc/edge-agent/agent.toml; "
+        "`edge-agent config init` writes one)",
     )
     parser.set_defaults(handler=run)
 
@@ -26,7 +28,12 @@ EXIT_CONFIG = 78
 
 def run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
-    from edge_agent.config.load import ConfigError, default_config_path, load_layers
+    from edge_agent.config.load import (
+        ConfigError,
+        config_candidates,
+        default_config_path,
+        load_layers,
+    )
     from edge_agent.errors import UserError
     from edge_agent.logs import setup_logging
     from edge_agent.service import Service, report_left_out
@@ -36,6 +43,14 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("edge_agent")
     notifier = Notifier()
     path = default_config_path(args.config)
+    if args.config is None and not os.environ.get("EDGE_AGENT_CONFIG") and not path.exists():
+        # No file anywhere: say where it looked and how to make one, rather than run a
+        # default nobody chose (under systemd that would be a toy model on a real device).
+        looked = " or ".join(str(candidate) for candidate in config_candidates())
+        problem = f"no config file ({looked}): write one with `edge-agent config init`"
+        log.error("cannot start: %s", problem)
+        notifier.send(STATUS=f"cannot start: {problem}", ERRNO=EXIT_CONFIG)
+        return EXIT_CONFIG
     try:
         layers = load_layers(path, set_aside=True)
     except ConfigError as exc:

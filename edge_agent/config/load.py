@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge_agent.config import overlay, remote
+from edge_agent.config import overlay, packaged, remote
 from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import UserError
 
@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-INSTALLED_CONFIG = Path("/etc/edge-agent/agent.toml")
+INSTALLED_CONFIG = packaged.SYSTEM_CONFIG
 CHECKOUT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "agent.toml"
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,24 @@ class Layers:
 
 
 def default_config_path(explicit: Path | None = None) -> Path:
-    """--config, else $EDGE_AGENT_CONFIG, else configs/agent.toml in a checkout, else
-    /etc/edge-agent/agent.toml."""
+    """--config, else $EDGE_AGENT_CONFIG, else the first of `config_candidates()` that
+    exists, else /etc/edge-agent/agent.toml."""
     if explicit is not None:
         return explicit
     if os.environ.get("EDGE_AGENT_CONFIG"):
         return Path(os.environ["EDGE_AGENT_CONFIG"])
-    return CHECKOUT_CONFIG if CHECKOUT_CONFIG.exists() else INSTALLED_CONFIG
+    candidates = config_candidates()
+    return next((path for path in candidates if path.exists()), candidates[-1])
+
+
+def config_candidates() -> list[Path]:
+    """Where a config is looked for, in order: configs/agent.toml in a checkout, then for
+    root /etc/edge-agent/agent.toml, for anyone else ~/.config/edge-agent/agent.toml
+    ($XDG_CONFIG_HOME) then /etc/edge-agent/agent.toml."""
+    found = [CHECKOUT_CONFIG] if CHECKOUT_CONFIG.exists() else []
+    if not packaged.is_root():
+        found.append(packaged.user_config())
+    return [*found, INSTALLED_CONFIG]
 
 
 def load_settings(path: Path | None, *, set_aside: bool = False) -> AgentSettings:
