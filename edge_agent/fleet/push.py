@@ -107,6 +107,15 @@ _STEP_AFTER = {
 }
 
 
+# The reply's reason names the step itself for the later ones (events come through the
+# device's outbox, so they may arrive after the reply).
+_REASON_STEPS = {
+    "staging: ": "staging",
+    "activation failed, rolled back: ": "activation",
+    "rolled back after activation: ": "health watch",
+}
+
+
 def _push_outcome(
     replies: dict[str, dict[str, Any]], target: Target, timeout: float, progress: Progress
 ) -> int:
@@ -213,10 +222,11 @@ class Progress:
         """The step a refused update failed at, and why."""
         if device in self.reasons:
             return self.reasons[device]
-        step = _STEP_AFTER.get(self.stage.get(device), self.stage.get(device, "verify"))
-        for prefix in (f"{step}: ", "staging: "):
-            reason = reason.removeprefix(prefix)
-        return step, reason
+        for prefix, step in _REASON_STEPS.items():
+            if reason.startswith(prefix):
+                return step, reason.removeprefix(prefix)
+        stage = self.stage.get(device)
+        return _STEP_AFTER.get(stage, stage or "verify"), reason
 
     def where(self, device: str) -> str:
         stage = self.stage.get(device)
