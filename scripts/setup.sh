@@ -56,7 +56,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
   if [ "$kind" = main ]; then
-    "$venv/bin/python" -m pip install -q -e '.[dev]'
+    "$venv/bin/python" -m pip install -q -e '.[agent,dev]'
     # tflite-runtime beside NumPy 2, without its dependencies: the tests check that the
     # agent names this mismatch plainly. Skipped where no wheel exists (Python 3.12+).
     "$venv/bin/python" -m pip install -q --no-deps 'tflite-runtime==2.14.0' 2>/dev/null \
