@@ -310,7 +310,7 @@ def test_models_remove_refuses_the_active_version_and_the_rollback_target(
     store = agent.store
     for version in ("1.1.0", "1.2.0", "1.3.0"):
         manifest, folder = digits_update(tmp_path / "updates", keys, version)
-        files = {role: folder / ref.path for role, ref in manifest.files.items()}
+        files: dict[str, Path] = {role: folder / ref.path for role, ref in manifest.files.items()}
         store.install(manifest, files)
     store.activate("digits", "1.1.0")
     store.commit("digits")
@@ -347,6 +347,7 @@ def test_models_remove_refuses_the_active_version_and_the_rollback_target(
     assert agent_main(["models", "remove", "digits", "9.9", *config]) == 2
     assert "version '9.9' is not installed (installed: 1.1.0, 1.2.0)" in capsys.readouterr().err
     manifest, folder = digits_update(tmp_path / "updates", keys, "1.4.0")
-    store.install(manifest, {role: folder / ref.path for role, ref in manifest.files.items()})
+    newest: dict[str, Path] = {role: folder / ref.path for role, ref in manifest.files.items()}
+    store.install(manifest, newest)
     assert agent_main(["models", "remove", "digits", "1.4.0", *config]) == 0
     assert capsys.readouterr().out == "digits: removed 1.4.0; installed: 1.1.0, 1.2.0\n"
