@@ -405,4 +405,3 @@ def finish(command: Command, argv: list[str], env: dict[str, str], ports: dict[s
         assert DEVICE_ID in out.stdout, f"{where}: the running agent is not listed\n{out.stdout}"
     if argv[:2] == ["edge-agent", "results"]:
         assert "result" in out.stdout or "faces" in out.stdout, f"{where}: {out.stdout}"
-
