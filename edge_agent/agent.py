@@ -315,6 +315,7 @@ class Agent:
                 for name, w in self.host.workers().items()
             },
             "pipelines": sorted(self.graph.pipelines()),
+            "groups": list(self.current_settings().device.groups),  # for `edge-fleet --group`
             "problems": [p.as_dict() for p in problems],
             "last_error": problems[-1].text if problems else "",
         }

@@ -155,9 +155,8 @@ def rollback_model(ctx: CommandContext, cmd: s.ModelCommand) -> Any:
 
 def remove_model(ctx: CommandContext, cmd: s.RemoveModel) -> Any:
     """Deletes an installed version; the active one and the rollback target are refused."""
-    store = ctx.host.store
-    store.remove(cmd.name, cmd.version)
-    return {"name": cmd.name, "removed": cmd.version, "installed": store.versions(cmd.name)}
+    installed = ctx.updater.remove(cmd.name, cmd.version)
+    return {"name": cmd.name, "removed": cmd.version, "installed": installed}
 
 
 def flush_outbox(ctx: CommandContext, cmd: s.FlushOutbox) -> Any:

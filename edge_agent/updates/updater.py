@@ -215,6 +215,13 @@ class Updater:
             self._event(name, record.version, "rolled_back", reason=reason)
             return {"name": name, "from": record.version, "to": to}
 
+    def remove(self, name: str, version: str) -> list[str]:
+        """Deletes an installed version, never while an update or switch of the same model is
+        under way (it could be installing or staging that version); the versions left."""
+        with self._claim(name):
+            self.store.remove(name, version)
+            return self.store.versions(name)
+
     def on_connection(self, up: bool) -> None:
         """Chunks published while the device was away are lost: ask for them again."""
         if up:
