@@ -134,6 +134,24 @@ def test_invalid_config_at_start_exits_78_with_each_problem(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr
 
 
+def test_a_missing_tls_file_exits_78_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    body = BODY.format(fps=5, threshold=0.5, results=tmp_path / "r.jsonl")
+    missing = tmp_path / "nowhere" / "ca.pem"
+    mqtt = f'[mqtt]\nenabled = true\nport = 1\n[mqtt.tls]\nca_file = "{missing}"\n'
+    config.write_text(config_text(tmp_path, body) + mqtt)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 78, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "cannot start" in line]
+    assert errors == [errors[0]] and f"mqtt.tls.ca_file: {missing}: not found" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
 def test_results_land_in_the_outbox_and_the_results_command_reads_them_live(
     tmp_path: Path,
 ) -> None:

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     settings = layers.settings
     setup_logging(settings.logging.format, "debug" if args.debug else settings.logging.level)
     log.info("config %s, device %s", path, settings.device.id)
-    agent = Agent(settings, config_path=path)
-    report_left_out(agent, layers)
     try:
+        agent = Agent(settings, config_path=path)  # a TLS file that is missing: UserError
+        report_left_out(agent, layers)
         return Service(agent, path, notifier).run()
     except UserError as exc:  # a model that cannot load, a state dir that cannot be written
         log.error("cannot start: %s", exc)

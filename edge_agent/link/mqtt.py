@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -26,10 +27,11 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.backoff import Backoff
 from edge_agent.config.secrets import secret_path
+from edge_agent.errors import UserError
 from edge_agent.link import topics
 
 if TYPE_CHECKING:  # settings import the runtime (numpy, OpenCV); edge-fleet uses no_nagle
-    from edge_agent.config.settings import MqttSettings
+    from edge_agent.config.settings import MqttSettings, TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +126,7 @@ class MqttLink:
             password = s.password.get_secret_value() if s.password is not None else None
             client.username_pw_set(s.username, password)
         if s.tls is not None:
-            keyfile = str(secret_path(s.tls.key_file)) if s.tls.key_file else None
-            client.tls_set(
-                ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
-                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
-                keyfile=keyfile,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            _use_tls(client, s.tls)
         offline = json.dumps({"state": "offline", "device": self.device}).encode()
         client.will_set(self.status_topic, offline, qos=1, retain=True)
         # Our sender bounds what is in flight; paho must never hold a queue of its own.
@@ -330,6 +326,8 @@ class MqttLink:
         if self.offline_since is None:
             self.offline_since = time.monotonic()
         s = self.settings
+        if self._stop.is_set():
+            return  # our own disconnect at stop: nothing to warn about
         if was_up:
             self._failed(f"connection to {s.host}:{s.port} lost: {reason}")
             for listener in self._listeners:
@@ -404,3 +402,26 @@ def quick_ack(client: mqtt.Client) -> None:
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+def _use_tls(client: mqtt.Client, tls: TlsSettings) -> None:
+    """TLS with the configured files; a file that is missing or unusable is a UserError
+    naming its key, so the agent stops with one line instead of a traceback."""
+    try:
+        keyfile = secret_path(tls.key_file) if tls.key_file else None
+    except ValueError as exc:
+        raise UserError(f"mqtt.tls.key_file: {exc}") from None
+    files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": keyfile}
+    for key, path in files.items():
+        if path is not None and not os.access(path, os.R_OK):
+            problem = "cannot be read" if path.exists() else "not found"
+            raise UserError(f"mqtt.tls.{key}: {path}: {problem}")
+    try:
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(keyfile) if keyfile else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise UserError(f"mqtt.tls: the certificate or key files are not usable: {exc}") from None
