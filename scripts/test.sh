@@ -9,6 +9,7 @@ scripts/setup.sh main
 .venv/bin/ruff format --check edge_agent tests scripts
 .venv/bin/mypy edge_agent
 scripts/check_unit.sh  # the systemd unit: systemd-analyze verify + security score
+scripts/check_wheel.sh  # the wheel alone: config init + run, and a fleet-only install
 .venv/bin/python -m pytest -q "$@"
 
 if python3 -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then

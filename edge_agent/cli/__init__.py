@@ -4,11 +4,12 @@ needs only when it runs, so `--help` and short commands start fast."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
 from edge_agent.cli import bench, config, infer, models, results, run
-from edge_agent.errors import run_command
+from edge_agent.errors import USAGE_ERROR, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # `run` sets up its own logging once it knows the config (journald, JSON or text).
-    return run_command("edge-agent", args, "edge-agent: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        # `run` sets up its own logging once it knows the config (journald, JSON or text).
+        return run_command("edge-agent", args, "edge-agent: %(message)s")
+    except ModuleNotFoundError as exc:
+        # The base install is edge-fleet's; the agent's own dependencies are an extra.
+        if (exc.name or "edge_agent").split(".")[0] == "edge_agent" or "--debug" in sys.argv:
+            raise
+        print(
+            f"edge-agent: needs the agent's dependencies (no module {exc.name!r}): "
+            "pip install 'edge-agent[agent]'",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
