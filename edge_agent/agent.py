@@ -386,8 +386,21 @@ class Agent:
             offline = link["state"] != "online" and link["last_error"]
             problem = f" ({link['last_error']})" if offline else ""
             parts.append(f"mqtt {link['state']}{problem}")
-        parts.append(f"outbox {self.outbox.stats()['pending']} pending")
+        outbox = self.outbox.stats()
+        full_in = outbox["full_in_s"]
+        filling = "" if full_in is None else f", full in {_duration(full_in)}"
+        parts.append(f"outbox {outbox['pending']} pending{filling}")
         return " | ".join(parts) or "no pipeline running"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 def outbox_path(settings: AgentSettings) -> Path:

@@ -543,7 +543,9 @@ def disk_full(work: Path, cycles: int = 3, fps: int = 100, size: str = "3m") -> 
     subscriber = DurableSubscriber(broker.port).start()
     notify = NotifySocket(work / "notify.sock")
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
-    config = write_config(work, proxy.port, fps=fps, more='\n[outbox]\ndurability = "normal"\n')
+    # Results held, not dropped, while the disk is full: what this scenario watches for.
+    outbox = '\n[outbox]\ndurability = "normal"\nresults = { when_full = "reject_new" }\n'
+    config = write_config(work, proxy.port, fps=fps, more=outbox)
     proc: subprocess.Popen[bytes] | None = None
     try:
         with tmpfs(state, size):

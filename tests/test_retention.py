@@ -338,3 +338,18 @@ def test_purge_with_a_bad_config_names_the_file(tmp_path: Path) -> None:
     code, _, err = purge_cli(conf)
     assert code != 0 and "Traceback" not in err
     assert "outbox.max_bytes" in err
+
+
+def test_the_status_line_says_when_an_offline_outbox_will_be_full(tmp_path: Path) -> None:
+    from tests.agent_helpers import mqtt_table, pattern_pipeline, start_agent
+    from tests.mqtt_fixtures import free_port
+
+    # A broker nobody listens on: the results pile up and the backlog grows.
+    body = pattern_pipeline("boxes", "detector", fps=30) + mqtt_table(free_port())
+    agent = start_agent(tmp_path, body)
+    try:
+        assert "full in" not in agent.status_line()  # no history yet
+        wait_until(lambda: "full in" in agent.status_line(), 20, "a time to full")
+        assert agent.outbox.stats()["full_in_s"] > 0
+    finally:
+        agent.stop()
