@@ -21,7 +21,7 @@ HEADER = """# Configuration reference
 
 Written from the settings models by `edge-agent config reference` (a test keeps this file
 current). Every section is a TOML table in `agent.toml`; a remote change (`set_config`)
-goes to `remote.toml` over it (README, "Configuration"). Environment variables override
+goes to `remote.toml` over it ([agent.md](agent.md#configuration)). Environment variables override
 both: `EDGE_AGENT_SECTION__KEY`, e.g. `EDGE_AGENT_MQTT__HOST`.
 
 Keys marked *local only* name a file or a library: `set_config` never changes them unless
