@@ -142,8 +142,9 @@ install_file() {
   did "$verb $path"
 }
 
-# sync_tree SRC_DIR DEVICE_DIR [MAXDEPTH]: the files of SRC_DIR (no caches, no dot files),
-# files no longer in SRC_DIR removed. A first copy is reported as one line, updates per file.
+# sync_tree SRC_DIR DEVICE_DIR [MAXDEPTH]: the files of SRC_DIR (no caches, no dot files;
+# links followed: edge_agent/data links to configs/, systemd/ and a model, the package data
+# the wheel built here needs), files no longer in SRC_DIR removed. A first copy is reported as one line, updates per file.
 sync_tree() {
   local src=$1 path=$2 depth=${3:-64} rel target fresh=0 before
   local -A wanted=()
@@ -160,7 +161,7 @@ sync_tree() {
     else
       install_file "$src/$rel" "$path/$rel" 0644
     fi
-  done < <(cd "$src" && find . -mindepth 1 -maxdepth "$depth" \
+  done < <(cd "$src" && find -L . -mindepth 1 -maxdepth "$depth" \
     \( -name __pycache__ -o -name '*.egg-info' -o -name '.*' \) -prune \
     -o -type f ! -name '*.py[co]' -print0 | sort -z)
   if [ "$fresh" = 1 ]; then
@@ -266,7 +267,7 @@ build_venv() {
         # Dependencies as needed, then the package itself always (same version, new code).
         # With --root the venv lives at DIR/opt/...: usable for tests, not by a booted DIR.
         export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-        "$target/bin/python" -m pip install -q "$(p "$OPT/src")"
+        "$target/bin/python" -m pip install -q "$(p "$OPT/src")[agent]"
         "$target/bin/python" -m pip install -q --no-deps --force-reinstall "$(p "$OPT/src")"
         rm -rf "$(p "$OPT/src")/build" "$(p "$OPT/src")"/*.egg-info
         echo "$want" >"$stamp"
@@ -297,7 +298,7 @@ install_all() {
   if [ -d "$(p "$OPT/src")" ]; then code_before=$(src_hash); fi
   ensure_dir "$OPT" 0755
   ensure_dir "$OPT/src" 0755
-  for item in pyproject.toml README.md; do
+  for item in pyproject.toml README.md LICENSE; do
     install_file "$source_dir/$item" "$OPT/src/$item" 0644
   done
   for item in edge_agent configs docs; do

@@ -158,7 +158,7 @@ def test_second_run_changes_nothing_and_keeps_an_edited_config(root: Path) -> No
 def test_a_changed_checkout_updates_only_what_changed(root: Path, tmp_path: Path) -> None:
     source = tmp_path / "checkout"
     source.mkdir()
-    for item in ("pyproject.toml", "README.md"):
+    for item in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(REPO / item, source / item)
     for item in ("edge_agent", "configs", "docs", "models", "systemd"):
         shutil.copytree(

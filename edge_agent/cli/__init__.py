@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command("edge-agent", args, "edge-agent: %(message)s")
     except ModuleNotFoundError as exc:
         # The base install is edge-fleet's; the agent's own dependencies are an extra.
-        if (exc.name or "edge_agent").split(".")[0] == "edge_agent" or "--debug" in sys.argv:
+        debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+        if (exc.name or "edge_agent").split(".")[0] == "edge_agent" or debug:
             raise
         print(
             f"edge-agent: needs the agent's dependencies (no module {exc.name!r}): "
