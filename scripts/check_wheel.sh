@@ -37,6 +37,20 @@ fi
 wheel=$(echo "$tmp"/dist/edge_agent-*.whl)
 [ -f "$wheel" ] || fail "no wheel in $tmp/dist"
 echo "wheel: $(basename "$wheel"), $(du -k "$wheel" | cut -f1) kB" >&2
+# Every file of the package in the tree (links followed) is in it, but the checkout's demo
+# config, which runs what scripts/setup.sh lays out in var/demo.
+missing=$("$python" - "$wheel" "$tmp/src" <<'PY'
+import os, sys, zipfile
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+for folder, dirs, files in os.walk(os.path.join(sys.argv[2], "edge_agent"), followlinks=True):
+    dirs[:] = [d for d in dirs if d != "__pycache__"]
+    for name in files:
+        rel = os.path.relpath(os.path.join(folder, name), sys.argv[2])
+        if rel not in names and rel != "edge_agent/data/configs/demo.toml":
+            print(rel)
+PY
+)
+[ -z "$missing" ] || fail "left out of the wheel (package-data in pyproject.toml): $missing"
 
 # Nothing here may reach the checkout: run from the temporary folder, with its own homes.
 cd "$tmp"
