@@ -89,8 +89,9 @@ class HttpEndpoint:
         self._stopping = True
         if self._server is None or self._thread is None:
             return
-        self._server.shutdown()  # returns once serve_forever has
-        self._thread.join(timeout)
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop that ended
+            self._server.shutdown()  # returns once serve_forever has
+            self._thread.join(timeout)
         self._server.server_close()
 
     @property
