@@ -1,0 +1,134 @@
+"""The status page in a real headless Chromium (Debian's, driven by Playwright): it loads,
+shows the running agent's live fps and counts, and its snapshot image loads. The page is
+opened with ?token= and must send the token on each of its own requests."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.agent import Agent
+from tests.agent_helpers import pattern_pipeline, start_agent, wait_until
+from tests.test_http import TOKEN, fetch
+
+CHROMIUM = "/usr/bin/chromium"
+# Without these, Chromium on a closed network waits on services it cannot reach.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("playwright") is None,
+        reason="playwright is not installed (pip install -e .[dev]; scripts/setup.sh does)",
+    ),
+    pytest.mark.skipif(
+        shutil.which(CHROMIUM) is None,
+        reason=f"{CHROMIUM} is not installed (apt-get install chromium; scripts/setup.sh does)",
+    ),
+]
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    token_file = tmp_path / "http-token"
+    token_file.write_text(TOKEN)
+    body = pattern_pipeline("boxes", "detector", fps=20) + (
+        f'\n[http]\nenabled = true\nport = 0\ntoken_file = "{token_file}"\n'
+    )
+    agent = start_agent(tmp_path, body)
+    wait_until(lambda: agent.pipelines["boxes"].stats.results >= 5, 20, "five results")
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def page(agent: Agent) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            assert agent.http is not None and agent.http.address is not None
+            _, port = agent.http.address
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+            yield page
+            assert errors == [], errors
+        finally:
+            browser.close()
+
+
+def shown(page: Any, selector: str) -> str:
+    return str(page.locator(selector).inner_text())
+
+
+def test_the_page_shows_the_live_fps_and_the_snapshot(agent: Agent, page: Any) -> None:
+    card = 'section.pipeline[data-pipeline="boxes"]'
+    page.wait_for_function(
+        f"parseFloat(document.querySelector('{card} .fps')?.textContent) > 0", timeout=15_000
+    )
+    assert page.title() == "edge-agent"
+    assert shown(page, "#device") == "test-device"
+    assert shown(page, "#error") == ""
+
+    # The fps shown is the agent's, as /api/status has it at about the same time.
+    status = fetch(agent, "/api/status", token=TOKEN).json()
+    fps = float(shown(page, f"{card} .fps"))
+    assert fps > 0
+    assert abs(fps - status["pipelines"]["boxes"]["fps"]) <= max(2.0, 0.2 * fps), (fps, status)
+
+    # It is live: the result count shown keeps growing with the agent's.
+    def results_shown() -> int:
+        return int(shown(page, f"{card} .counts").split(" results")[0])
+
+    first = results_shown()
+    deadline = time.monotonic() + 5
+    while results_shown() <= first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    later = results_shown()
+    assert first < later <= agent.pipelines["boxes"].stats.results
+
+    # The data is fresh: its age is shown, under a second or two on an idle page.
+    age = shown(page, "#age")
+    assert age.endswith(" s") and float(age[:-2]) < 2.0, age
+
+    # The snapshot image loaded, at the frame's size.
+    page.wait_for_function("document.getElementById('snapshot').naturalWidth > 0", timeout=15_000)
+    size = page.evaluate(
+        "[document.getElementById('snapshot').naturalWidth,"
+        " document.getElementById('snapshot').naturalHeight]"
+    )
+    assert size == [640, 480]
+
+    # Models, outbox and link are shown.
+    assert "detector 1.0.0 on cpu" in shown(page, "#models")
+    assert "pending" in shown(page, "#outbox")
+    assert "disabled" in shown(page, "#link")
+    # The plot has drawn something.
+    drawn = page.evaluate(
+        f"""(() => {{
+          const c = document.querySelector('{card} canvas');
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+          return n;
+        }})()"""
+    )
+    assert drawn > 100
