@@ -407,6 +407,13 @@ class HttpSettings(Section):
     snapshot_quality: int = Field(
         80, ge=1, le=100, description="JPEG quality of /api/snapshot.jpg."
     )
+    reuse_ms: float = Field(
+        250.0,
+        ge=0,
+        le=10_000,
+        description="/metrics and /api/status answers are reused this long: any number of "
+        "scrapers and open pages cost one render each per period; 0: a render per request.",
+    )
 
     @field_validator("token_file")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from edge_agent.config.settings import HttpSettings
 from edge_agent.http.auth import EndpointRefused, TokenGate, load_token
 from edge_agent.http.handler import EndpointServer
 from edge_agent.http.metrics import AgentCollector, HasStats, registry_of, render
+from edge_agent.http.reuse import Reused
 from edge_agent.http.routes import AgentView, Routes
 from edge_agent.http.snapshot import Hubs, Snapshots
 from edge_agent.status_board import StatusBoard
@@ -40,11 +42,13 @@ class HttpEndpoint:
         self.settings = settings
         self._board = board
         registry = registry_of(AgentCollector(status, pipelines))
+        reuse_s = settings.reuse_ms / 1000
         self._view = AgentView(
             device=device,
-            status=status,
+            # `ts`: when it was made, so a reused answer shows its true age.
+            status=Reused(lambda: {"ts": time.time(), **status()}, reuse_s),
             events=lambda: list(events),
-            metrics=lambda: render(registry),
+            metrics=Reused(lambda: render(registry), reuse_s),
             snapshot=Snapshots(graph, settings.snapshot_quality).latest,
         )
         self._server: EndpointServer | None = None

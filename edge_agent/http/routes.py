@@ -4,7 +4,6 @@ a Response out. The handler (handler.py) only carries bytes to and from here."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,7 +35,7 @@ class AgentView:
     """What the endpoint reads of the agent, each read when asked."""
 
     device: str
-    status: Callable[[], dict[str, Any]]  # the status command's answer
+    status: Callable[[], dict[str, Any]]  # the status command's answer, with its `ts`
     events: Callable[[], list[dict[str, Any]]]  # recent events, oldest first
     metrics: Callable[[], bytes]  # the exposition text
     snapshot: Callable[[str | None], Snapshot | None]  # a source's latest frame, drawn
@@ -81,7 +80,6 @@ class Routes:
     def status(self, query: dict[str, list[str]]) -> Response:
         body = {
             "device": self._view.device,
-            "ts": time.time(),  # when this answer was made: the page shows its age
             **self._view.status(),
             "events": self._view.events(),
         }
