@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import UserError
 from edge_agent.fleet import output
+from edge_agent.runtime.flatbuffer import field_ref, field_scalar, ints, tables, u32
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -93,13 +94,13 @@ def model_input(path: Path) -> InputSpec:
         raise UserError(f"{path}: cannot read: {exc.strerror}") from None
     try:
         check_model(content)  # every offset below then lies inside the file
-        root = _u32(content, 0)
-        subgraph = _tables(content, _ref(content, root, _MODEL_SUBGRAPHS))[0]
-        tensors = _tables(content, _ref(content, subgraph, _SUBGRAPH_TENSORS))
-        first = _ints(content, _ref(content, subgraph, _SUBGRAPH_INPUTS))[0]
+        root = u32(content, 0)
+        subgraph = tables(content, _ref(content, root, _MODEL_SUBGRAPHS))[0]
+        tensors = tables(content, _ref(content, subgraph, _SUBGRAPH_TENSORS))
+        first = ints(content, _ref(content, subgraph, _SUBGRAPH_INPUTS))[0]
         tensor = tensors[first]
-        shape = tuple(_ints(content, _ref(content, tensor, _TENSOR_SHAPE)))
-        kind = _scalar(content, tensor, _TENSOR_TYPE)
+        shape = tuple(ints(content, _ref(content, tensor, _TENSOR_SHAPE)))
+        kind = int(field_scalar(content, tensor, _TENSOR_TYPE, "<B"))
     except (FlatbufferError, IndexError, struct.error, _Missing) as exc:
         raise UserError(f"{path}: not a TFLite model with an input tensor ({exc})") from None
     if kind not in _TENSOR_TYPES:
@@ -290,37 +291,8 @@ class _Missing(ValueError):
     pass
 
 
-def _u32(content: bytes, at: int) -> int:
-    value: int = struct.unpack_from("<I", content, at)[0]
-    return value
-
-
-def _slot(content: bytes, table: int, slot: int) -> int:
-    vtable = table - struct.unpack_from("<i", content, table)[0]
-    vt_size = struct.unpack_from("<H", content, vtable)[0]
-    if 4 + 2 * slot + 2 > vt_size:
-        return 0
-    offset: int = struct.unpack_from("<H", content, vtable + 4 + 2 * slot)[0]
-    return offset
-
-
 def _ref(content: bytes, table: int, slot: int) -> int:
-    offset = _slot(content, table, slot)
-    if offset == 0:
+    at = field_ref(content, table, slot)
+    if at is None:
         raise _Missing(f"field {slot} missing")
-    return table + offset + _u32(content, table + offset)
-
-
-def _scalar(content: bytes, table: int, slot: int) -> int:
-    offset = _slot(content, table, slot)
-    return 0 if offset == 0 else content[table + offset]
-
-
-def _tables(content: bytes, vector: int) -> list[int]:
-    count = _u32(content, vector)
-    return [vector + 4 + 4 * i + _u32(content, vector + 4 + 4 * i) for i in range(count)]
-
-
-def _ints(content: bytes, vector: int) -> list[int]:
-    count = _u32(content, vector)
-    return list(struct.unpack_from(f"<{count}i", content, vector + 4))
+    return at

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.json_body import BodyError, parse_object
+from edge_agent.runtime.flatbuffer import field_ref, field_scalar, string, tables, u32
 
 METADATA_ENTRY = "TFLITE_METADATA"
 _METADATA_IDENTIFIER = b"M001"
@@ -259,70 +260,30 @@ def ultralytics_names(data: dict[str, Any]) -> list[str] | None:
 
 
 def _metadata_entries(content: bytes) -> dict[str, bytes]:
-    root = _u32(content, 0)
-    entries = _field_ref(content, root, _MODEL_METADATA)
-    buffers = _field_ref(content, root, _MODEL_BUFFERS)
+    root = u32(content, 0)
+    entries = field_ref(content, root, _MODEL_METADATA)
+    buffers = field_ref(content, root, _MODEL_BUFFERS)
     if entries is None:
         return {}
     found: dict[str, bytes] = {}
-    for entry in _tables(content, entries):
-        name_at = _field_ref(content, entry, _ENTRY_NAME)
-        name = _string(content, name_at) if name_at is not None else ""
-        index = _field_scalar(content, entry, _ENTRY_BUFFER, "<I")
+    for entry in tables(content, entries):
+        name_at = field_ref(content, entry, _ENTRY_NAME)
+        name = string(content, name_at) if name_at is not None else ""
+        index = field_scalar(content, entry, _ENTRY_BUFFER, "<I")
         found[name] = _buffer(content, buffers, int(index)) if buffers is not None else b""
     return found
 
 
 def _buffer(content: bytes, buffers: int, index: int) -> bytes:
-    tables = _tables(content, buffers)
-    if index >= len(tables):
-        raise ValueError(f"metadata buffer {index} of {len(tables)}")
-    table = tables[index]
-    data = _field_ref(content, table, _BUFFER_DATA)
+    found = tables(content, buffers)
+    if index >= len(found):
+        raise ValueError(f"metadata buffer {index} of {len(found)}")
+    table = found[index]
+    data = field_ref(content, table, _BUFFER_DATA)
     if data is not None:
-        size = _u32(content, data)
+        size = u32(content, data)
         return content[data + 4 : data + 4 + size]
     # Models over 2 GB keep buffers after the flatbuffer, by offset and size.
-    offset = int(_field_scalar(content, table, _BUFFER_OFFSET, "<Q"))
-    size = int(_field_scalar(content, table, _BUFFER_SIZE, "<Q"))
+    offset = int(field_scalar(content, table, _BUFFER_OFFSET, "<Q"))
+    size = int(field_scalar(content, table, _BUFFER_SIZE, "<Q"))
     return content[offset : offset + size] if offset > 1 else b""
-
-
-def _u32(content: bytes, at: int) -> int:
-    value: int = struct.unpack_from("<I", content, at)[0]
-    return value
-
-
-def _field_offset(content: bytes, table: int, slot: int) -> int:
-    vtable = table - struct.unpack_from("<i", content, table)[0]
-    vt_size = struct.unpack_from("<H", content, vtable)[0]
-    if 4 + 2 * slot + 2 > vt_size:
-        return 0
-    offset: int = struct.unpack_from("<H", content, vtable + 4 + 2 * slot)[0]
-    return offset
-
-
-def _field_ref(content: bytes, table: int, slot: int) -> int | None:
-    offset = _field_offset(content, table, slot)
-    if offset == 0:
-        return None
-    at = table + offset
-    return at + _u32(content, at)
-
-
-def _field_scalar(content: bytes, table: int, slot: int, fmt: str) -> float:
-    offset = _field_offset(content, table, slot)
-    if offset == 0:
-        return 0
-    value: float = struct.unpack_from(fmt, content, table + offset)[0]
-    return value
-
-
-def _tables(content: bytes, vector: int) -> list[int]:
-    count = _u32(content, vector)
-    return [vector + 4 + 4 * i + _u32(content, vector + 4 + 4 * i) for i in range(count)]
-
-
-def _string(content: bytes, at: int) -> str:
-    size = _u32(content, at)
-    return content[at + 4 : at + 4 + size].decode("utf-8", errors="replace")
