@@ -228,14 +228,9 @@ def _samples(path: Path, spec: InputSpec, predictor: Predictor) -> list[npt.NDAr
     [N, ...] of them; float values are quantized with the model's input parameters."""
     if path.suffix.lower() != ".npy":
         return [predictor.load_input(path)[0]]
-    import numpy as np
+    from edge_agent.runtime.predictor import load_npy
 
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"{path}: input file not found") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable .npy array ({exc})") from None
+    array = load_npy(path)
     sample = spec.sample
     if list(array.shape) == sample:
         batch = array[None]

@@ -74,7 +74,7 @@ class Predictor:
     def load_input(self, path: Path) -> tuple[npt.NDArray[Any], Geometry | None]:
         """One input sample from a file: a `.npy` tensor, else an image."""
         if path.suffix.lower() == ".npy":
-            return self.tensor_sample(_load_npy(path), str(path)), None
+            return self.tensor_sample(load_npy(path), str(path)), None
         if self.image is None:
             raise UserError(
                 f"{path}: model {self.model.info.name} takes {self.model.manifest.input.kind} "
@@ -130,7 +130,8 @@ class Predictor:
         return predictions
 
 
-def _load_npy(path: Path) -> npt.NDArray[Any]:
+def load_npy(path: Path) -> npt.NDArray[Any]:
+    """One numeric array from a .npy file; UserError naming the file otherwise."""
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
