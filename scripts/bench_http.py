@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Run:
     hwm_kb: int = 0
     results_per_s: float = 0.0
     cpu_s: float = 0.0
+    client_cpu_s: float = 0.0  # this script's scrapers, on the same cores
     ages_s: list[float] = field(default_factory=list)
     latencies_ms: dict[str, list[float]] = field(default_factory=dict)
     failures: int = 0
@@ -146,8 +148,10 @@ def one_run(with_http: bool, duration_s: float, fps: float, folder: Path) -> Run
                 t.start()
         time.sleep(WARMUP_S)
         lines0, cpu0, t0 = count_lines(jsonl), cpu_seconds(proc.pid), time.monotonic()
+        client0 = time.process_time()
         time.sleep(duration_s)
         lines1, cpu1, t1 = count_lines(jsonl), cpu_seconds(proc.pid), time.monotonic()
+        run.client_cpu_s = time.process_time() - client0
         memory = proc_status(proc.pid)
         run.rss_anon_kb, run.hwm_kb = memory["RssAnon"], memory["VmHWM"]
         run.results_per_s = (lines1 - lines0) / (t1 - t0)
@@ -183,18 +187,39 @@ def main() -> int:
     parser.add_argument(
         "--fps", type=float, default=15.0, help="source rate (the config's 15); 0: unpaced"
     )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run each off/on pair at the same time, so both share whatever else loads the "
+        "machine (with --fps 0 they also share the cores: the endpoint's cost shows as the "
+        "share it takes from its twin)",
+    )
     parser.add_argument("--json", action="store_true", help="also print the runs as JSON")
     args = parser.parse_args()
 
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         for i in range(args.repeats):
-            for with_http in (False, True) if i % 2 == 0 else (True, False):
-                # A fresh state folder each run: the outbox starts empty every time.
-                folder = Path(tmp) / f"run{len(runs)}"
+            order = (False, True) if i % 2 == 0 else (True, False)
+            # A fresh state folder each run: the outbox starts empty every time.
+            folders = [Path(tmp) / f"run{len(runs) + k}" for k in range(2)]
+            for folder in folders:
                 folder.mkdir()
-                run = one_run(with_http, args.duration_s, args.fps, folder)
+            if args.together:
+                with ThreadPoolExecutor(2) as pool:
+                    pair = list(
+                        pool.map(
+                            lambda w, f: one_run(w, args.duration_s, args.fps, f), order, folders
+                        )
+                    )
+            else:
+                pair = [
+                    one_run(w, args.duration_s, args.fps, f)
+                    for w, f in zip(order, folders, strict=True)
+                ]
+            for run in pair:
                 runs.append(run)
+                with_http = run.http
                 print(
                     f"  run {len(runs)}: endpoint {'on ' if with_http else 'off'} "
                     f"{run.results_per_s:7.2f} results/s, RssAnon {run.rss_anon_kb / 1024:6.1f}"
@@ -207,7 +232,8 @@ def main() -> int:
     rate = args.fps or "unpaced"
     print(
         f"edge-agent run, configs/agent.toml, source {rate} fps, {args.duration_s:.0f} s "
-        f"measured after {WARMUP_S:.0f} s, {args.repeats} off/on pairs (medians)"
+        f"measured after {WARMUP_S:.0f} s, {args.repeats} off/on pairs "
+        f"{'run at the same time' if args.together else 'alternated'} (medians)"
     )
     print(f"{'':34}{'endpoint off':>14}{'on, scraped':>14}{'change':>12}")
 
@@ -225,6 +251,20 @@ def main() -> int:
     row("RssAnon", *anon, "MB", f"{anon[1] - anon[0]:+.1f} MB")
     row("throughput (results/s)", *rps, "", f"{rps[1] / rps[0]:.3f}x")
     row("agent CPU (cores)", *cpu, "", f"{cpu[1] - cpu[0]:+.3f}")
+    client = median([r.client_cpu_s / args.duration_s for r in on])
+    print(f"{'scraper CPU, same cores (cores)':34}{'':14}{client:>11.3f}")
+    print(f"{'agent CPU per result (ms)':34}", end="")
+    per = [
+        median([r.cpu_s / r.results_per_s / args.duration_s * 1000 for r in rs]) for rs in (off, on)
+    ]
+    print(f"{per[0]:>11.3f}   {per[1]:>11.3f}   {per[1] / per[0]:>10.3f}x")
+    pairs = [
+        on_run.results_per_s / off_run.results_per_s
+        for off_run, on_run in zip(off, on, strict=False)
+    ]
+    print("throughput on/off by pair: " + ", ".join(f"{x:.3f}" for x in pairs))
+    spread = (max(r.results_per_s for r in off) / min(r.results_per_s for r in off)) - 1
+    print(f"spread between runs without the endpoint: {spread * 100:.1f} %")
     ages = [a for r in on for a in r.ages_s]
     print(
         f"status data age at the client: p50 {percentile(ages, 0.5) * 1000:.1f} ms, "

@@ -188,6 +188,18 @@ def test_api_status_is_the_status_with_recent_events(agent: Agent) -> None:
     assert abs(body["ts"] - event["ts"]) < 5
 
 
+def test_answers_are_reused_for_reuse_ms_and_say_when_they_were_made(tmp_path: Path) -> None:
+    agent = started(tmp_path, reuse_ms=1000)
+    try:
+        first, again = (fetch(agent, "/api/status").json() for _ in range(2))
+        assert again["ts"] == first["ts"]
+        assert again["pipelines"]["boxes"]["results"] == first["pipelines"]["boxes"]["results"]
+        assert fetch(agent, "/metrics").body == fetch(agent, "/metrics").body
+        wait_until(lambda: fetch(agent, "/api/status").json()["ts"] > first["ts"], 3, "a new one")
+    finally:
+        agent.stop()
+
+
 def test_recent_events_are_bounded(tmp_path: Path) -> None:
     agent = started(tmp_path, recent_events=3)
     try:
