@@ -4,6 +4,7 @@ as a real `edge-agent run` process without the endpoint, and with it on and scra
 times a second on /metrics and ten times on /api/status, for the same duration.
 
     .venv/bin/python scripts/bench_http.py [--duration-s 30] [--repeats 2] [--fps 15]
+    .venv/bin/python scripts/bench_http.py --fps 0 --together --duration-s 20 --repeats 3
 
 Runs alternate (off, on, off, on, ...) so background load falls on both alike; each figure
 is the median over its runs, printed beside its baseline:
