@@ -268,6 +268,23 @@ def test_the_devices_own_file_sets_the_allow_list(
         agent.stop()
 
 
+def test_the_status_page_cannot_be_opened_remotely_even_when_its_table_is_allowed(
+    tmp_path: Path, broker: Broker, operator: Operator
+) -> None:
+    body = pattern_pipeline("boxes", "detector") + mqtt_table(broker.port)
+    body += '\n[commands]\nremote_keys = ["http"]\n'
+    agent = start_agent(tmp_path, body, online=True)
+    try:
+        for change in ({"enabled": True}, {"host": "0.0.0.0"}, {"port": 8080}):
+            no = operator.call("set_config", changes={"http": change})
+            assert no["status"] == "error", no
+            assert "commands.allow_remote_security_changes" in no["reason"], no
+        ok = operator.call("set_config", changes={"http": {"recent_events": 10}})
+        assert ok["status"] == "ok", ok
+    finally:
+        agent.stop()
+
+
 def test_config_show_prints_the_effective_settings_and_their_origins(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")

@@ -4,6 +4,7 @@ detection's box, label and keypoints, as the pipelines last saw them."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import cv2
@@ -43,6 +44,25 @@ def draw(image: Image, pipelines: Iterable[Drawn]) -> dict[str, int]:
             _detection(image, det)
             counts["detections_drawn"] += 1
     return counts
+
+
+@dataclass(frozen=True)
+class Picture:
+    jpeg: bytes
+    width: int
+    height: int
+    drawn: dict[str, int]  # detections_drawn, masks_drawn
+
+
+def picture(frame: Image, pipelines: Iterable[Drawn], quality: int) -> Picture | None:
+    """A drawn copy of `frame` (the pipelines keep reading the original) as JPEG; None
+    when it cannot be encoded."""
+    image = frame.copy()
+    drawn = draw(image, pipelines)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        return None
+    return Picture(jpeg.tobytes(), image.shape[1], image.shape[0], drawn)
 
 
 def _detection(image: Image, det: dict[str, Any]) -> None:

@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
-
 from edge_agent.commands import schemas as s
-from edge_agent.commands.drawing import draw
+from edge_agent.commands.drawing import picture
 from edge_agent.errors import CommandError as CommandError
 
 if TYPE_CHECKING:
@@ -121,19 +119,17 @@ def snapshot(ctx: CommandContext, cmd: s.Snapshot) -> Any:
     frame = hub.last_frame
     if frame is None or not frame.is_image:
         raise CommandError(f"source {cmd.source!r} has no image frame yet")
-    image = frame.data.copy()
-    drawn = draw(image, hub.pipelines)
-    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cmd.quality])
-    if not ok:
+    drawn = picture(frame.data, hub.pipelines, cmd.quality)
+    if drawn is None:
         raise CommandError("the frame could not be encoded as JPEG")
     return {
         "source": cmd.source,
         "index": frame.index,
         "ts": frame.wall_time,
-        "width": image.shape[1],
-        "height": image.shape[0],
-        **drawn,
-        "jpeg_base64": base64.b64encode(jpeg.tobytes()).decode(),
+        "width": drawn.width,
+        "height": drawn.height,
+        **drawn.drawn,
+        "jpeg_base64": base64.b64encode(drawn.jpeg).decode(),
     }
 
 

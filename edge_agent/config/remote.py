@@ -41,6 +41,9 @@ SECURITY_KEYS = (
     "mqtt.transport",
     "mqtt.websocket_path",
     "device.id",
+    "http.enabled",  # who may reach the status page and from where
+    "http.host",
+    "http.port",
 )
 STATE_DIR = "device.state_dir"
 POLICY_KEYS = (

@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import cv2
-
-from edge_agent.commands.drawing import draw
+from edge_agent.commands.drawing import picture
 from edge_agent.graph import SourceHub
 
 
@@ -41,9 +39,7 @@ class Snapshots:
             frame = hub.last_frame if hub is not None else None
             if hub is None or frame is None or not frame.is_image:
                 continue
-            image = frame.data.copy()  # drawn on: the pipelines keep reading the original
-            draw(image, hub.pipelines)
-            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
-            if ok:
-                return Snapshot(name, frame.wall_time, jpeg.tobytes())
+            drawn = picture(frame.data, hub.pipelines, self._quality)
+            if drawn is not None:
+                return Snapshot(name, frame.wall_time, drawn.jpeg)
         return None
