@@ -17,6 +17,11 @@ class UserError(Exception):
     """A bad file, setting or input. The CLI prints the message alone and exits 2."""
 
 
+class SettingError(UserError):
+    """A setting names something that cannot be used (a missing certificate, say): a
+    restart will not fix it, so `run` exits 78 rather than 2."""
+
+
 class CommandError(UserError):
     """A fleet command cannot be done; the text is the reply's reason."""
 

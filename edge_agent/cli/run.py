@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         default_config_path,
         load_layers,
     )
-    from edge_agent.errors import UserError
+    from edge_agent.errors import SettingError, UserError
     from edge_agent.logs import setup_logging
     from edge_agent.service import Service, report_left_out
     from edge_agent.systemd import Notifier
@@ -62,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(settings.logging.format, "debug" if args.debug else settings.logging.level)
     log.info("config %s, device %s", path, settings.device.id)
     try:
-        agent = Agent(settings, config_path=path)  # a TLS file that is missing: UserError
-        report_left_out(agent, layers)
+        agent = Agent(settings, config_path=path)
+    except SettingError as exc:  # a TLS file that is missing; a full disk stays exit 2
+        log.error("cannot start: %s", exc)
+        notifier.send(STATUS=f"cannot start: {exc}", ERRNO=EXIT_CONFIG)
+        return EXIT_CONFIG
+    report_left_out(agent, layers)
+    try:
         return Service(agent, path, notifier).run()
     except UserError as exc:  # a model that cannot load, a state dir that cannot be written
         log.error("cannot start: %s", exc)

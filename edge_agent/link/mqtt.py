@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.backoff import Backoff
 from edge_agent.config.secrets import secret_path
-from edge_agent.errors import UserError
+from edge_agent.errors import SettingError
 from edge_agent.link import topics
 
 if TYPE_CHECKING:  # settings import the runtime (numpy, OpenCV); edge-fleet uses no_nagle
@@ -405,17 +405,17 @@ def quick_ack(client: mqtt.Client) -> None:
 
 
 def _use_tls(client: mqtt.Client, tls: TlsSettings) -> None:
-    """TLS with the configured files; a file that is missing or unusable is a UserError
+    """TLS with the configured files; a file that is missing or unusable is a SettingError
     naming its key, so the agent stops with one line instead of a traceback."""
     try:
         keyfile = secret_path(tls.key_file) if tls.key_file else None
     except ValueError as exc:
-        raise UserError(f"mqtt.tls.key_file: {exc}") from None
+        raise SettingError(f"mqtt.tls.key_file: {exc}") from None
     files = {"ca_file": tls.ca_file, "cert_file": tls.cert_file, "key_file": keyfile}
     for key, path in files.items():
         if path is not None and not os.access(path, os.R_OK):
             problem = "cannot be read" if path.exists() else "not found"
-            raise UserError(f"mqtt.tls.{key}: {path}: {problem}")
+            raise SettingError(f"mqtt.tls.{key}: {path}: {problem}")
     try:
         client.tls_set(
             ca_certs=str(tls.ca_file) if tls.ca_file else None,
@@ -424,4 +424,4 @@ def _use_tls(client: mqtt.Client, tls: TlsSettings) -> None:
             cert_reqs=ssl.CERT_REQUIRED,
         )
     except (OSError, ssl.SSLError, ValueError) as exc:
-        raise UserError(f"mqtt.tls: the certificate or key files are not usable: {exc}") from None
+        raise SettingError(f"mqtt.tls: the certificate or key are not usable: {exc}") from None
