@@ -53,6 +53,9 @@ stamp="$venv/.edge-agent-stamp"
 want=$(cat "${deps[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setting up $venv ..." >&2
+  # setuptools' notice on every editable install (a checkout folder named like the package)
+  # is about this very layout: not a problem to show.
+  export PYTHONWARNINGS="ignore:Editable installation"
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
   if [ "$kind" = main ]; then
