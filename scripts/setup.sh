@@ -18,35 +18,27 @@ case "$kind" in
   *) echo "setup.sh: unknown environment '$kind' (main, legacy or quantize)" >&2; exit 2 ;;
 esac
 
-# The MQTT tests start their own Mosquitto brokers. Checked before the stamp below, so a machine
-# whose environment is current but lacks the broker still gets it. Debian puts it in /usr/sbin.
-if [ "$kind" = main ] && ! PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mosquitto >/dev/null; then
-  sudo=""
+# Debian packages the tests need beside the venv: `apt_need PACKAGE PURPOSE`. Checked before
+# the stamp below, so a machine whose environment is current but lacks one still gets it.
+apt_need() {
+  local sudo=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo -n"; fi
   if ! command -v apt-get >/dev/null; then
-    echo "no apt-get: install mosquitto by hand for the MQTT tests" >&2
-  else
-    echo "installing mosquitto for the MQTT tests ..." >&2
-    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; } \
-        >/dev/null 2>&1 \
-      || echo "could not install mosquitto with apt-get; the MQTT tests need it" >&2
+    echo "no apt-get: install $1 by hand for $2" >&2
+    return
   fi
-fi
-
-# The browser tests drive Debian's chromium through Playwright (no browser download).
-if [ "$kind" = main ] && [ ! -x /usr/bin/chromium ]; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo -n"; fi
-  if ! command -v apt-get >/dev/null; then
-    echo "no apt-get: install chromium by hand for the browser tests" >&2
-  else
-    echo "installing chromium for the browser tests ..." >&2
-    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-        && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-        >/dev/null 2>&1 \
-      || echo "could not install chromium with apt-get; the browser tests need it" >&2
-  fi
+  echo "installing $1 for $2 ..." >&2
+  { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"; } \
+      >/dev/null 2>&1 \
+    || echo "could not install $1 with apt-get; $2 need it" >&2
+}
+if [ "$kind" = main ]; then
+  # The MQTT tests start their own Mosquitto brokers; Debian puts it in /usr/sbin.
+  PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mosquitto >/dev/null \
+    || apt_need mosquitto "the MQTT tests"
+  # The browser tests drive Debian's chromium through Playwright (no browser download).
+  [ -x /usr/bin/chromium ] || apt_need chromium "the browser tests"
 fi
 
 stamp="$venv/.edge-agent-stamp"
