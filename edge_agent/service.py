@@ -6,7 +6,9 @@ is healthy, so a stuck inference or a dead thread gets the service restarted."""
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -16,7 +18,7 @@ from types import FrameType
 from edge_agent.agent import Agent
 from edge_agent.config.load import ConfigError, Layers, load_layers
 from edge_agent.reload import ReloadRefused
-from edge_agent.systemd import Notifier
+from edge_agent.systemd import Notifier, ReloadOutcome
 from edge_agent.watch import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ _HOUSEKEEPING_S = 60.0
 # systemd's STATUS= line is refreshed at least this often.
 _NOTIFY_STATUS_S = 5.0
 _JOURNAL_STATUS_S = 60.0
+# The figures in a health problem ("has not returned for 12 s"), left out when comparing.
+_FIGURES = re.compile(r"\d+(?:\.\d+)?")
 
 
 class Service:
@@ -129,9 +133,11 @@ class Service:
         """WATCHDOG=1 and a fresh STATUS=, only while the agent is healthy."""
         problems = self.agent.health(self.agent.settings.service.stuck_after_s)
         if problems:
-            if problems != self._unhealthy:
+            # Logged once per problem: a hang that goes on (its age growing) is the same one.
+            kinds = [_FIGURES.sub("#", problem) for problem in problems]
+            if kinds != self._unhealthy:
                 log.error("unhealthy, watchdog pings stopped: %s", "; ".join(problems))
-            self._unhealthy = problems
+            self._unhealthy = kinds
             self.notifier.status("unhealthy: " + "; ".join(problems))
             return
         if self._unhealthy:
@@ -153,31 +159,43 @@ class Service:
                 return more
 
     def reload(self, reason: str) -> None:
+        """Applies the config file (old settings kept when it is refused), then leaves the
+        outcome where `edge-agent reload` waits for it."""
+        started = time.monotonic()
         if self.config_path is None:
+            self._record_reload(started, False, "the agent runs without a config file")
             return
         self.notifier.reloading()
         with self.agent.config_lock:
-            self._reload(self.config_path, reason)
+            ok, message = self._reload(self.config_path, reason)
         self.notifier.ready(self._status_text())
+        self._record_reload(started, ok, message)
 
-    def _reload(self, path: Path, reason: str) -> None:
+    def _record_reload(self, started: float, ok: bool, message: str) -> None:
+        state_dir = self.agent.settings.device.state_dir
+        try:
+            ReloadOutcome(os.getpid(), started, ok, message).write(state_dir)
+        except OSError as exc:
+            log.warning("reload outcome not written in %s: %s", state_dir, exc.strerror)
+
+    def _reload(self, path: Path, reason: str) -> tuple[bool, str]:
         try:
             layers = load_layers(path, set_aside=True)
         except ConfigError as exc:
-            self.agent.status.raise_problem(
-                "config",
-                f"config not reloaded ({reason}), old settings kept: {'; '.join(exc.problems)}",
+            problem = (
+                f"config not reloaded ({reason}), old settings kept: {'; '.join(exc.problems)}"
             )
-            return
+            self.agent.status.raise_problem("config", problem)
+            return False, problem
         report_left_out(self.agent, layers)
         try:
             applied = self.agent.reload(layers.settings)
         except ReloadRefused as exc:
-            self.agent.status.raise_problem(
-                "config", f"config not applied ({reason}), old settings kept: {exc}"
-            )
-            return
-        log.info("reloaded (%s): %s", reason, applied.summary())
+            problem = f"config not applied ({reason}), old settings kept: {exc}"
+            self.agent.status.raise_problem("config", problem)
+            return False, problem
+        summary = f"reloaded ({reason}): {applied.summary()}"
+        log.info("%s", summary)
         if applied.restart_required:
             log.warning(
                 "changed in the config, takes effect at the next start: %s",
@@ -185,6 +203,7 @@ class Service:
             )
         self.agent.status.resolve("config")
         self._rewatch()
+        return True, summary
 
     # File watches --------------------------------------------------------------------
 

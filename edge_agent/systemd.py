@@ -1,13 +1,21 @@
 """sd_notify without a compiled dependency: one datagram to $NOTIFY_SOCKET per message.
-Outside systemd (no socket) every call does nothing."""
+Outside systemd (no socket) every call does nothing.
+
+Also the reload outcome the agent leaves in its state directory, so that `edge-agent reload`
+(the unit's ExecReload=) can wait for the reload it asked for and report how it ended."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge_agent.durable import write_synced
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +81,39 @@ def _watchdog_interval(env: dict[str, str] | os._Environ[str]) -> float | None:
         return int(usec) / 1e6 / 2
     except ValueError:
         return None
+
+
+RELOAD_FILE = "reload.json"
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """How the agent's last reload ended. `started` is CLOCK_MONOTONIC (one clock for every
+    process on the machine) taken before the config file was read: a reload that started
+    after a signal was sent has read the file as it was then, or newer."""
+
+    pid: int
+    started: float
+    ok: bool
+    message: str
+
+    def write(self, state_dir: Path) -> None:
+        """Atomically, so a reader sees the old outcome or the new one, never half."""
+        path = state_dir / RELOAD_FILE
+        temporary = path.with_name(f".{RELOAD_FILE}.new")
+        write_synced(temporary, json.dumps(asdict(self)).encode())
+        os.replace(temporary, path)
+
+    @classmethod
+    def read(cls, state_dir: Path) -> ReloadOutcome | None:
+        """The outcome in `state_dir`, or None when there is none (or not a readable one)."""
+        try:
+            data = json.loads((state_dir / RELOAD_FILE).read_bytes())
+            return cls(
+                pid=int(data["pid"]),
+                started=float(data["started"]),
+                ok=bool(data["ok"]),
+                message=str(data["message"]),
+            )
+        except (OSError, ValueError, TypeError, KeyError):
+            return None

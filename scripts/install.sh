@@ -309,7 +309,7 @@ install_all() {
   build_venv
   code_after=$(src_hash)
 
-  ensure_dir "$ETC" 0770 "${ids:+0:$gid}"
+  ensure_dir "$ETC" 0750 "${ids:+0:$gid}"
   ensure_dir "$ETC/credentials" 0700 "${ids:+0:0}"
   if [ -e "$(p "$ETC/agent.toml")" ]; then
     : # the operator's file: never touched

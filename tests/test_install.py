@@ -100,7 +100,7 @@ def test_fresh_install_lays_down_the_tree(root: Path) -> None:
     shipped = {p.name for p in (REPO / "models").iterdir() if p.is_file()}
     assert {p.name for p in (root / OPT / "models").iterdir()} == shipped
 
-    assert stat.S_IMODE((root / "etc/edge-agent").stat().st_mode) == 0o770
+    assert stat.S_IMODE((root / "etc/edge-agent").stat().st_mode) == 0o750
     assert stat.S_IMODE((root / "etc/edge-agent/credentials").stat().st_mode) == 0o700
     assert stat.S_IMODE((root / STATE).stat().st_mode) == 0o750
     if os.geteuid() == 0 and shutil.which("useradd"):

@@ -1,7 +1,9 @@
 """The agent under systemd's eyes: a real unix datagram socket stands in for the service
 manager's $NOTIFY_SOCKET, and the agent runs as a real process. READY=1 comes once the
 models are loaded, WATCHDOG=1 keeps coming while it is healthy and stops when an inference
-hangs, RELOADING=1/READY=1 frame a reload, STOPPING=1 comes at the end."""
+hangs, RELOADING=1/READY=1 frame a reload, STOPPING=1 comes at the end. `edge-agent reload`
+(the unit's ExecReload=) returns only once the agent has applied the file, or refused it.
+tests/test_real_systemd.py runs the installed unit under a real systemd."""
 
 from __future__ import annotations
 
@@ -105,15 +107,23 @@ def test_ready_watchdog_reload_and_stopping(tmp_path: Path, notify: NotifySocket
         status = notify.having("WATCHDOG")[-1][1]["STATUS"]
         assert "digits:" in status and "results" in status
 
-        proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: len(notify.having("READY")) == 2, 10, "READY=1 after reload")
+        # `edge-agent reload` sends SIGHUP and returns once the agent is READY again.
+        done = reload_cli(proc.pid, tmp_path / "state")
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        wait_until(lambda: len(notify.having("READY")) == 2, 1, "READY=1 sent before it returned")
         [(reloading_at, reloading)] = notify.having("RELOADING")
         assert int(reloading["MONOTONIC_USEC"]) > 0
         assert ready_at < reloading_at < notify.having("READY")[1][0]
 
-        # An invalid edit: old settings kept, the reason in STATUS=.
+        # An invalid edit: old settings kept, the reason in STATUS= and from the command.
         config = tmp_path / "agent.toml"
         config.write_text(config.read_text().replace("fps = 30", "fps = -3"))
+        refused = reload_cli(proc.pid, tmp_path / "state")
+        assert refused.returncode == 2
+        [line] = refused.stderr.splitlines()
+        assert line.startswith("edge-agent: config not reloaded (SIGHUP")
+        assert "old settings kept" in line and "fps" in line
         wait_until(
             lambda: any("config not reloaded" in m.get("STATUS", "") for _, m in notify.messages),
             10,
@@ -125,6 +135,28 @@ def test_ready_watchdog_reload_and_stopping(tmp_path: Path, notify: NotifySocket
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     assert notify.having("STOPPING")
+
+
+def reload_cli(pid: int, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "edge_agent", "reload", "--pid", str(pid)]
+    return subprocess.run(
+        [*command, "--state-dir", str(state_dir), "--timeout", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_reload_command_says_why_it_cannot_wait(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    done = reload_cli(gone.pid, tmp_path)
+    assert (done.returncode, done.stderr) == (2, f"edge-agent: no process {gone.pid}\n")
+    done = reload_cli(os.getpid(), tmp_path / "nowhere")
+    assert done.returncode == 2
+    assert done.stderr == f"edge-agent: {tmp_path / 'nowhere'}: no such state directory\n"
 
 
 def test_watchdog_pings_stop_when_an_inference_hangs(
@@ -148,6 +180,10 @@ def test_watchdog_pings_stop_when_an_inference_hangs(
     finally:
         proc.kill()
         proc.wait(10)
+    # Checked every 0.5 s with the hang's growing age in STATUS=; logged once.
+    assert proc.stderr is not None
+    unhealthy = [line for line in proc.stderr.read().decode().splitlines() if "unhealthy" in line]
+    assert len(unhealthy) == 1, unhealthy
 
 
 @pytest.mark.parametrize(

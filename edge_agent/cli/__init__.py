@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_agent import __version__
-from edge_agent.cli import bench, config, infer, models, results, run
+from edge_agent.cli import bench, config, infer, models, reload, results, run
 from edge_agent.errors import USAGE_ERROR, run_command
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_parser(commands)
     results.add_parser(commands)
     models.add_parser(commands)
+    reload.add_parser(commands)
     return parser
 
 
