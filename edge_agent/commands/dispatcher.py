@@ -240,8 +240,8 @@ class CommandDispatcher:
                 out_props.CorrelationData = correlation
         else:
             topic = topics.Reply(self.prefix, self.link.device, request_id or "invalid").topic
-        if self.link.settings.protocol != "5":
-            out_props = None
+        if self.link.protocol != "5":
+            out_props = None  # MQTT 3.1.1 (set, or fallen back to): the reply topic alone
         try:
             self.link.publish(topic, body, qos=1, properties=out_props)
         except PublishError as exc:

@@ -252,7 +252,11 @@ class MqttSettings(Section):
         "in $CREDENTIALS_DIRECTORY. Read at load: a missing one is a config error.",
     )
     tls: TlsSettings | None = Field(None, description="TLS; none: plain TCP.")
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto",
+        description="MQTT protocol version. auto: MQTT 5, and MQTT 3.1.1 for a broker that "
+        "refuses 5 (NATS, RabbitMQ 3.10), kept for its reconnects; 5 or 3.1.1: that one only.",
+    )
     transport: Literal["tcp", "websockets"] = Field("tcp", description="TCP or WebSocket.")
     websocket_path: str = Field("/mqtt", description="Path of the WebSocket endpoint.")
     client_id: str | None = Field(None, description="MQTT client id; empty: the device id.")

@@ -4,7 +4,11 @@ marks the device offline; every connect publishes a retained online status.
 
 The link is the only user of its paho client: every publish goes through `publish()`, which
 hands each PUBACK to whoever published that message and to no one else, and incoming
-messages go, with their parsed topic, to the handlers subscribed to a matching filter."""
+messages go, with their parsed topic, to the handlers subscribed to a matching filter.
+
+It adapts to what the broker lacks, saying so in one log line each (docs/brokers.md): a
+broker that refuses MQTT 5 is spoken to in MQTT 3.1.1 (`mqtt.protocol = "auto"`), and the
+CONNACK's Maximum Packet Size, Maximum QoS and Retain Available bound what is published."""
 
 from __future__ import annotations
 
@@ -34,6 +38,10 @@ if TYPE_CHECKING:  # settings import the runtime (numpy, OpenCV); edge-fleet use
     from edge_agent.config.settings import MqttSettings, TlsSettings
 
 log = logging.getLogger(__name__)
+
+# CONNACK reason codes that mean "not this protocol version": 0x84 in MQTT 5, and 1 from a
+# broker that answers an MQTT 5 CONNECT in 3.1.1 (NATS), which paho reads as 0x84 too.
+_UNSUPPORTED_PROTOCOL = 0x84
 
 OnAck = Callable[[int], None]
 """Told the PUBACK's reason code (0 delivered, >= 0x80 refused) of one message."""
@@ -83,6 +91,16 @@ class MqttLink:
         self.offline_since: float | None = time.monotonic()
         self.offline_total_s = 0.0
         self.max_packet_size = settings.max_packet_size or 0
+        # The protocol spoken now: "5" or "3.1.1". With protocol "auto" it starts at "5" and
+        # becomes "3.1.1" for good once the broker has shown it does not take MQTT 5.
+        self.protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
+        self._settled = settings.protocol != "auto"  # no more trying the other version
+        self._fell_back = ""  # why MQTT 5 was given up, for the line logged at the connect
+        # What the broker's CONNACK allows (MQTT 5; a 3.1.1 broker says nothing).
+        self.max_qos = 2
+        self.retain_available = True
+        self._said: set[str] = set()  # each lack of the broker is logged once per link
+        self._up_since = 0.0  # when the current connection got its CONNACK
         # Told of every connect (True) and loss (False), on paho's network thread.
         self._listeners: tuple[Callable[[bool], None], ...] = ()
         # Filters subscribed on every connect, and who gets their messages.
@@ -110,15 +128,15 @@ class MqttLink:
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        protocol = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
+        v5 = self.protocol == "5"
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=s.client_id or self.device,
-            protocol=protocol,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             transport=s.transport,
             reconnect_on_failure=False,  # our thread reconnects, with jitter
             # 3.1.1: a persistent session, so commands sent while offline are kept for us.
-            clean_session=None if s.protocol == "5" else s.session_expiry_s == 0,
+            clean_session=None if v5 else s.session_expiry_s == 0,
         )
         if s.transport == "websockets":
             client.ws_set_options(path=s.websocket_path)
@@ -155,10 +173,18 @@ class MqttLink:
         `on_ack` is called once with the PUBACK's reason code, on paho's network thread (or
         on this one, when the PUBACK came before this call returned), and never when the
         connection is lost first. Raises LinkOffline when not connected, PublishError when
-        paho refuses the message (its queue is full, a topic it cannot publish on)."""
+        paho refuses the message (its queue is full, a topic it cannot publish on).
+
+        A broker whose CONNACK set a Maximum QoS gets the message at that QoS at most (at
+        QoS 0, `on_ack` is told 0 once the message is written to the socket), and one without
+        retained messages gets it not retained."""
         epoch = self._epoch
         if not self._up:
             raise LinkOffline(f"{topic}: not connected")
+        qos = min(qos, self.max_qos)
+        retain = retain and self.retain_available
+        if self.protocol != "5":
+            properties = None  # MQTT 3.1.1 has no properties
         # Not under our lock: paho calls on_publish holding its own lock, and publish()
         # takes that one.
         try:
@@ -235,7 +261,7 @@ class MqttLink:
                 # The broker keeps the session (our subscriptions, and the commands sent
                 # while we were away) for session_expiry_s. What we published and was not
                 # acknowledged is resent from the outbox, not from paho's memory.
-                if s.protocol == "5":
+                if self.protocol == "5":
                     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                     props.SessionExpiryInterval = s.session_expiry_s
                     self._client.connect(
@@ -249,17 +275,37 @@ class MqttLink:
                     self._client.connect(s.host, s.port, keepalive=s.keepalive_s)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._failed(f"cannot connect to {s.host}:{s.port}: {exc}")
+                reached = False
             else:
                 # This thread runs the network loop; it returns once the connection is
                 # gone (paho's own reconnect is off).
                 self._client.loop_forever()
+                reached = True
             if self._stop.is_set():
                 return
+            if self._up_since and time.monotonic() - self._up_since >= s.keepalive_s:
+                # The last connection worked for a while: start the waits over. One that a
+                # broker drops at once (a publish it refuses by disconnecting) keeps backing off.
+                self._backoff.reset()
+            self._up_since = 0.0
+            if reached and self._switch_protocol():
+                continue  # the other version, at once: a broker that refused 5 is no outage
             delay = self._backoff.next()
             self.state = "waiting"
             if self._stop.wait(delay):
                 return
             self.reconnects += 1
+
+    def _switch_protocol(self) -> bool:
+        """With protocol "auto", before any CONNACK taken: an attempt in one version that the
+        broker refused or closed without answering is tried in the other next, a new client
+        made for it. True when that next try is MQTT 3.1.1 after MQTT 5 (made at once; the
+        way back waits as any retry does, so two versions never alternate in a loop)."""
+        if self._settled or self._stop.is_set():
+            return False
+        self.protocol = "3.1.1" if self.protocol == "5" else "5"
+        self._client = self._make_client()
+        return self.protocol == "3.1.1"
 
     def _failed(self, message: str) -> None:
         if message != self.last_error:
@@ -273,13 +319,24 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self._answered = True
+        s = self.settings
         if reason.is_failure:
-            s = self.settings
-            self._failed(f"broker {s.host}:{s.port} refused the connection: {reason}")
+            unsupported = self.protocol == "5" and reason.value == _UNSUPPORTED_PROTOCOL
+            if unsupported and not self._settled:
+                self._fell_back = str(reason)  # said once, at the 3.1.1 connect
+            elif unsupported:
+                self._failed(
+                    f"broker {s.host}:{s.port} refused MQTT 5 ({reason}); set "
+                    'mqtt.protocol = "auto" or "3.1.1" for it'
+                )
+            else:
+                self._failed(f"broker {s.host}:{s.port} refused the connection: {reason}")
+                if not self._settled:
+                    # Understood, and refused for another reason: not the protocol version.
+                    self._settled = True
             client.disconnect()
             return
-        if not self.settings.max_packet_size and properties is not None:
-            self.max_packet_size = getattr(properties, "MaximumPacketSize", 0) or 0
+        self._learn(properties)
         # paho would resend what was unacknowledged at the drop right after this callback;
         # the sender resends those rows from the outbox, so each would go twice.
         client.drop_out_messages()
@@ -290,7 +347,19 @@ class MqttLink:
             self.offline_since = None
         self.state = "online"
         self.last_error = ""
-        log.info("mqtt: connected to %s:%s", self.settings.host, self.settings.port)
+        self._up_since = time.monotonic()
+        if not self._settled:
+            self._settled = True  # this version, for every reconnect of this link
+            if self.protocol == "3.1.1":
+                why = self._fell_back or "closed the MQTT 5 connection without answering"
+                log.warning(
+                    "mqtt: broker %s:%s does not take MQTT 5 (%s): using MQTT 3.1.1 with it "
+                    "(no response topics, no refusal reasons in PUBACKs)",
+                    s.host,
+                    s.port,
+                    why,
+                )
+        log.info("mqtt: connected to %s:%s (MQTT %s)", s.host, s.port, self.protocol)
         no_nagle(client)
         filters = list(dict.fromkeys(topic_filter for topic_filter, _ in self._handlers))
         if filters:
@@ -299,6 +368,58 @@ class MqttLink:
         self.connected.set()
         for listener in self._listeners:
             listener(True)
+
+    def _learn(self, properties: Properties | None) -> None:
+        """What an MQTT 5 CONNACK says the broker cannot take; each lack logged once."""
+        s = self.settings
+        props = properties if self.protocol == "5" else None
+        if not s.max_packet_size:
+            self.max_packet_size = getattr(props, "MaximumPacketSize", 0) or 0
+            if self.max_packet_size:
+                self._say(
+                    "max_packet_size",
+                    f"takes messages of {self.max_packet_size} bytes at most: larger ones are "
+                    "set aside (reason too_large)",
+                )
+        max_qos = getattr(props, "MaximumQoS", None)
+        self.max_qos = 2 if max_qos is None else int(max_qos)
+        if self.max_qos < 1:
+            self._say(
+                "max_qos",
+                "takes QoS 0 only: messages go at QoS 0, counted delivered once written, "
+                "with no acknowledgement from the broker",
+            )
+        retain = getattr(props, "RetainAvailable", None)
+        self.retain_available = retain is None or bool(retain)
+        if not self.retain_available:
+            self._say(
+                "retain",
+                "keeps no retained messages: the status is published not retained, so an "
+                "operator sees it only when subscribed at the time",
+            )
+
+    def _say(self, what: str, line: str) -> None:
+        if what not in self._said:
+            self._said.add(what)
+            s = self.settings
+            log.warning("mqtt: broker %s:%s %s", s.host, s.port, line)
+
+    def limit_packet_size(self, size: int, why: str) -> None:
+        """Messages of `size` bytes or more are taken as too large for this broker from now
+        on: what the sender learnt on a broker that says no limit (MQTT 3.1.1) but drops the
+        connection at a message this large."""
+        if self.max_packet_size and self.max_packet_size < size:
+            return
+        self.max_packet_size = size - 1
+        s = self.settings
+        log.warning(
+            "mqtt: broker %s:%s %s: messages of %d bytes or more are set aside from now on "
+            "(reason too_large); mqtt.max_packet_size sets the limit",
+            s.host,
+            s.port,
+            why,
+            size,
+        )
 
     def publish_status(self) -> None:
         """The retained online status, again: on connect, and when something changed that
@@ -328,6 +449,8 @@ class MqttLink:
         s = self.settings
         if self._stop.is_set():
             return  # our own disconnect at stop: nothing to warn about
+        if not self._settled and self.protocol == "5" and not was_up:
+            return  # tried again in MQTT 3.1.1 at once; said if that works
         if was_up:
             self._failed(f"connection to {s.host}:{s.port} lost: {reason}")
             for listener in self._listeners:

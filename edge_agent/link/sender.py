@@ -36,9 +36,13 @@ _FIXED_HEADER = 16  # room for the MQTT fixed and variable headers around topic 
 _MARK_BATCH = 500
 _SETTLE_S = 0.05  # acknowledgements are written this often, in one transaction
 _IDLE_S = 1.0  # with nothing pending, look again this often even without a wake-up
-# A row in flight at this many drops in a row is taken for the reason (a broker that
-# disconnects instead of refusing, e.g. an oversized message on MQTT 3.1.1).
+# The oldest row in flight at this many drops in a row is taken for the reason (a broker
+# that disconnects instead of refusing, e.g. an oversized message on MQTT 3.1.1). A broker
+# handles publishes in order, so the rows sent after it are not suspected.
 _SUSPECT_DROPS = 3
+# ...and its size is taken for the reason when it is this many times the largest message
+# acknowledged so far.
+_LARGER = 2
 _RETRY_S = 1.0  # marks that failed to be written are tried again this often
 
 
@@ -52,7 +56,10 @@ class Sender:
         # Rows published and rows acknowledged this run: added to by the sender thread,
         # read from others.
         self.counts = Counters("sent", "acked")
-        self._inflight: set[int] = set()  # outbox seqs published, their PUBACK not yet in
+        # Outbox seqs published, their PUBACK not yet in, in the order they were sent, with
+        # each one's size on the wire.
+        self._inflight: dict[int, int] = {}
+        self._largest_acked = 0  # the largest message the broker acknowledged this run
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
         self._suspects: dict[int, int] = {}
@@ -126,7 +133,9 @@ class Sender:
     def _on_ack(self, seq: int, reason: int) -> None:
         """The PUBACK of the publish that carried row `seq`, and no other."""
         with self._changed:
-            self._inflight.discard(seq)
+            size = self._inflight.pop(seq, 0)
+            if reason < 0x80 and size > self._largest_acked:
+                self._largest_acked = size
             self._not_marked.add(seq)
             self._ack(seq, reason)
             # Wake the sender only when this ack gives it a page of room: waking it at every
@@ -143,9 +152,9 @@ class Sender:
 
     def _on_connection(self, up: bool) -> None:
         with self._changed:
-            if not up:
-                for seq in self._inflight:
-                    self._suspects[seq] = self._suspects.get(seq, 0) + 1
+            if not up and self._inflight:
+                oldest = next(iter(self._inflight))
+                self._suspects = {oldest: self._suspects.get(oldest, 0) + 1}
                 # Not acknowledged: they stay pending in the outbox and go again, read
                 # from the start.
                 self._inflight.clear()
@@ -212,13 +221,27 @@ class Sender:
 
     def _publish(self, row: Stored, epoch: int) -> bool:
         limit = self.link.max_packet_size
-        if limit and len(row.payload) + len(row.topic) + _FIXED_HEADER > limit:
+        size = len(row.payload) + len(row.topic) + _FIXED_HEADER
+        if limit and size > limit:
             self._put_aside(row, "too_large", "is larger than the broker takes")
             return True
         if self._suspects.get(row.seq, 0) >= _SUSPECT_DROPS:
-            self._put_aside(
-                row, "dropped_connection", f"was in flight at {_SUSPECT_DROPS} drops in a row"
-            )
+            if self._largest_acked > 0 and size > _LARGER * self._largest_acked:
+                # Far larger than anything the broker took: its size is the likely reason
+                # (not a topic the broker refuses), and every row as large goes aside from
+                # now on without three drops each.
+                self.link.limit_packet_size(
+                    size,
+                    f"dropped the connection {_SUSPECT_DROPS} times in a row at a message of "
+                    f"{size} bytes, having taken messages of up to {self._largest_acked}",
+                )
+                self._put_aside(row, "too_large", "is larger than the broker takes")
+            else:
+                self._put_aside(
+                    row,
+                    "dropped_connection",
+                    f"was the oldest in flight at {_SUSPECT_DROPS} drops in a row",
+                )
             return True
         with self._changed:
             if epoch != self._epoch:
@@ -227,7 +250,7 @@ class Sender:
                 return False
             # Read and in flight before it is sent: its PUBACK may come before publish()
             # returns. A connection change from here on clears both.
-            self._inflight.add(row.seq)
+            self._inflight[row.seq] = size
             read_before = self._cursor.get(row.cls, 0)
             self._cursor[row.cls] = max(read_before, row.seq)
         # Not under our lock: the link calls _on_ack holding paho's lock, which publish()
@@ -239,7 +262,7 @@ class Sender:
         except PublishError:
             # Not connected any more, or paho's queue is full: it stays pending.
             with self._changed:
-                self._inflight.discard(row.seq)
+                self._inflight.pop(row.seq, None)
                 if epoch == self._epoch:
                     self._cursor[row.cls] = read_before  # to be read again
             return False
