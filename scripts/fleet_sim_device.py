@@ -60,6 +60,11 @@ class WorkerSpec:
     reconnect_max_s: float = 120.0
     inflight: int = 500
     drain_rate: float = 0.0
+    # How often the sender writes acknowledgements to the outbox; None: the agent's own
+    # cadence (link/sender.py's _SETTLE_S, 50 ms). That wake-up, 20 a second on an idle
+    # device, is most of an idle simulated device's CPU; a longer one lets more of them
+    # share two cores.
+    marks_every_s: float | None = None
 
 
 def device_id(number: int) -> str:
@@ -225,12 +230,18 @@ def process_usage(pid: int | str = "self") -> dict[str, float]:
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Builds and starts the devices, then answers requests until told to stop."""
     fd_limits = raise_fd_limit()
+    if spec.marks_every_s is not None:
+        from edge_agent.link import sender
+
+        sender._SETTLE_S = spec.marks_every_s
     spec.state_root.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=spec.state_root / f"worker-{spec.index}.log",
         level=logging.WARNING,
         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s",
     )
+    parent = os.getppid()
+    threading.Thread(target=_orphan_watch, args=(parent,), name="orphan-watch", daemon=True).start()
     base = process_usage()
     devices = [SimDevice.build(spec, spec.first + i) for i in range(spec.count)]
     for device in devices:
@@ -247,11 +258,19 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
         request = conn.recv()
         if request["op"] == "stop":
             break
-        conn.send(handlers[request["op"]](request))
+        # Each answer names its request: one the orchestrator gave up on is told apart.
+        conn.send({"n": request.get("n"), "answer": handlers[request["op"]](request)})
     producer.stop()
     for device in devices:
         device.agent.stop(timeout=1.0)
-    conn.send({"stopped": True})
+    conn.send({"n": request.get("n"), "answer": {"stopped": True}})
+
+
+def _orphan_watch(parent: int) -> None:
+    """Ends this worker when the orchestrator is gone (killed, not stopped)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _status(devices: list[SimDevice]) -> dict[str, Any]:
