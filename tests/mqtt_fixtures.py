@@ -299,6 +299,7 @@ class Broker:
         extra_config: Sequence[str] = (),
         port: int | None = None,
         binary: Path | None = None,
+        listener_config: Sequence[str] = (),
     ) -> None:
         found = binary or find_mosquitto()
         if found is None:
@@ -347,6 +348,9 @@ class Broker:
                 f"keyfile {tls.server_key}",
                 f"require_certificate {'true' if require_certificate else 'false'}",
             ]
+        # Options of the listener itself (max_qos, retain_available): after its line, or
+        # Mosquitto opens a default listener on 1883 for them.
+        self._listener_options += list(listener_config)
         self._write_config()
 
     def _write_config(self) -> None:

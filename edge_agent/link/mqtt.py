@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # CONNACK reason codes that mean "not this protocol version": 0x84 in MQTT 5, and 1 from a
 # broker that answers an MQTT 5 CONNECT in 3.1.1 (NATS), which paho reads as 0x84 too.
 _UNSUPPORTED_PROTOCOL = 0x84
+# CONNACK reason codes of an MQTT 5 broker refusing our Will as it was: retained, or QoS 1.
+_RETAIN_NOT_SUPPORTED = 0x9A
+_QOS_NOT_SUPPORTED = 0x9B
 
 OnAck = Callable[[int], None]
 """Told the PUBACK's reason code (0 delivered, >= 0x80 refused) of one message."""
@@ -101,6 +104,10 @@ class MqttLink:
         self.retain_available = True
         self._said: set[str] = set()  # each lack of the broker is logged once per link
         self._up_since = 0.0  # when the current connection got its CONNACK
+        # The client is made again before the next try (its protocol or Will changed), and
+        # that try is made at once when the broker refused the Will itself.
+        self._remake = False
+        self._refused_will = False
         # Told of every connect (True) and loss (False), on paho's network thread.
         self._listeners: tuple[Callable[[bool], None], ...] = ()
         # Filters subscribed on every connect, and who gets their messages.
@@ -146,7 +153,9 @@ class MqttLink:
         if s.tls is not None:
             _use_tls(client, s.tls)
         offline = json.dumps({"state": "offline", "device": self.device}).encode()
-        client.will_set(self.status_topic, offline, qos=1, retain=True)
+        client.will_set(
+            self.status_topic, offline, qos=min(1, self.max_qos), retain=self.retain_available
+        )
         # Our sender bounds what is in flight; paho must never hold a queue of its own.
         client.max_inflight_messages_set(s.inflight)
         client.max_queued_messages_set(s.inflight)
@@ -288,8 +297,14 @@ class MqttLink:
                 # broker drops at once (a publish it refuses by disconnecting) keeps backing off.
                 self._backoff.reset()
             self._up_since = 0.0
-            if reached and self._switch_protocol():
-                continue  # the other version, at once: a broker that refused 5 is no outage
+            # At once: a broker that refused MQTT 5, or our Will, is not an outage.
+            retry_now = reached and (self._refused_will or self._switch_protocol())
+            self._refused_will = False
+            if self._remake:
+                self._remake = False
+                self._client = self._make_client()
+            if retry_now:
+                continue
             delay = self._backoff.next()
             self.state = "waiting"
             if self._stop.wait(delay):
@@ -299,12 +314,13 @@ class MqttLink:
     def _switch_protocol(self) -> bool:
         """With protocol "auto", before any CONNACK taken: an attempt in one version that the
         broker refused or closed without answering is tried in the other next, a new client
-        made for it. True when that next try is MQTT 3.1.1 after MQTT 5 (made at once; the
-        way back waits as any retry does, so two versions never alternate in a loop)."""
+        made for it (`_remake`). True when that next try is MQTT 3.1.1 after MQTT 5 (made at
+        once; the way back waits as any retry does, so two versions never alternate in a
+        loop)."""
         if self._settled or self._stop.is_set():
             return False
         self.protocol = "3.1.1" if self.protocol == "5" else "5"
-        self._client = self._make_client()
+        self._remake = True
         return self.protocol == "3.1.1"
 
     def _failed(self, message: str) -> None:
@@ -322,7 +338,15 @@ class MqttLink:
         s = self.settings
         if reason.is_failure:
             unsupported = self.protocol == "5" and reason.value == _UNSUPPORTED_PROTOCOL
-            if unsupported and not self._settled:
+            if reason.value == _RETAIN_NOT_SUPPORTED and self.retain_available:
+                self.retain_available = False  # the Will goes not retained, at once
+                self._remake = self._refused_will = True
+                self._say_no_retain()
+            elif reason.value == _QOS_NOT_SUPPORTED and self.max_qos > 0:
+                self.max_qos = 0  # the Will at QoS 0, at once
+                self._remake = self._refused_will = True
+                self._say_qos0()
+            elif unsupported and not self._settled:
                 self._fell_back = str(reason)  # said once, at the 3.1.1 connect
             elif unsupported:
                 self._failed(
@@ -341,7 +365,6 @@ class MqttLink:
         # the sender resends those rows from the outbox, so each would go twice.
         client.drop_out_messages()
         self._connection_changed(up=True)
-        self._backoff.reset()
         if self.offline_since is not None:
             self.offline_total_s += time.monotonic() - self.offline_since
             self.offline_since = None
@@ -381,22 +404,33 @@ class MqttLink:
                     f"takes messages of {self.max_packet_size} bytes at most: larger ones are "
                     "set aside (reason too_large)",
                 )
+        # A refusal of our Will taught these already; a CONNACK only lowers them further.
         max_qos = getattr(props, "MaximumQoS", None)
-        self.max_qos = 2 if max_qos is None else int(max_qos)
+        if max_qos is not None and int(max_qos) < 1 <= self.max_qos:
+            self.max_qos = int(max_qos)
+            self._remake = True  # the Will at QoS 0 from the next connect
         if self.max_qos < 1:
-            self._say(
-                "max_qos",
-                "takes QoS 0 only: messages go at QoS 0, counted delivered once written, "
-                "with no acknowledgement from the broker",
-            )
+            self._say_qos0()
         retain = getattr(props, "RetainAvailable", None)
-        self.retain_available = retain is None or bool(retain)
+        if retain is not None and not retain and self.retain_available:
+            self.retain_available = False
+            self._remake = True  # the Will not retained from the next connect
         if not self.retain_available:
-            self._say(
-                "retain",
-                "keeps no retained messages: the status is published not retained, so an "
-                "operator sees it only when subscribed at the time",
-            )
+            self._say_no_retain()
+
+    def _say_qos0(self) -> None:
+        self._say(
+            "max_qos",
+            "takes QoS 0 only: messages go at QoS 0, counted delivered once written, with no "
+            "acknowledgement from the broker",
+        )
+
+    def _say_no_retain(self) -> None:
+        self._say(
+            "retain",
+            "keeps no retained messages: the status and the Will are published not retained, "
+            "so an operator sees them only when subscribed at the time",
+        )
 
     def _say(self, what: str, line: str) -> None:
         if what not in self._said:

@@ -140,7 +140,7 @@ class Sender:
             self._ack(seq, reason)
             # Wake the sender only when this ack gives it a page of room: waking it at every
             # PUBACK costs more than the publishing itself.
-            if self._room() >= self._refill:
+            if self._room() >= self._page():
                 self._changed.notify_all()
 
     def _ack(self, seq: int, reason: int) -> None:
@@ -166,8 +166,6 @@ class Sender:
 
     def _run(self) -> None:
         next_send = time.monotonic()
-        # Refill the window a page at a time: one query per many messages.
-        refill = self._refill
         while True:
             with self._changed:
                 self._changed.wait_for(
@@ -175,7 +173,7 @@ class Sender:
                         self._stop
                         or (
                             self.link.connected.is_set()
-                            and self._room() >= refill
+                            and self._room() >= self._page()
                             and not self._idle
                         )
                     ),
@@ -186,8 +184,9 @@ class Sender:
                 after = dict(self._cursor)
                 epoch = self._epoch
                 room = self._room()
+                page = self._page()
                 self._idle = False
-            if room < refill or not self.link.connected.is_set():
+            if room < page or not self.link.connected.is_set():
                 continue
             rows = self.outbox.pending_after(room, after)
             with self._changed:
@@ -212,7 +211,15 @@ class Sender:
                     break
 
     def _room(self) -> int:
-        return self.window - len(self._inflight)
+        """Rows that may be published now. While a row is suspected of a drop, one at a
+        time: a broker that closes the connection at a publish may not have flushed the
+        PUBACKs of the rows before it, which would then be suspected in its place."""
+        window = 1 if self._suspects else self.window
+        return window - len(self._inflight)
+
+    def _page(self) -> int:
+        """The window is refilled a page at a time: one query per many messages."""
+        return 1 if self._suspects else self._refill
 
     def _wait(self, seconds: float) -> bool:
         with self._changed:
@@ -272,6 +279,7 @@ class Sender:
     def _put_aside(self, row: Stored, reason: str, why: str) -> None:
         log.warning("outbox row %d (%s) %s: set aside", row.seq, row.topic, why)
         with self._changed:
+            self._suspects.pop(row.seq, None)
             self._refused.append((row.seq, reason))
             self._not_marked.add(row.seq)
             self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
