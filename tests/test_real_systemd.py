@@ -165,10 +165,11 @@ def _cannot_run(why: str) -> NoReturn:
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory, fake_delegate: Path) -> Iterator[Box]:
+def box(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Box]:
     why = nspawn.unavailable()
     if why:
         _cannot_run(why)
+    fake_delegate: Path = request.getfixturevalue("fake_delegate")
     try:
         tarball = nspawn.root_tarball()
         wheels = nspawn.wheelhouse()
