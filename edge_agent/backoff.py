@@ -9,11 +9,12 @@ _MAX_DOUBLINGS = 30  # past this the cap is long since reached; keeps 2**n a sma
 
 
 class Backoff:
-    """The n-th wait (n from 0) is capped at `first_s * 2**n`, and never above `max_s`.
+    """Without jitter the n-th wait (n from 0) is `first_s * 2**n`, never above `max_s`.
 
-    With `jitter` (full jitter) each wait is random between `first_s` and that cap, so a
-    fleet that lost its broker does not come back in one wave; without it, the wait is the
-    cap itself. `next()` counts the attempts; `reset()` starts over once things work."""
+    With `jitter` (full jitter) each wait is random between `first_s` and the next one's
+    cap, `first_s * 2**(n+1)` (never above `max_s`), so a fleet that lost its broker does
+    not come back in one wave, the first retry included. `next()` counts the attempts;
+    `reset()` starts over once things work."""
 
     def __init__(
         self,
@@ -33,9 +34,10 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """The wait before retry number `attempt` (0: the first), without counting it."""
-        cap = min(self.max_s, self.first_s * 2.0 ** min(max(attempt, 0), _MAX_DOUBLINGS))
+        doublings = min(max(attempt, 0), _MAX_DOUBLINGS)
         if not self.jitter:
-            return cap
+            return min(self.max_s, self.first_s * 2.0**doublings)
+        cap = min(self.max_s, self.first_s * 2.0 ** (doublings + 1))
         return self._rng.uniform(self.first_s, max(self.first_s, cap))
 
     def next(self) -> float:

@@ -13,11 +13,21 @@ from edge_agent.backoff import Backoff
 def test_full_jitter_stays_between_the_minimum_and_a_cap_that_doubles() -> None:
     backoff = Backoff(0.5, 30.0, rng=random.Random(7))
     for attempt in range(12):
-        cap = min(30.0, 0.5 * 2**attempt)
+        cap = min(30.0, 0.5 * 2 ** (attempt + 1))
         waits = [backoff.delay(attempt) for _ in range(400)]
         assert all(0.5 <= wait <= cap for wait in waits)
         assert max(waits) >= 0.5 + 0.8 * (cap - 0.5)  # spread over the whole range
     assert backoff.delay(10_000) <= 30.0  # no overflow however long it failed
+
+
+def test_a_fleet_that_lost_its_broker_together_spreads_even_its_first_retry() -> None:
+    firsts = [Backoff(1.0, 60.0, rng=random.Random(seed)).next() for seed in range(1000)]
+    # Over [1 s, 2 s]: no more than about a tenth of the fleet in any 0.1 s.
+    assert min(firsts) >= 1.0 and max(firsts) <= 2.0
+    busiest = max(
+        sum(1 for w in firsts if lo <= w < lo + 0.1) for lo in [1 + i / 10 for i in range(10)]
+    )
+    assert busiest < 150, busiest
 
 
 def test_next_counts_attempts_and_reset_starts_over() -> None:
