@@ -65,7 +65,10 @@ class Sender:
         self._suspects: dict[int, int] = {}
         self._cursor: dict[str, int] = {}  # last seq read, by class, since the connect
         self._epoch = 0  # counts connection changes
-        self._changed = threading.Condition()
+        lock = threading.RLock()
+        self._changed = threading.Condition(lock)
+        # The marks thread's own wake-up, on the same lock: a row acknowledged or refused.
+        self._to_mark = threading.Condition(lock)
         self._stop = False
         self._started = False
         self._idle = False  # the outbox had nothing pending at the last look
@@ -98,6 +101,7 @@ class Sender:
         with self._changed:
             self._stop = True
             self._changed.notify_all()
+            self._to_mark.notify_all()
         self._thread.join(timeout / 2)
         self._marks.join(timeout / 2)
         self._settle(final=True)
@@ -144,6 +148,7 @@ class Sender:
                 self._changed.notify_all()
 
     def _ack(self, seq: int, reason: int) -> None:
+        self._mark_due()
         if reason >= 0x80:
             self._refused.append((seq, _REFUSALS.get(reason, f"refused_{reason:#x}")))
         else:
@@ -279,18 +284,29 @@ class Sender:
     def _put_aside(self, row: Stored, reason: str, why: str) -> None:
         log.warning("outbox row %d (%s) %s: set aside", row.seq, row.topic, why)
         with self._changed:
+            self._mark_due()
             self._suspects.pop(row.seq, None)
             self._refused.append((row.seq, reason))
             self._not_marked.add(row.seq)
             self._cursor[row.cls] = max(self._cursor.get(row.cls, 0), row.seq)
 
+    def _mark_due(self) -> None:
+        """Called under the lock before a row joins the ones to write: the first of a batch
+        wakes the marks thread."""
+        if not (self._acked or self._refused):
+            self._to_mark.notify()
+
     def _mark_run(self) -> None:
-        """The marks thread: what was acknowledged in the last _SETTLE_S goes to the outbox
-        in one write, while the sender thread publishes on. A steady cadence rather than a
-        wake-up per acknowledgement: batching is the point."""
+        """The marks thread: asleep until a row is acknowledged or refused (an idle link
+        wakes no one), then what comes within _SETTLE_S goes to the outbox in one write,
+        while the sender thread publishes on: batching is the point."""
         while True:
             with self._changed:
-                if self._changed.wait_for(lambda: self._stop, timeout=_SETTLE_S):
+                # A write that failed (a full disk) is tried again when due.
+                retry = self._unmarked or self._unrefused
+                due = max(0.0, self._retry_at - time.monotonic()) if retry else None
+                self._to_mark.wait_for(lambda: self._stop or self._acked or self._refused, due)
+                if self._stop or self._changed.wait_for(lambda: self._stop, timeout=_SETTLE_S):
                     return
             self._settle()
 
