@@ -60,10 +60,9 @@ class WorkerSpec:
     reconnect_max_s: float = 120.0
     inflight: int = 500
     drain_rate: float = 0.0
-    # How often the sender writes acknowledgements to the outbox; None: the agent's own
-    # cadence (link/sender.py's _SETTLE_S, 50 ms). That wake-up, 20 a second on an idle
-    # device, is most of an idle simulated device's CPU; a longer one lets more of them
-    # share two cores.
+    # How long the sender gathers acknowledgements before writing them to the outbox;
+    # None: the agent's own (link/sender.py's _SETTLE_S, 50 ms). Longer: fewer writes per
+    # busy device, so more of them share two cores.
     marks_every_s: float | None = None
 
 
