@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import pwd
+import random
 import secrets
 import shutil
 import signal
@@ -69,6 +70,24 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float, wh
             return
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
+
+
+def _quiet_port() -> int:
+    """A free port below Linux's ephemeral range (32768 up) and away from the machine's
+    RabbitMQ ports: RabbitMQ binds its listeners seconds after it starts, and a port the
+    kernel handed out for that moment (free_port) may meanwhile become the local port of
+    some outgoing connection."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32000)
+        if port in (RABBIT_DIST_PORT, RABBIT_DIST_PORT - 20000):
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        return port
 
 
 def _send(pids: list[int], sig: int) -> None:
@@ -279,10 +298,7 @@ class RabbitBroker(_Process):
 
     def _prepare(self) -> None:
         if not self.port:
-            while True:
-                self.port, self.amqp_port, self.dist_port = free_port(), free_port(), free_port()
-                if RABBIT_DIST_PORT not in (self.amqp_port, self.dist_port, self.amqp_port + 20000):
-                    break
+            self.port, self.amqp_port, self.dist_port = (_quiet_port() for _ in range(3))
         d = self.directory
         definitions = {
             "vhosts": [{"name": "/"}],
@@ -343,6 +359,19 @@ class RabbitBroker(_Process):
             "HOME": str(d),
         }
         return [str(self.binary)], env
+
+    def start(self) -> RabbitBroker:
+        """Started once the node itself logs its MQTT listener (a bare connect could reach
+        a port some other socket holds)."""
+        super().start()
+        ready = f"started MQTT TCP listener on {HOST}:{self.port}"
+        deadline = time.monotonic() + self.start_timeout
+        while ready not in self.node_log():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.node}: no {ready!r} in its log")
+            time.sleep(0.1)
+        return self
 
     def node_log(self) -> str:
         """The node's own log (connections, authorization failures)."""
