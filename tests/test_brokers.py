@@ -238,6 +238,26 @@ def test_commands_replies_the_retained_status_and_the_will(
             }
 
 
+def test_edge_fleet_speaks_to_each_broker_without_being_told_its_protocol(
+    tmp_path: Path, any_broker: Any_, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.fleet.cli import main as fleet
+
+    agent = start_agent(
+        tmp_path, pattern_pipeline("p", "detector") + mqtt_table(any_broker.port), online=True
+    )
+    try:
+        broker = f"{any_broker.host}:{any_broker.port}"
+        capsys.readouterr()
+        code = fleet(["cmd", "ping", "--device", "test-device", "--broker", broker, "--json"])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        [reply] = [json.loads(line) for line in out.out.splitlines() if line.strip()]
+        assert reply["status"] == "ok" and reply["result"]["pong"] is True
+    finally:
+        agent.stop()
+
+
 def test_a_model_update_by_mqtt_chunks_completes(tmp_path: Path, any_broker: Any_) -> None:
     keys = Keys(tmp_path / "keys")
     body = pattern_pipeline("digits", "digits") + mqtt_table(any_broker.port)

@@ -52,7 +52,7 @@ def client_from(args: argparse.Namespace) -> FleetClient:
         ca=files["ca"],
         cert=files["cert"],
         key=files["key"],
-        protocol=found.get("mqtt", "5"),
+        protocol=found.get("mqtt", "auto"),
         use_tls=tls,
     )
     return FleetClient(options)  # connected by `with`

@@ -147,7 +147,11 @@ def _broker_options() -> argparse.ArgumentParser:
     b.add_argument("--ca", type=Path, help="CA certificate (PEM): TLS, port 8883 by default")
     b.add_argument("--cert", type=Path, help="client certificate (PEM)")
     b.add_argument("--key", type=Path, help="client certificate's private key (PEM)")
-    b.add_argument("--mqtt", choices=("5", "3.1.1"), help="protocol (default 5)")
+    b.add_argument(
+        "--mqtt",
+        choices=("auto", "5", "3.1.1"),
+        help="protocol (default auto: 5, or 3.1.1 where the broker refuses 5)",
+    )
     return broker
 
 

@@ -34,11 +34,12 @@ from edge_agent.link import topics
 from edge_agent.link.mqtt import no_nagle, quick_ack
 from edge_agent.updates.signing import load_private_key, sign_bytes
 
-Protocol = Literal["5", "3.1.1"]
+Protocol = Literal["auto", "5", "3.1.1"]
 TargetKind = Literal["device", "group", "all"]
 
 _ACK_TIMEOUT_S = 10.0  # CONNACK, SUBACK, PUBACK: a broker that is up answers far sooner
 _KEEPALIVE_S = 30
+_UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: the broker does not speak this MQTT version
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 _ADDRESS = re.compile(
     r"\[(?P<v6>[^\]]+)\](?::(?P<p6>\d+))?|(?P<host>[^:\[\]/]+)(?::(?P<port>\d+))?"
@@ -57,7 +58,7 @@ class BrokerOptions:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
-    protocol: Protocol = "5"
+    protocol: Protocol = "auto"  # 5, or 3.1.1 where the broker refuses 5 (NATS, RabbitMQ)
     use_tls: bool = False  # with no file given: the system's CA certificates
 
     @property
@@ -168,13 +169,16 @@ class FleetClient:
         self._connack = threading.Event()
         self._refusal: str | None = None
         self._ever_connected = False
+        self._v5_refused = False  # the broker refused MQTT 5 itself, or closed unanswered
         self._acks: dict[int, list[Any]] = {}
         self._acked = threading.Condition()
+        # What this connection speaks: "auto" starts with 5 and falls back at connect.
+        self.protocol: Literal["5", "3.1.1"] = "3.1.1" if options.protocol == "3.1.1" else "5"
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
         o = self.options
-        v5 = o.protocol == "5"
+        v5 = self.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -199,6 +203,7 @@ class FleetClient:
             except (OSError, ValueError) as exc:
                 raise UserError(f"TLS files (--ca/--cert/--key): {exc}") from None
         client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         # A broker with Nagle on waits for our ACK before its next small packet to us.
@@ -212,7 +217,7 @@ class FleetClient:
             return self  # a second CONNECT would replace the session under our feet
         o = self.options
         try:
-            if o.protocol == "5":
+            if self.protocol == "5":
                 self.client.connect(o.host, o.port, keepalive=_KEEPALIVE_S, clean_start=True)
             else:
                 self.client.connect(o.host, o.port, keepalive=_KEEPALIVE_S)
@@ -222,6 +227,14 @@ class FleetClient:
         if not self._connack.wait(timeout) or self._refusal is not None:
             why = self._refusal or f"no CONNACK within {timeout:.0f} s"
             self.close()
+            if o.protocol == "auto" and self.protocol == "5" and self._v5_refused:
+                # NATS answers 0x84; RabbitMQ 3.x closes without a word. Once, in 3.1.1.
+                self.protocol = "3.1.1"
+                self._connack.clear()
+                self._refusal = None
+                self._v5_refused = False
+                self.client = self._make_client()
+                return self.connect(timeout)
             raise UserError(f"broker {o.address}: {why}")
         return self
 
@@ -241,12 +254,22 @@ class FleetClient:
         quick_ack(client)
         self.messages.put(message)
 
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if not self._ever_connected and not self._connack.is_set():
+            # Closed before any CONNACK: what RabbitMQ 3.x does to an MQTT 5 CONNECT.
+            self._refusal = "closed the connection without answering the CONNECT"
+            self._v5_refused = self.protocol == "5"
+            self._connack.set()
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
             if not self._ever_connected:
                 self._refusal = f"refused the connection: {reason}"
+                self._v5_refused = reason.value == _UNSUPPORTED_PROTOCOL
                 self._connack.set()
             return
         no_nagle(client)  # a command's round trip is a few small messages
@@ -377,7 +400,7 @@ class Request:
             self.fleet.publish(topic, payload, properties)
 
     def _properties(self, device: str | None) -> Properties | None:
-        if self.fleet.options.protocol != "5":
+        if self.fleet.protocol != "5":
             return None  # 3.1.1: devices answer on {prefix}/{device}/reply/{request_id}
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if device is not None:

@@ -51,7 +51,9 @@ class Profile(BaseModel):
     ca: Path | None = Field(None, description="CA certificate (PEM).")
     cert: Path | None = Field(None, description="Client certificate (PEM).")
     key: Path | None = Field(None, description="The client certificate's private key (PEM).")
-    mqtt: Literal["5", "3.1.1"] | None = Field(None, description="Protocol (5).")
+    mqtt: Literal["auto", "5", "3.1.1"] | None = Field(
+        None, description="Protocol (auto: 5, or 3.1.1 where the broker refuses 5)."
+    )
 
 
 _PATHS = ("password_file", "ca", "cert", "key")
@@ -133,8 +135,8 @@ def _from_env() -> dict[str, Any]:
             if lowered not in _TRUE + _FALSE:
                 raise UserError(f"${ENV_PREFIX}TLS {text!r}: use 1 or 0")
             found[key] = True if lowered in _TRUE else None
-        elif key == "mqtt" and text not in ("5", "3.1.1"):
-            raise UserError(f"${ENV_PREFIX}MQTT {text!r}: use 5 or 3.1.1")
+        elif key == "mqtt" and text not in ("auto", "5", "3.1.1"):
+            raise UserError(f"${ENV_PREFIX}MQTT {text!r}: use auto, 5 or 3.1.1")
         elif key in _PATHS:
             found[key] = Path(text).expanduser()
         else:
