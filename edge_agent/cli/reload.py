@@ -95,8 +95,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
         return load_settings(path).device.state_dir
     except ConfigError as exc:
         raise UserError(
-            f"{path}: cannot read the state directory from it ({exc.problems[0]}); "
-            "give --state-dir"
+            f"{path}: cannot read the state directory from it ({exc.problems[0]}); give --state-dir"
         ) from None
 
 
