@@ -15,53 +15,18 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
-import time
 import uuid
 from pathlib import Path
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_link import TOPIC, agent_drain  # noqa: E402
+from bench_link import agent_drain, raw_paho  # noqa: E402
 from bench_outbox import PAYLOAD  # noqa: E402
 
 from tests.brokers import NatsBroker, RabbitBroker  # noqa: E402
 from tests.mqtt_fixtures import Broker  # noqa: E402
-
-
-def raw_paho(port: int, payloads: list[bytes], window: int, v5: bool) -> float:
-    """The obvious script: publish QoS 1, at most `window` unacknowledged at a time."""
-    room = threading.Semaphore(window)
-    done = threading.Event()
-    acked = 0
-
-    def on_publish(*_: object) -> None:
-        nonlocal acked
-        acked += 1
-        room.release()
-        if acked == len(payloads):
-            done.set()
-
-    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw", protocol=protocol)
-    client.max_inflight_messages_set(window)
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    started = time.perf_counter()
-    for payload in payloads:
-        room.acquire()
-        client.publish(TOPIC, payload, qos=1)
-    done.wait(600)
-    elapsed = time.perf_counter() - started
-    client.disconnect()
-    client.loop_stop()
-    return len(payloads) / elapsed
 
 
 def main() -> int:

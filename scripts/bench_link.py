@@ -55,7 +55,7 @@ def start_broker(folder: Path, *extra: str) -> tuple[subprocess.Popen[bytes], in
     raise RuntimeError("mosquitto did not start")
 
 
-def raw_paho(port: int, payloads: list[bytes], window: int) -> float:
+def raw_paho(port: int, payloads: list[bytes], window: int, v5: bool = True) -> float:
     """The obvious script: publish QoS 1, at most `window` unacknowledged at a time."""
     room = threading.Semaphore(window)
     done = threading.Event()
@@ -68,7 +68,8 @@ def raw_paho(port: int, payloads: list[bytes], window: int) -> float:
         if acked == len(payloads):
             done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw", protocol=mqtt.MQTTv5)
+    protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw", protocol=protocol)
     client.max_inflight_messages_set(window)
     client.on_publish = on_publish
     client.connect("127.0.0.1", port)
