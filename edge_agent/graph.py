@@ -26,20 +26,29 @@ class SourceHub:
         self.name = name
         self.pipelines: tuple[Pipeline, ...] = ()  # replaced whole: the reader needs no lock
         self.last_frame: Frame | None = None  # for snapshots
-        self.runner = SourceRunner(source, self._dispatch)
+        self.runner = self._runner(source)
 
     def replace(self, source: Source) -> None:
         self.runner.stop()
-        self.runner = SourceRunner(source, self._dispatch)
+        self.runner = self._runner(source)
         self.runner.start()
+
+    def _runner(self, source: Source) -> SourceRunner:
+        return SourceRunner(source, self._dispatch, on_stop=self._wake_producers)
+
+    def _wake_producers(self) -> None:
+        """A stop wakes the source's thread out of a wait for room in a full queue."""
+        for pipeline in self.pipelines:
+            pipeline.wake_producer()
 
     def _dispatch(self, frame: Frame) -> None:
         self.last_frame = frame
         pipelines = self.pipelines
         if frame.on_durable is not None and len(pipelines) > 1:
             frame.on_durable = _countdown(len(pipelines), frame.on_durable)
+        runner = self.runner
         for pipeline in pipelines:
-            pipeline.on_frame(frame)
+            pipeline.on_frame(frame, runner)
 
 
 class PipelineGraph:

@@ -122,8 +122,15 @@ class PipelineSettings(Section):
         2,
         ge=1,
         le=1000,
-        description="Frames waiting for inference; when full the oldest is dropped, so "
-        "latency stays bounded.",
+        description="Frames waiting for inference; when full, on_full says what happens.",
+    )
+    on_full: Literal["auto", "drop_oldest", "wait"] = Field(
+        "auto",
+        description="When queue_size frames wait: drop_oldest keeps latency bounded (a live "
+        "camera wants the newest frame); wait holds the source until there is room, so "
+        "every frame gets a result (a recording wants all of them). auto: wait for "
+        "recorded input (a video file, an image folder, a file of lines not followed), "
+        "drop_oldest for the rest.",
     )
     decode: DecodeOverrides = Field(
         default_factory=DecodeOverrides,

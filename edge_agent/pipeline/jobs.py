@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,23 +43,45 @@ class Job:
     queued_at: float = 0.0
 
 
+class Producer(Protocol):
+    """What a pipeline asks of whatever hands it frames (a source's runner) to choose
+    between dropping and waiting when its queue is full."""
+
+    @property
+    def recorded(self) -> bool: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+
 class JobQueue:
     """Jobs waiting for one model. Each pipeline may have at most its `queue_size` jobs
-    waiting: past that its oldest is dropped, so a slow model never builds up latency."""
+    waiting: past that its oldest is dropped, so a slow model never builds up latency, or
+    (on_full "wait") the producer blocks until there is room, so none is lost."""
 
     def __init__(self) -> None:
         self._jobs: deque[Job] = deque()
         self._waiting: dict[str, int] = {}
-        self._ready = threading.Condition()
+        lock = threading.Lock()
+        self._ready = threading.Condition(lock)
+        # Producers waiting for room (on_full "wait"), on the same lock.
+        self._room = threading.Condition(lock)
         self._closed = False
         self._wake_epoch = 0
 
-    def put(self, job: Job, capacity: int) -> Job | None:
-        """Queue `job`; returns the job dropped to make room, if any."""
+    def put(self, job: Job, capacity: int, give_up: Callable[[], bool] | None = None) -> Job | None:
+        """Queue `job`; returns the job dropped to make room, if any. With `give_up`, waits
+        for room instead, until give_up() is true (woken by wake_producers) or the queue
+        closes: then `job` itself is returned, not queued."""
         name = job.pipeline.name
         dropped = None
         with self._ready:
-            if self._waiting.get(name, 0) >= capacity:
+            if give_up is not None:
+                while self._waiting.get(name, 0) >= capacity:
+                    if self._closed or give_up():
+                        return job
+                    self._room.wait()
+            elif self._waiting.get(name, 0) >= capacity:
                 for queued in self._jobs:
                     if queued.pipeline.name == name:
                         dropped = queued
@@ -65,6 +89,8 @@ class JobQueue:
                 if dropped is not None:
                     self._jobs.remove(dropped)
                     self._waiting[name] -= 1
+            # Stamped once in: a producer's wait for room is not time in the queue.
+            job.queued_at = time.perf_counter()
             self._jobs.append(job)
             self._waiting[name] = self._waiting.get(name, 0) + 1
             self._ready.notify()
@@ -88,6 +114,8 @@ class JobQueue:
                 job = self._jobs.popleft()
                 self._waiting[job.pipeline.name] -= 1
                 batch.append(job)
+            if batch:
+                self._room.notify_all()
             return batch
 
     def remove_pipeline(self, name: str) -> list[Job]:
@@ -97,6 +125,7 @@ class JobQueue:
             for job in mine:
                 self._jobs.remove(job)
             self._waiting[name] = 0
+            self._room.notify_all()
             return mine
 
     def wake(self) -> None:
@@ -105,10 +134,16 @@ class JobQueue:
             self._wake_epoch += 1
             self._ready.notify_all()
 
+    def wake_producers(self) -> None:
+        """Makes blocked put()s look at their give_up() again (a source is stopping)."""
+        with self._ready:
+            self._room.notify_all()
+
     def close(self) -> None:
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+            self._room.notify_all()
 
     @property
     def closed(self) -> bool:

@@ -14,7 +14,7 @@ from edge_agent.config.settings import PipelineSettings
 from edge_agent.payloads import Envelope, ModelRef, ResultPayload
 from edge_agent.pipeline.cache import ResultCache, digest
 from edge_agent.pipeline.gate import ChangeGate
-from edge_agent.pipeline.jobs import Job
+from edge_agent.pipeline.jobs import Job, Producer
 from edge_agent.pipeline.stats import PipelineStats
 from edge_agent.pipeline.worker import InferenceWorker
 from edge_agent.runtime.decoders import DecoderImportError
@@ -100,7 +100,9 @@ class Pipeline:
 
     # The source's thread -----------------------------------------------------------------
 
-    def on_frame(self, frame: Frame) -> None:
+    def on_frame(self, frame: Frame, producer: Producer | None = None) -> None:
+        """`producer`, when given, decides with on_full whether a full queue drops its
+        oldest frame or makes this call wait for room."""
         self.stats.count("frames")
         if self.paused.is_set():
             return
@@ -127,9 +129,18 @@ class Pipeline:
                 job.timings["queue"] = job.timings["infer"] = 0.0
                 self._emit(job, cached, predictor.model, cached=True)
                 return
-        dropped = self.worker.submit(job, self.settings.queue_size)
+        on_full = self.settings.on_full
+        waits = producer is not None and (
+            on_full == "wait" or (on_full == "auto" and producer.recorded)
+        )
+        give_up = (lambda: producer.stopping) if waits and producer is not None else None
+        dropped = self.worker.submit(job, self.settings.queue_size, give_up)
         if dropped is not None:
             self.stats.count("dropped")
+
+    def wake_producer(self) -> None:
+        """Makes an on_frame() waiting for room look at its producer's stopping again."""
+        self.worker.queue.wake_producers()
 
     # The model's thread ------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -101,9 +102,11 @@ class InferenceWorker:
             self._swap_done.notify_all()
             return False
 
-    def submit(self, job: Job, capacity: int) -> Job | None:
-        job.queued_at = time.perf_counter()
-        return self.queue.put(job, capacity)
+    def submit(
+        self, job: Job, capacity: int, give_up: Callable[[], bool] | None = None
+    ) -> Job | None:
+        """Queues `job`: see JobQueue.put."""
+        return self.queue.put(job, capacity, give_up)
 
     def stuck_for(self) -> float:
         """Seconds the longest-running batch has been in the interpreter (0: none)."""

@@ -79,6 +79,9 @@ class Source(ABC):
     # cap the runner keeps reading and drops what comes early, since waiting would leave
     # stale data queued in the device or the connection. Files and generated input wait.
     live: bool = False
+    # True when the input is a recording (kept in files) whose every item is wanted: under
+    # a pipeline's on_full "auto" a full queue makes the runner wait instead of dropping.
+    recorded: bool = False
 
     def __init__(self, name: str, config: SourceConfig, state_dir: Path) -> None:
         self.name = name

@@ -110,6 +110,7 @@ class CameraSource(Source):
         self.cfg = config
         self.kind = device_kind(config.device)
         self.live = self.kind != "file"
+        self.recorded = not self.live
         self._interrupted = threading.Event()
         self._cap: Any = None
         self._index = 0

@@ -76,6 +76,8 @@ class ImageDirConfig(SourceConfig):
 
 
 class ImageDirSource(Source):
+    recorded = True  # files wait on disk: none should go without a result
+
     def __init__(self, name: str, config: ImageDirConfig, state_dir: Path) -> None:
         super().__init__(name, config, state_dir)
         self.cfg = config

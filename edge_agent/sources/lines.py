@@ -90,6 +90,7 @@ class LinesSource(Source):
         self._tcp = _TCP.match(config.path)
         # Updated at open, once the path's kind is known.
         self.live = self._tcp is not None or config.follow or not Path(config.path).is_file()
+        self.recorded = not self.live
         self._waker = Waker()
         self._windower = Windower(config.window, config.step, config.channels)
         self._fd: int | None = None
@@ -138,6 +139,7 @@ class LinesSource(Source):
         except OSError as err:
             raise SourceError(f"{path}: {err.strerror}") from err
         self.live = self._kind != "file" or self.cfg.follow
+        self.recorded = not self.live
         if self._kind == "device" and os.isatty(self._fd):
             try:
                 _set_serial(self._fd, self.cfg.baudrate)

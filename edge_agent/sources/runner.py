@@ -38,12 +38,16 @@ class SourceRunner:
         on_frame: OnFrame,
         on_state: OnState | None = None,
         *,
+        on_stop: Callable[[], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """`on_stop` runs once stop() has been asked, before it waits for the thread: it
+        wakes whatever on_frame may be blocked in (a full queue waiting for room)."""
         self.source = source
         self.name = source.name
         self._on_frame = on_frame
         self._on_state = on_state
+        self._on_stop = on_stop
         # Exponential with full jitter, never below the minimum: no tight loop.
         config = source.config
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, rng=rng)
@@ -68,6 +72,14 @@ class SourceRunner:
     @property
     def last_error(self) -> str:
         return self._last_error
+
+    @property
+    def recorded(self) -> bool:
+        return self.source.recorded
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     @property
     def reconnects(self) -> int:
@@ -115,6 +127,11 @@ class SourceRunner:
             self.source.interrupt()
         except Exception:
             log.exception("source %s: interrupt failed", self.name)
+        if self._on_stop is not None:
+            try:
+                self._on_stop()
+            except Exception:
+                log.exception("source %s: stop handler failed", self.name)
         thread = self._thread
         if thread is None:
             self._set_state(SourceState.STOPPED, "")
