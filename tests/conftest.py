@@ -44,7 +44,8 @@ def operator(broker: Broker) -> Iterator[Operator]:
     """An operator on the test's broker: sends commands, collects replies and events."""
     from tests.operator import Operator
 
-    with Operator(broker) as op:
+    op = Operator(broker)
+    with op:  # Subscriber.__enter__ is typed as returning a Subscriber
         yield op
 
 
