@@ -344,10 +344,12 @@ def test_a_3_1_1_broker_that_drops_the_connection_at_a_large_publish(
     assert not {big, bigger} & received_ids(sub)
     stats = drain.outbox.stats()
     assert stats["drops"] == {"result:too_large": 2}, stats
-    # Three drops in a row with the large row the oldest in flight taught the limit (the
-    # broker may close before flushing the PUBACKs of the rows ahead of it, so a few more
-    # drops can come first); the second large row went aside without any, and no spin.
-    assert proxy.accepted <= 12, proxy.accepted
+    # Three drops in a row with the large row the oldest in flight taught the limit. The
+    # broker may close before flushing the PUBACKs of the rows ahead of it, so more drops can
+    # come first, at most one per row ahead (sent one at a time once one is suspected): 12
+    # connects here as a rule, 13 seen on a loaded machine. The second large row went aside
+    # without any, and there is no spin.
+    assert proxy.accepted <= len(first) + 3 + 1, proxy.accepted
     assert "row 42 (edge/old/results/p) is larger than the broker takes" in caplog.text
     learnt = [
         r.getMessage() for r in caplog.records if "dropped the connection 3" in r.getMessage()
