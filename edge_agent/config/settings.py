@@ -7,7 +7,14 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent.config.local_only import LOCAL_ONLY
@@ -225,6 +232,15 @@ class OutboxSettings(Section):
     )
 
 
+def _findable(spec: str) -> str:
+    secret_path(spec)  # a ValueError saying why it cannot be found
+    return spec
+
+
+# A file path or credential:NAME (systemd LoadCredential=), checked where it would be read.
+SecretSpec = Annotated[str, AfterValidator(_findable)]
+
+
 class TlsSettings(Section):
     ca_file: Annotated[Path | None, LOCAL_ONLY] = Field(
         None, description="CA certificate(s) to trust, PEM."
@@ -232,16 +248,9 @@ class TlsSettings(Section):
     cert_file: Annotated[Path | None, LOCAL_ONLY] = Field(
         None, description="Client certificate, PEM."
     )
-    key_file: Annotated[str | None, LOCAL_ONLY] = Field(
+    key_file: Annotated[SecretSpec | None, LOCAL_ONLY] = Field(
         None, description="Client key: a file, or credential:NAME (systemd LoadCredential=)."
     )
-
-    @field_validator("key_file")
-    @classmethod
-    def _key_exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            secret_path(value)
-        return value
 
 
 class MqttSettings(Section):
@@ -406,7 +415,7 @@ class HttpSettings(Section):
     port: int = Field(
         9110, ge=0, le=65535, description="TCP port to listen on; 0: any free one, logged."
     )
-    token_file: Annotated[str | None, LOCAL_ONLY] = Field(
+    token_file: Annotated[SecretSpec | None, LOCAL_ONLY] = Field(
         None,
         description="File holding the bearer token clients must send, or credential:NAME "
         "for a systemd credential in $CREDENTIALS_DIRECTORY. Given, every request needs it, "
@@ -425,13 +434,6 @@ class HttpSettings(Section):
         description="/metrics and /api/status answers are reused this long: any number of "
         "scrapers and open pages cost one render each per period; 0: a render per request.",
     )
-
-    @field_validator("token_file")
-    @classmethod
-    def _token_exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            secret_path(value)
-        return value
 
 
 class AgentSettings(BaseSettings):
