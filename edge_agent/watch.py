@@ -58,8 +58,10 @@ class Waker:
         self._set = threading.Event()
         self._lock = threading.Lock()
         self._closed = False
-        # The pipe is closed by close(), or when the Waker is collected.
+        # The pipe is closed by close(), or when the Waker is collected; not at interpreter
+        # exit, where a daemon thread may still be in select() on it (EBADF there).
         self._finalizer = weakref.finalize(self, _close_fds, self._r, self._w)
+        self._finalizer.atexit = False
 
     def fileno(self) -> int:
         return self._r

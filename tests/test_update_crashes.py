@@ -122,5 +122,6 @@ def test_killed_before_commit_comes_back_on_the_previous_model(
     store = ModelStore(tmp_path / "state" / "models", 3)
     assert store.active("digits") is None  # the config's file runs: one valid model
     if at_event == "activated":
+        operator.wait_event("rolled_back")  # the status can come ahead of the event
         rolled = [e for e in operator.events("digits") if e["stage"] == "rolled_back"]
         assert rolled and "restart" in rolled[-1]["reason"]

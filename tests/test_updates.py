@@ -77,6 +77,7 @@ def test_an_update_over_http_is_verified_staged_swapped_and_committed(
     assert running_version(agent) == "1.1.0"
     record = agent.store.active("digits")
     assert record is not None and record.state == "committed" and record.version == "1.1.0"
+    operator.wait_event("committed")  # events come through the outbox, after the reply
     stages = [e["stage"] for e in operator.events("digits")]
     for stage in ("downloading", "installed", "staged", "activated", "committed"):
         assert stage in stages, stages
@@ -170,6 +171,7 @@ def test_a_slower_model_is_rolled_back_by_the_health_watch(
         assert "rolled back after activation: p95 infer" in reply["reason"], reply
         assert running_version(agent) == "1.0.0"
         assert agent.store.active("digits") is None
+        operator.wait_event("rolled_back")  # events come through the outbox, after the reply
         stages = [e["stage"] for e in operator.events("digits")]
         assert stages[-2:] == ["activated", "rolled_back"], stages
     finally:
