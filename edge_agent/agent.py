@@ -15,16 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.commands.dispatcher import CommandDispatcher
-from edge_agent.commands.handlers import CommandContext
-from edge_agent.commands.journal import CommandJournal
 from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import UserError
 from edge_agent.graph import PipelineGraph, SourceHub
 from edge_agent.host import ModelHost, needed_models
 from edge_agent.link import topics
-from edge_agent.link.mqtt import MqttLink, PublishError
-from edge_agent.link.sender import Sender
 from edge_agent.outbox.store import Outbox
 from edge_agent.outbox.writer import OutboxWriter
 from edge_agent.payloads import Envelope
@@ -39,7 +34,10 @@ from edge_agent.updates.store import ModelStore
 from edge_agent.updates.updater import Updater
 
 if TYPE_CHECKING:
+    from edge_agent.commands.dispatcher import CommandDispatcher
     from edge_agent.http.endpoint import HttpEndpoint
+    from edge_agent.link.mqtt import MqttLink
+    from edge_agent.link.sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +73,11 @@ class Agent:
         self.link: MqttLink | None = None
         self.sender: Sender | None = None
         if settings.mqtt.enabled:
+            # The link, the sender and the commands (paho, the signing library) are
+            # imported only when on: a device that never talks to a broker does not load them.
+            from edge_agent.link.mqtt import MqttLink
+            from edge_agent.link.sender import Sender
+
             self.link = MqttLink(settings.mqtt, settings.device.id, self.online_status)
             self.sender = Sender(self.outbox, self.link, settings.mqtt)
             self.writer.on_commit = self.sender.wake
@@ -231,6 +234,10 @@ class Agent:
     # Commands and updates ------------------------------------------------------------------
 
     def _make_commands(self) -> CommandDispatcher:
+        from edge_agent.commands.dispatcher import CommandDispatcher
+        from edge_agent.commands.handlers import CommandContext
+        from edge_agent.commands.journal import CommandJournal
+
         assert self.link is not None
         settings = self.settings
         context = CommandContext(
@@ -278,6 +285,8 @@ class Agent:
     def _publish_now(self, topic: str, payload: bytes) -> bool:
         if self.link is None:
             return False
+        from edge_agent.link.mqtt import PublishError
+
         try:
             self.link.publish(topic, payload, qos=1)
         except PublishError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -37,6 +36,8 @@ class ChangeGate:
             span = float(np.ptp(data)) or 1.0
             scaled: npt.NDArray[np.int16] = ((data - data.min()) / span * 255).astype(np.int16)
             return scaled
+        import cv2  # here, not at the top: a sensor-only agent never loads OpenCV
+
         gray = data if data.ndim == 2 else cv2.cvtColor(data, cv2.COLOR_BGR2GRAY)
         return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA).astype(np.int16)
 

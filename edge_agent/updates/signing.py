@@ -8,10 +8,7 @@ import binascii
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from edge_agent.errors import UserError
 from edge_agent.updates.manifest import (
@@ -22,12 +19,23 @@ from edge_agent.updates.manifest import (
     canonical_bytes,
 )
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# The signing library (about 8 MB resident) is imported by the functions that use it, so
+# an agent that never checks a signature does not load it.
 _CHUNK = 1024 * 1024
 
 
 def generate_keypair() -> tuple[bytes, str]:
     """A new key: the private key as unencrypted PKCS#8 PEM, and the public key as base64
     of its 32 raw bytes (the form `[updates] trusted_keys` takes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -38,12 +46,17 @@ def generate_keypair() -> tuple[bytes, str]:
 
 
 def public_b64(key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """An unencrypted Ed25519 private key from a PEM file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -60,6 +73,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 def public_key_from_setting(value: str) -> Ed25519PublicKey:
     """A trusted key as configured: base64 of the 32 raw bytes, or the path of a PEM
     public key file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -89,6 +105,8 @@ def sign_bytes(data: bytes, private_key: Ed25519PrivateKey) -> str:
 
 
 def verify_bytes(data: bytes, signature_b64: str, public_key: Ed25519PublicKey) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         signature = base64.b64decode(signature_b64, validate=True)
         public_key.verify(signature, data)

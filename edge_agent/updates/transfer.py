@@ -7,15 +7,12 @@ is complete.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -62,6 +59,10 @@ def http_download(
     """Download `url` into `part` until it holds `size` bytes, resuming from its length with
     `Range: bytes=N-`. Connection errors, timeouts and 5xx are retried with backoff; after
     `attempts` tries in a row that added no byte, TransferError."""
+    # urllib and ssl (about 8 MB resident) load with the first download, not with the agent.
+    import http.client
+    import urllib.error
+
     report = progress or _no_progress
     part.parent.mkdir(parents=True, exist_ok=True)
     with open(part, "a+b") as f:
@@ -117,6 +118,9 @@ def _http_attempt(
     stop: threading.Event,
 ) -> None:
     """One request from `have` on, appending to `f`."""
+    import urllib.error
+    import urllib.request
+
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         response = urllib.request.urlopen(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -17,6 +16,8 @@ def class_nms(
     boxes: Floats, scores: Floats, classes: npt.NDArray[np.int32], iou: float, keep: int
 ) -> Indices:
     """Indices kept, best first: boxes [x1, y1, x2, y2] only suppress boxes of their class."""
+    import cv2  # here, not at the top: a sensor-only agent never loads OpenCV
+
     if boxes.shape[0] == 0:
         return np.zeros(0, np.intp)
     xywh = boxes.copy()
