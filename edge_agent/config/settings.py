@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -15,8 +15,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge_agent.config.environment import environment_layer, merge_over
 from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.config.models import BatchSettings as BatchSettings
 from edge_agent.config.models import InputOverrides as InputOverrides
@@ -436,11 +436,7 @@ class HttpSettings(Section):
     )
 
 
-class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
-    )
-
+class AgentSettings(Section):
     # Each section says how a change to it takes effect (config/section.py: Applies).
     device: Annotated[DeviceSettings, NEEDS_RESTART] = Field(
         default_factory=DeviceSettings, description="This device."
@@ -494,14 +490,11 @@ class AgentSettings(BaseSettings):
                 raise ValueError(f"pipelines.{name}.model: no model named {pipeline.model!r}")
         return self
 
+    @model_validator(mode="before")
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's values arrive as init arguments; the environment wins over them.
-        return env_settings, init_settings
+    def _environment_wins(cls, data: Any) -> Any:
+        # The EDGE_AGENT_* variables over whatever the settings were built from.
+        layer = environment_layer(cls.model_fields)
+        if not layer or not isinstance(data, dict):
+            return data
+        return merge_over(data, layer)

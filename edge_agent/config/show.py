@@ -10,10 +10,10 @@ from typing import Any
 
 import tomli_w
 
+from edge_agent.config.environment import setting_key
 from edge_agent.config.load import Layers, line_of
 from edge_agent.config.remote import Key
 
-_ENV_PREFIX = "EDGE_AGENT_"
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _PASSWORD, _PASSWORD_FILE = ("mqtt", "password"), ("mqtt", "password_file")
 
@@ -46,15 +46,12 @@ def origin(layers: Layers, key: Key, environment: dict[Key, str] | None = None) 
 
 
 def _environment(layers: Layers) -> dict[Key, str]:
-    """The settings' environment variables now set, by the key each one sets (lower case:
-    pydantic-settings reads them without regard to case)."""
+    """The settings' environment variables now set, by the key each one sets."""
     sections = set(type(layers.settings).model_fields)
     found: dict[Key, str] = {}
     for name in os.environ:
-        if not name.upper().startswith(_ENV_PREFIX):
-            continue
-        key = tuple(name[len(_ENV_PREFIX) :].lower().split("__"))
-        if key[0] in sections:
+        key = setting_key(name)
+        if key is not None and key[0] in sections:
             found[key] = name
     return found
 
