@@ -142,6 +142,23 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.pipelines["boxes"].source == "pattern"
 
 
+def test_environment_lists_are_json_and_names_ignore_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(config_text(tmp_path, SOURCE))
+    monkeypatch.setenv("EDGE_AGENT_DEVICE__GROUPS", '["north", "cameras"]')
+    monkeypatch.setenv("edge_agent_mqtt__host", "broker.example")
+    monkeypatch.setenv("EDGE_AGENT_MQTT__PASSWORD", "[not json")  # text, as given
+    monkeypatch.setenv("EDGE_AGENT_NOT_A_SECTION", "x")  # not a setting: left alone
+    settings = load_settings(path)
+    assert settings.device.groups == ["north", "cameras"]
+    assert settings.mqtt.host == "broker.example"
+    assert settings.mqtt.password is not None
+    assert settings.mqtt.password.get_secret_value() == "[not json"
+    assert settings.pipelines["boxes"].source == "pattern"  # the file's keys beside them
+
+
 def test_a_bad_environment_value_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(config_text(tmp_path, SOURCE))
