@@ -13,6 +13,7 @@ from edge_agent.config.settings import AgentSettings
 from edge_agent.payloads import Envelope
 from edge_agent.pipeline.pipeline import Pipeline
 from edge_agent.pipeline.worker import InferenceWorker
+from edge_agent.runtime.preprocess import image_input_size
 from edge_agent.sinks import ResultSink
 from edge_agent.sources import SourceConfig, create_source
 from edge_agent.sources.base import Frame, Source
@@ -24,9 +25,18 @@ class SourceHub:
 
     def __init__(self, name: str, source: Source) -> None:
         self.name = name
-        self.pipelines: tuple[Pipeline, ...] = ()  # replaced whole: the reader needs no lock
+        self._pipelines: tuple[Pipeline, ...] = ()  # replaced whole: the reader needs no lock
         self.last_frame: Frame | None = None  # for snapshots
         self.runner = self._runner(source)
+
+    @property
+    def pipelines(self) -> tuple[Pipeline, ...]:
+        return self._pipelines
+
+    @pipelines.setter
+    def pipelines(self, pipelines: tuple[Pipeline, ...]) -> None:
+        self._pipelines = pipelines
+        self.runner.source.wanted_size = wanted_size(pipelines)
 
     def replace(self, source: Source) -> None:
         self.runner.stop()
@@ -34,6 +44,7 @@ class SourceHub:
         self.runner.start()
 
     def _runner(self, source: Source) -> SourceRunner:
+        source.wanted_size = wanted_size(self._pipelines)
         return SourceRunner(source, self._dispatch, on_stop=self._wake_producers)
 
     def _wake_producers(self) -> None:
@@ -49,6 +60,8 @@ class SourceHub:
         runner = self.runner
         for pipeline in pipelines:
             pipeline.on_frame(frame, runner)
+        # Again after each frame: a model update may have changed an input size.
+        runner.source.wanted_size = wanted_size(pipelines)
 
 
 class PipelineGraph:
@@ -147,6 +160,15 @@ class PipelineGraph:
             "pipelines": {name: p.snapshot() for name, p in self._pipelines.items()},
             "sources": {name: hub.runner.snapshot() for name, hub in self._hubs.items()},
         }
+
+
+def wanted_size(pipelines: tuple[Pipeline, ...]) -> tuple[int, int] | None:
+    """The smallest image that serves every pipeline's model: the largest input width and
+    height among them; None (whole frames) when any model is not an image model."""
+    sizes = [image_input_size(p.worker.model) for p in pipelines]
+    if not sizes or None in sizes:
+        return None
+    return max(s[0] for s in sizes if s), max(s[1] for s in sizes if s)
 
 
 def _countdown(count: int, then: Callable[[], None]) -> Callable[[], None]:

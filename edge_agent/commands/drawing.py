@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.runtime.preprocess import Geometry
+
+if TYPE_CHECKING:
+    from edge_agent.sources.base import Frame
 
 BOX_BGR = (0, 255, 0)
 KEYPOINT_BGR = (0, 0, 255)
@@ -54,10 +56,14 @@ class Picture:
     drawn: dict[str, int]  # detections_drawn, masks_drawn
 
 
-def picture(frame: Image, pipelines: Iterable[Drawn], quality: int) -> Picture | None:
-    """A drawn copy of `frame` (the pipelines keep reading the original) as JPEG; None
-    when it cannot be encoded."""
-    image = frame.copy()
+def picture(frame: Frame, pipelines: Iterable[Drawn], quality: int) -> Picture | None:
+    """A drawn copy of the whole `frame` (the pipelines keep reading theirs) as JPEG, at
+    its own size even when the pipelines read it decoded smaller; None when it cannot be
+    encoded."""
+    import cv2
+
+    image = frame.full_image()
+    image = image.copy() if image is frame.data else image
     drawn = draw(image, pipelines)
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -66,6 +72,8 @@ def picture(frame: Image, pipelines: Iterable[Drawn], quality: int) -> Picture |
 
 
 def _detection(image: Image, det: dict[str, Any]) -> None:
+    import cv2
+
     x1, y1, x2, y2 = (int(v) for v in det["box"])
     cv2.rectangle(image, (x1, y1), (x2, y2), BOX_BGR, _LINE)
     label = f"{det.get('label') or det['class_id']} {det['score']:.2f}"
@@ -76,6 +84,8 @@ def _detection(image: Image, det: dict[str, Any]) -> None:
 
 def _tint(image: Image, mask: npt.NDArray[Any], geometry: Geometry | None) -> None:
     """The class mask (model-input pixels) mapped onto the frame, each class tinted."""
+    import cv2
+
     height, width = image.shape[:2]
     mask = mask.astype(np.uint8 if mask.max() < 256 else np.uint16)  # what OpenCV maps
     if geometry is None:

@@ -119,7 +119,7 @@ def snapshot(ctx: CommandContext, cmd: s.Snapshot) -> Any:
     frame = hub.last_frame
     if frame is None or not frame.is_image:
         raise CommandError(f"source {cmd.source!r} has no image frame yet")
-    drawn = picture(frame.data, hub.pipelines, cmd.quality)
+    drawn = picture(frame, hub.pipelines, cmd.quality)
     if drawn is None:
         raise CommandError("the frame could not be encoded as JPEG")
     return {

@@ -39,7 +39,7 @@ class Snapshots:
             frame = hub.last_frame if hub is not None else None
             if hub is None or frame is None or not frame.is_image:
                 continue
-            drawn = picture(frame.data, hub.pipelines, self._quality)
+            drawn = picture(frame, hub.pipelines, self._quality)
             if drawn is not None:
                 return Snapshot(name, frame.wall_time, drawn.jpeg)
         return None

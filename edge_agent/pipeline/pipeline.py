@@ -116,7 +116,7 @@ class Pipeline:
                 self.stats.count("errors")
             return
         predictor, generation = prepared
-        sample, geometry = predictor.prepare(frame.data)
+        sample, geometry = predictor.prepare(frame.data, frame.full_size)
         prepared_at = time.perf_counter()
         key = digest(sample) if self._cache is not None else None
         job = Job(self, frame, sample, geometry, generation, key)
@@ -147,7 +147,8 @@ class Pipeline:
     def reprepare(self, job: Job, generation: int) -> None:
         prepared = self._prepared
         if prepared is not None:
-            job.sample, job.geometry = prepared[0].prepare(job.frame.data)
+            frame = job.frame
+            job.sample, job.geometry = prepared[0].prepare(frame.data, frame.full_size)
             job.model_generation = generation
 
     def finish(self, job: Job, outputs: list[npt.NDArray[Any]], model: LoadedModel) -> None:

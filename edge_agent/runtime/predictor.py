@@ -84,11 +84,14 @@ class Predictor:
             raise UserError(f"{path}: input file not found")
         return self.image(self.image.decode_file(str(path)))
 
-    def prepare(self, data: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], Geometry | None]:
+    def prepare(
+        self, data: npt.NDArray[Any], full_size: tuple[int, int] | None = None
+    ) -> tuple[npt.NDArray[Any], Geometry | None]:
         """One input sample from an in-memory frame: a uint8 image (BGR or gray) for image
-        models, a (window, channels) array for sensor models, else a tensor."""
+        models, a (window, channels) array for sensor models, else a tensor. `full_size`:
+        an image decoded smaller than the frame is, the frame's (width, height)."""
         if self.image is not None and data.dtype == np.uint8:
-            return self.image(data)
+            return self.image(data, full_size)
         if self.sensor is not None:
             return self.sensor(data), None
         return self.tensor_sample(data, "frame"), None

@@ -1,7 +1,9 @@
 """Turns images and sensor windows into the model's input tensor.
 
 Images: colour order, resize (stretch or letterbox), then one table lookup that does
-normalisation and quantization together, straight into the input dtype."""
+normalisation and quantization together, straight into the input dtype. A frame decoded at
+reduced scale is resized from what it is, with its geometry given against the frame's own
+size, so results come out in the frame's pixels either way."""
 
 from __future__ import annotations
 
@@ -9,13 +11,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import UserError
 from edge_agent.runtime.manifest import ImageInput, SensorInput
-from edge_agent.runtime.model import TensorSpec
+from edge_agent.runtime.model import LoadedModel, TensorSpec
 from edge_agent.runtime.native_log import native_stderr_to_debug_log
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,16 @@ class Geometry:
         )
 
 
+def image_input_size(model: LoadedModel) -> tuple[int, int] | None:
+    """The (width, height) an image model's input takes; None for any other model."""
+    shape = model.input.sample_shape
+    spec = model.manifest.input
+    if not isinstance(spec, ImageInput) or len(shape) != 3:
+        return None
+    height, width = shape[1:] if spec.layout == "NCHW" else shape[:2]
+    return int(width), int(height)
+
+
 class ImagePreprocessor:
     def __init__(self, spec: ImageInput, tensor: TensorSpec) -> None:
         if len(tensor.sample_shape) != 3:
@@ -70,6 +81,8 @@ class ImagePreprocessor:
         self._fill = spec.letterbox_fill
 
     def decode_file(self, path: str) -> Image:
+        import cv2
+
         flags = cv2.IMREAD_GRAYSCALE if self.channels == 1 else cv2.IMREAD_COLOR
         with native_stderr_to_debug_log(log):
             image = cv2.imread(path, flags)
@@ -77,12 +90,18 @@ class ImagePreprocessor:
             raise UserError(f"{path}: cannot decode image (not an image, or truncated)")
         return np.asarray(image, dtype=np.uint8)
 
-    def __call__(self, frame: Image) -> tuple[npt.NDArray[Any], Geometry]:
-        """A BGR (or gray) uint8 frame to one input sample (no batch dimension)."""
+    def __call__(
+        self, frame: Image, full_size: tuple[int, int] | None = None
+    ) -> tuple[npt.NDArray[Any], Geometry]:
+        """A BGR (or gray) uint8 frame to one input sample (no batch dimension).
+        `full_size`: the frame's own (width, height) when `frame` was decoded smaller; the
+        geometry maps to it."""
+        import cv2
+
         gray_in = frame.ndim == 2 or frame.shape[2] == 1
         if self.channels == 1 and not gray_in:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)  # before resizing: a third the work
-        src_h, src_w = frame.shape[:2]
+        src_w, src_h = full_size or (frame.shape[1], frame.shape[0])
         if self.spec.resize == "letterbox":
             resized, geometry = self._letterbox(frame, src_w, src_h)
         else:
@@ -106,9 +125,12 @@ class ImagePreprocessor:
             fx, fy = image.shape[1] / width, image.shape[0] / height
             whole = fx >= 1 and fy >= 1 and fx.is_integer() and fy.is_integer()
             choice = "area" if whole and (fx > 1 or fy > 1) else "linear"
-        return _INTERPOLATION[choice]
+        return _interpolation(choice)
 
     def _letterbox(self, image: Image, src_w: int, src_h: int) -> tuple[Image, Geometry]:
+        """Fitted to the frame's own size (src_w x src_h), from `image` (it or smaller)."""
+        import cv2
+
         scale = min(self.width / src_w, self.height / src_h)
         new_w = max(1, round(src_w * scale))
         new_h = max(1, round(src_h * scale))
@@ -128,11 +150,14 @@ class ImagePreprocessor:
         return canvas, geometry
 
 
-_INTERPOLATION = {
-    "area": int(cv2.INTER_AREA),
-    "linear": int(cv2.INTER_LINEAR),
-    "nearest": int(cv2.INTER_NEAREST),
-}
+def _interpolation(choice: str) -> int:
+    import cv2
+
+    return {
+        "area": int(cv2.INTER_AREA),
+        "linear": int(cv2.INTER_LINEAR),
+        "nearest": int(cv2.INTER_NEAREST),
+    }[choice]
 
 
 class SensorPreprocessor:

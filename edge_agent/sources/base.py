@@ -30,10 +30,25 @@ class Frame:
     # Called once a result of it is durable in every pipeline that read it; a source that
     # must not lose inputs (an image folder) forgets the input only then.
     on_durable: Callable[[], None] | None = None
+    # A JPEG decoded at reduced scale: the frame's own (width, height), which results are
+    # given in, and the compressed frame, which a snapshot decodes whole. None: `data` is
+    # the whole frame.
+    full_size: tuple[int, int] | None = None
+    jpeg: npt.NDArray[np.uint8] | None = None
 
     @property
     def is_image(self) -> bool:
         return self.data.dtype == np.uint8
+
+    def full_image(self) -> npt.NDArray[Any]:
+        """The image at the frame's own size, decoded again when `data` is reduced."""
+        if self.full_size is None or self.jpeg is None:
+            return self.data
+        from edge_agent.sources.jpeg import decode_full
+
+        image = decode_full(self.jpeg)
+        # It decoded once already; should it not now, the reduced image is still the frame.
+        return self.data if image is None else image
 
 
 class SourceState(str, enum.Enum):
@@ -90,6 +105,10 @@ class Source(ABC):
         # Things skipped or set aside, by reason ("corrupt_frames", "bad_lines", ...):
         # counted on the source's thread, read by telemetry's.
         self.counters = Counters()
+        # The smallest image (width, height) that serves every model reading this source,
+        # kept current by whoever fans its frames out; a source that can decode smaller
+        # for less work (JPEG) may. None: whole frames are wanted.
+        self.wanted_size: tuple[int, int] | None = None
 
     def count(self, reason: str, n: int = 1) -> None:
         self.counters.add(reason, n)

@@ -1,5 +1,7 @@
 """Cameras and video through OpenCV: a V4L2 device, a video file (optionally looping), an
-RTSP or HTTP (MJPEG) stream through FFmpeg, or a GStreamer pipeline where OpenCV has it."""
+RTSP or HTTP (MJPEG) stream through FFmpeg, or a GStreamer pipeline where OpenCV has it.
+MJPEG input is taken as compressed frames and decoded here, at reduced scale when the
+models reading it want less than the whole frame."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import cv2
+import numpy as np
+import numpy.typing as npt
 from pydantic import Field, field_validator
 
 from edge_agent.config.local_only import LOCAL_ONLY
@@ -25,6 +28,7 @@ from edge_agent.sources.base import (
     SourceError,
     SourceUnusable,
 )
+from edge_agent.sources.jpeg import DecodeScale, decode, is_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class CameraConfig(SourceConfig):
         description='Pixel format to ask a device for, e.g. "MJPG" (more frames over USB 2).',
     )
     timeout_s: float = Field(10.0, gt=0, description="Stream URLs: open and read timeout.")
+    decode_scale: DecodeScale = "auto"
 
     @field_validator("device")
     @classmethod
@@ -70,6 +75,8 @@ class CameraConfig(SourceConfig):
 @functools.cache
 def gstreamer_available() -> bool:
     """What OpenCV's own build report says (the PyPI wheels are built without it)."""
+    import cv2
+
     match = re.search(r"^\s*GStreamer:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
     return match is not None and match.group(1).upper().startswith("YES")
 
@@ -115,6 +122,9 @@ class CameraSource(Source):
         self._cap: Any = None
         self._index = 0
         self._logged_size = False
+        # The capture hands out compressed MJPEG frames, decoded in read().
+        self._packets = False
+        self._factor = 1  # the last decode's scale, so a change is logged once
 
     @property
     def label(self) -> str:
@@ -128,6 +138,8 @@ class CameraSource(Source):
         self._cap = self._open_capture()
 
     def _open_capture(self) -> Any:
+        import cv2
+
         cfg, kind = self.cfg, self.kind
         device = cfg.device
         if kind == "gstreamer":
@@ -162,9 +174,48 @@ class CameraSource(Source):
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
             if cfg.height:
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        self._packets = cfg.decode_scale == "auto" and self._take_packets(cap)
         return cap
 
+    def _take_packets(self, cap: Any) -> bool:
+        """Asks the capture for compressed frames when it reads MJPEG: FFmpeg's raw mode
+        for files and streams, V4L2 without its conversion for a camera sending MJPG."""
+        import cv2
+
+        if int(cap.get(cv2.CAP_PROP_FOURCC)) != cv2.VideoWriter.fourcc(*"MJPG"):
+            return False  # H.264 and the like: only the capture can decode them
+        if self.kind in ("file", "url"):
+            return bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
+        if self.kind in ("index", "v4l2"):
+            return bool(cap.set(cv2.CAP_PROP_CONVERT_RGB, 0))
+        return False
+
+    def _decode(self, packet: npt.NDArray[Any]) -> Frame | None:
+        """A compressed frame to a Frame, at the scale the readers want; None (counted)
+        when it does not decode."""
+        if packet.ndim == 3:
+            return self._frame(packet)  # the backend decoded it after all
+        if not is_jpeg(packet):
+            return None
+        decoded = decode(packet, self.wanted_size)
+        if decoded is None:
+            return None
+        image, full = decoded.image, decoded.full_size
+        if decoded.factor != self._factor:
+            self._factor = decoded.factor
+            log.info(
+                "source %s: decoding at 1/%d scale (%dx%d) for models taking %s",
+                self.name,
+                decoded.factor,
+                image.shape[1],
+                image.shape[0],
+                "x".join(map(str, self.wanted_size or ())) or "whole frames",
+            )
+        return self._frame(image, full, packet if full is not None else None)
+
     def read(self) -> Frame | None:
+        import cv2
+
         failures = 0
         reopened = False
         while True:
@@ -190,15 +241,26 @@ class CameraSource(Source):
         if failures:
             # Reading went on after these failures: they were corrupt frames, not the end.
             self.count("corrupt_frames", failures)
-        meta: dict[str, Any] = {}
+        frame = self._decode(image) if self._packets else self._frame(image)
+        if frame is None:
+            self.count("corrupt_frames")  # a packet that does not decode: skipped
+            return None
         if not self.live:
-            meta["pos_ms"] = cap.get(cv2.CAP_PROP_POS_MSEC)
-        if not self._logged_size:
-            self._logged_size = True
-            log.info("source %s: %s gives %dx%d", self.name, self.label, *image.shape[1::-1])
-        frame = Frame(image, time.monotonic(), time.time(), self._index, meta)
+            frame.meta["pos_ms"] = cap.get(cv2.CAP_PROP_POS_MSEC)
         self._index += 1
         return frame
+
+    def _frame(
+        self,
+        image: npt.NDArray[Any],
+        full: tuple[int, int] | None = None,
+        jpeg: npt.NDArray[np.uint8] | None = None,
+    ) -> Frame:
+        if not self._logged_size:
+            self._logged_size = True
+            width, height = full or image.shape[1::-1]
+            log.info("source %s: %s gives %dx%d", self.name, self.label, width, height)
+        return Frame(image, time.monotonic(), time.time(), self._index, full_size=full, jpeg=jpeg)
 
     def close(self) -> None:
         if self._cap is not None:

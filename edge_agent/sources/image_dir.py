@@ -3,7 +3,8 @@ start, then new files as they are completed. A file is journaled under the state
 once its results are durable in the outbox, so a restart takes again only what had no
 stored result yet (at least once, never lost). Files that do not decode, links that lead
 nowhere, and images larger than max_pixels (judged from the header, before decoding) are
-moved aside."""
+moved aside. A JPEG is decoded at reduced scale when the models reading the folder take a
+small enough input."""
 
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Annotated, Literal
 
-import cv2
 import imagesize
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 
 from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.sources.base import Frame, Source, SourceConfig, SourceError
+from edge_agent.sources.jpeg import DecodeScale, decode, decode_full, is_jpeg
 from edge_agent.watch import DirectoryWatcher
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class ImageDirConfig(SourceConfig):
     scan_interval_s: float = Field(
         1.0, gt=0, description="Where inotify is missing: how often the directory is scanned."
     )
+    decode_scale: DecodeScale = "auto"
 
 
 class ImageDirSource(Source):
@@ -257,15 +260,31 @@ class ImageDirSource(Source):
             else:
                 self._reject(name, f"cannot be read ({err.strerror})")
             return None
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if image is None:
+        frame = self._decode(data)
+        if frame is None:
             self._reject(name, "does not decode as an image")
             return None
         self._processed.add(name)  # not taken again in this run
-        frame = Frame(image, time.monotonic(), time.time(), self._index, {"file": str(path)})
+        frame.meta["file"] = str(path)
         frame.on_durable = functools.partial(self._confirm, name)
         self._index += 1
         return frame
+
+    def _decode(self, data: npt.NDArray[np.uint8]) -> Frame | None:
+        """The file's image, reduced when it is a JPEG bigger than the models want; None
+        when it does not decode."""
+        full: tuple[int, int] | None = None
+        if self.cfg.decode_scale == "auto" and is_jpeg(data):
+            decoded = decode(data, self.wanted_size)
+            image = decoded.image if decoded is not None else None
+            full = decoded.full_size if decoded is not None else None
+        else:
+            image = decode_full(data)
+        if image is None:
+            return None
+        jpeg = data if full is not None else None  # kept for a whole-frame snapshot
+        now = time.monotonic(), time.time()
+        return Frame(image, *now, self._index, full_size=full, jpeg=jpeg)
 
     def _reject(self, name: str, why: str) -> None:
         self.count("rejected_files")
