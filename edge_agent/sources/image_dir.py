@@ -23,7 +23,6 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Annotated, Literal
 
-import imagesize
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
@@ -228,6 +227,10 @@ class ImageDirSource(Source):
                 self._enqueue(name)
 
     def _take(self, name: str) -> Frame | None:
+        # Here, not at the top: imagesize brings urllib and xml (about 8 MB), which an agent
+        # without an image folder never needs.
+        import imagesize
+
         path = self.cfg.path / name
         try:
             # One open file for the header check and the read: what is checked is what is
