@@ -306,7 +306,9 @@ class Sender:
                 retry = self._unmarked or self._unrefused
                 due = max(0.0, self._retry_at - time.monotonic()) if retry else None
                 self._to_mark.wait_for(lambda: self._stop or self._acked or self._refused, due)
-                if self._stop or self._changed.wait_for(lambda: self._stop, timeout=_SETTLE_S):
+                # On _to_mark, not _changed: the sender's wake-ups at every page of PUBACKs
+                # would wake this thread too, for nothing.
+                if self._stop or self._to_mark.wait_for(lambda: self._stop, timeout=_SETTLE_S):
                     return
             self._settle()
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from edge_agent.config.settings import ClassPolicy, OutboxSettings
 from edge_agent.counters import Counters
@@ -67,8 +67,10 @@ class Message:
     created: float
 
 
-@dataclass(frozen=True)
-class Stored:
+class Stored(NamedTuple):
+    """A row read for sending. A tuple: one is made for every message of a drain, at a
+    quarter of a frozen dataclass's cost."""
+
     seq: int
     id: str
     topic: str
@@ -341,7 +343,7 @@ class Outbox:
                 " ORDER BY priority, seq LIMIT ?",
                 (limit + len(exclude),),
             ).fetchall()
-        return [Stored(*row) for row in rows if row[0] not in exclude][:limit]
+        return [Stored._make(row) for row in rows if row[0] not in exclude][:limit]
 
     def pending_after(self, limit: int, after: dict[str, int]) -> list[Stored]:
         """Like pending(), but only rows past `after[class]` (the last seq the caller has
@@ -352,11 +354,13 @@ class Outbox:
                 if len(found) >= limit:
                     break
                 found.extend(
-                    Stored(*row)
-                    for row in self._db.execute(
-                        "SELECT seq, id, topic, payload, qos, class FROM messages"
-                        " WHERE state=0 AND priority=? AND seq>? ORDER BY seq LIMIT ?",
-                        (PRIORITY[cls], after.get(cls, 0), limit - len(found)),
+                    map(
+                        Stored._make,
+                        self._db.execute(
+                            "SELECT seq, id, topic, payload, qos, class FROM messages"
+                            " WHERE state=0 AND priority=? AND seq>? ORDER BY seq LIMIT ?",
+                            (PRIORITY[cls], after.get(cls, 0), limit - len(found)),
+                        ),
                     )
                 )
         return found
