@@ -120,6 +120,35 @@ def proc_status(pid: int) -> dict[str, int]:
     return found
 
 
+# Where resident pages go, by mapping: /proc/PID/smaps paths matched in this order.
+PARTS = (
+    ("OpenCV (cv2 and its bundled libs)", ("cv2/", "opencv_python")),
+    ("LiteRT", ("ai_edge_litert", "tflite_runtime")),
+    ("numpy", ("numpy",)),
+    ("pydantic-core", ("pydantic_core",)),
+    ("Python", ("libpython",)),
+    ("heap (malloc: Python objects, SQLite, LiteRT)", ("[heap]",)),
+    ("anonymous (Python arenas, arrays, tensors, stacks)", ("[anon]", "[stack")),
+)
+
+
+def breakdown(pid: int) -> dict[str, int]:
+    """Resident kB of `pid` by PARTS; the rest as "other libraries"."""
+    parts: dict[str, int] = dict.fromkeys([name for name, _ in PARTS], 0)
+    parts["other libraries"] = 0
+    where = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            where = fields[5] if len(fields) > 5 else "[anon]"
+        elif fields and fields[0] == "Rss:":
+            name = next(
+                (n for n, keys in PARTS if any(k in where for k in keys)), "other libraries"
+            )
+            parts[name] += int(fields[1])
+    return parts
+
+
 def measure(command: list[str], env: dict[str, str], seconds: float) -> dict[str, Any]:
     """Start to the first stdout line, then /proc figures after `seconds`."""
     started = time.perf_counter()
@@ -135,7 +164,11 @@ def measure(command: list[str], env: dict[str, str], seconds: float) -> dict[str
     # Keep reading so the pipe never blocks the process.
     threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
     time.sleep(seconds)
-    figures: dict[str, Any] = {"first_result_s": first, **proc_status(proc.pid)}
+    figures: dict[str, Any] = {
+        "first_result_s": first,
+        **proc_status(proc.pid),
+        "breakdown_kb": breakdown(proc.pid),
+    }
     proc.send_signal(2)
     try:
         proc.wait(15)
@@ -212,6 +245,15 @@ def report(results: dict[str, Any], seconds: float) -> None:
             f"{name:<9}{'start to first result [s]':<26}{agent['first_result_s']:>10.2f}"
             f"{naive['first_result_s']:>10.2f}{'<= 0.5' if name == 'default' else '':>10}"
         )
+    print("\nresident memory by mapping [MB], agent (naive)")
+    names = list(next(iter(results.values()))["agent"]["breakdown_kb"])
+    print(f"{'':<52}" + "".join(f"{name:>18}" for name in results))
+    for part in names:
+        cells = ""
+        for pair in results.values():
+            agent_kb, naive_kb = (pair[who]["breakdown_kb"][part] for who in ("agent", "naive"))
+            cells += f"{agent_kb / 1024:>9.1f} ({naive_kb / 1024:>5.1f})"
+        print(f"{part:<52}{cells}")
 
 
 def main() -> int:
