@@ -4,11 +4,13 @@ one thread, slower than the file decodes, with drop_oldest and with wait, altern
 run. Throughput is results per second from the first result to the last.
 
     .venv/bin/python scripts/bench_lossless.py [--frames 300] [--repeats 3] [--queue-size 1]
+        [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--queue-size", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="one JSON object of the figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -90,8 +93,12 @@ def main() -> None:
             for mode in rates:
                 rate, dropped = run(video, work, mode, args.frames, args.queue_size)
                 rates[mode].append(rate)
-                print(f"run {i + 1} {mode:11}: {rate:7.1f} results/s, dropped {dropped}")
+                if not args.json:
+                    print(f"run {i + 1} {mode:11}: {rate:7.1f} results/s, dropped {dropped}")
     drop, wait = (statistics.median(rates[m]) for m in ("drop_oldest", "wait"))
+    if args.json:
+        print(json.dumps({"runs": rates, "drop_oldest": drop, "wait": wait}))
+        return
     print(f"median: drop_oldest {drop:.1f}, wait {wait:.1f} results/s; wait/drop {wait / drop:.3f}")
 
 
