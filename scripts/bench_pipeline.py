@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
 """Pipeline benchmark: the agent's figures beside their baselines, measured in one run.
 
-    .venv/bin/python scripts/bench_pipeline.py [--frames 900] [--soak-s 60]
+    .venv/bin/python scripts/bench_pipeline.py [--frames 900] [--soak-s 20] [--json]
 
 On MobileNetV2 int8 and a 640x480 MJPEG video file:
 - the CPU ceiling: each stage a frame needs (decode, resize+quantize, invoke, top-5) timed
   alone in CPU seconds; cores / (sum per frame) is the most frames/s the machine can do;
 - a naive sequential loop (read, resize, quantize, invoke, top-5, JSON line), the obvious way;
 - the agent's pipeline on the same file: throughput against both;
+- `edge-agent run` as a process on the same file, lossless (on_full = "wait"), results to a
+  JSON-lines file: its throughput against the naive loop's;
 - pre-made tensors through the pipeline against the bare invoke() loop: the pipeline's cost;
-- p99 latency (frame read to hand-off) with the source paced at half the pipeline's capacity,
-  against the sum of the stages timed alone;
+- p99 latency (frame read to hand-off, through the real outbox writer) with the source paced
+  at half the pipeline's capacity, against the sum of the stages' own p99s in the same run
+  (capture, preprocess, infer, decode, handoff; the queue wait is shown, not summed: it is
+  part of the tail being measured);
 - `edge-agent run` as a process: start to first result, peak RSS, RSS over --soak-s seconds.
+
+--json prints one JSON object with every figure and its baseline instead of the table.
 """
 
 from __future__ import annotations
@@ -217,10 +223,10 @@ def tensors_vs_bare(state: Path, threads: int, count: int) -> tuple[float, float
 def paced_latency(
     video: Path, state: Path, fps: float, threads: int, replicas: int
 ) -> dict[str, Any]:
+    """Stage and total latencies with the source paced at `fps`, results through the
+    agent's own sink (the outbox writer), as a deployed agent hands them off."""
     source = {"kind": "camera", "device": str(video), "fps": fps, "loop": False}
-    settings = agent_settings(state, source, threads, 4, replicas)
-    sink = CountingSink(10**9)
-    agent = Agent(settings, sink=sink)
+    agent = Agent(agent_settings(state, source, threads, 4, replicas))
     agent.start()
     hub = agent.hubs["s"]
     while hub.runner.state.value not in ("ended", "failed"):
@@ -230,17 +236,74 @@ def paced_latency(
     return agent.pipelines["p"].stats.snapshot()
 
 
+WORK_STAGES = ("capture", "preprocess", "infer", "decode", "handoff")
+
+
+def run_config(state: Path, body: str) -> Path:
+    state.mkdir(parents=True, exist_ok=True)
+    config = state / "run.toml"
+    config.write_text(f'[device]\nid = "bench"\nstate_dir = "{state}"\n{body}')
+    return config
+
+
+def process_throughput(video: Path, frames: int, state: Path, threads: int, replicas: int) -> float:
+    """`edge-agent run` on the file, every frame inferred (on_full = "wait"), results to a
+    JSON-lines file: results per second from the first frame's capture to the last line."""
+    results = state / "results.jsonl"
+    config = run_config(
+        state,
+        f"""
+[models.m]
+path = "{MODEL}"
+threads = {threads}
+replicas = {replicas}
+[sources.s]
+kind = "camera"
+device = "{video}"
+[pipelines.p]
+source = "s"
+model = "m"
+on_full = "wait"
+[output]
+jsonl = "{results}"
+[logging]
+level = "warning"
+status_interval_s = 0
+""",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    count, last, read = 0, 0.0, 0
+    deadline = time.monotonic() + 300
+    try:
+        # Only what was appended since the last look: polling must not compete for the CPU.
+        while count < frames and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+            if results.exists():
+                with results.open("rb") as f:
+                    f.seek(read)
+                    more = f.read()
+                read += len(more)
+                if more.count(b"\n"):
+                    count, last = count + more.count(b"\n"), time.time()
+    finally:
+        proc.send_signal(2)
+        proc.wait(10)
+    first = json.loads(results.open().readline())["ts"]  # wall time of frame 0's capture
+    return count / (last - first)
+
+
 def process_figures(video: Path, state: Path, soak_s: float) -> dict[str, float]:
     """`edge-agent run` as a process: start to first result, RSS over time."""
     import psutil
 
-    state.mkdir(parents=True, exist_ok=True)
-    config = state / "run.toml"
-    config.write_text(
+    config = run_config(
+        state,
         f"""
-[device]
-id = "bench"
-state_dir = "{state}"
 [models.m]
 path = "{MODEL}"
 threads = 1
@@ -257,7 +320,7 @@ jsonl = "-"
 [logging]
 level = "warning"
 status_interval_s = 0
-"""
+""",
     )
     started = time.perf_counter()
     proc = subprocess.Popen(
@@ -289,18 +352,30 @@ status_interval_s = 0
     }
 
 
-def row(label: str, value: str, baseline: str = "", ratio: str = "", target: str = "") -> None:
-    print(f"{label:<46}{value:>12}{baseline:>12}{ratio:>8}  {target}")
+def figure(value: float, baseline: float | None, target: str, unit: str) -> dict[str, Any]:
+    ratio = value / baseline if baseline else None
+    return {"value": value, "baseline": baseline, "ratio": ratio, "target": target, "unit": unit}
+
+
+def row(label: str, f: dict[str, Any]) -> None:
+    def num(x: float | None) -> str:
+        if x is None:
+            return ""
+        return f"{x:.1%}" if f["unit"] == "share" else f"{x:.2f}" if x < 10 else f"{x:.0f}"
+
+    ratio = "" if f["ratio"] is None else f"{f['ratio']:.2f}"
+    print(f"{label:<50}{num(f['value']):>10}{num(f['baseline']):>10}{ratio:>8}  {f['target']}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=900)
-    parser.add_argument("--soak-s", type=float, default=60.0, help="RSS watch (600: 10 min)")
+    parser.add_argument("--soak-s", type=float, default=20.0, help="RSS watch (600: 10 min)")
     parser.add_argument(
         "--threads", type=int, default=1, help="interpreter threads in the pipeline"
     )
     parser.add_argument("--replicas", type=int, default=2, help="interpreters in the pipeline")
+    parser.add_argument("--json", action="store_true", help="one JSON object, every figure")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -313,9 +388,41 @@ def main() -> int:
         ceiling = CORES / per_frame
         naive = naive_loop(video, work / "naive.jsonl")
         pipeline, _ = pipeline_on_file(video, args.frames, work / "s1", args.threads, args.replicas)
+        process = process_throughput(video, args.frames, work / "s5", args.threads, args.replicas)
         tensor_runs = {t: tensors_vs_bare(work / f"s2-{t}", t, 1000) for t in (1, 2)}
         stats = paced_latency(video, work / "s3", pipeline / 2, args.threads, args.replicas)
         proc = process_figures(video, work / "s4", args.soak_s)
+
+    latency = stats["latency_ms"]
+    stage_p99 = {stage: latency[stage]["p99"] for stage in (*WORK_STAGES, "queue")}
+    summed = sum(stage_p99[stage] for stage in WORK_STAGES)
+    figures = {
+        "pipeline_vs_ceiling": figure(pipeline, ceiling, ">= 0.95", "fps"),
+        "pipeline_vs_naive": figure(pipeline, naive, ">= 1.4", "fps"),
+        "process_vs_naive": figure(process, naive, ">= 1.8", "fps"),
+        **{
+            f"tensors_vs_bare_{t}thr": figure(tensor_fps, bare_fps, ">= 0.97", "fps")
+            for t, (tensor_fps, bare_fps) in tensor_runs.items()
+        },
+        "p99_vs_stage_p99s": figure(latency["total"]["p99"], summed, "<= 1.3", "ms"),
+        "first_result_s": figure(proc["first_result_s"], None, "< 1", "s"),
+        "peak_rss_mb": figure(proc["peak_rss_mb"], None, "< 150", "MB"),
+        "rss_drift": figure(proc["rss_drift"], None, "<= 5%", "share"),
+    }
+    if args.json:
+        report = {
+            "frames": args.frames,
+            "cores": CORES,
+            "threads": args.threads,
+            "replicas": args.replicas,
+            "soak_s": args.soak_s,
+            "stage_cpu_ms": {k: v * 1000 for k, v in costs.items()},
+            "paced_fps": pipeline / 2,
+            "latency_ms": latency,
+            "figures": figures,
+        }
+        print(json.dumps(report))
+        return 0
 
     print(f"MobileNetV2 int8, 640x480 MJPEG file of {args.frames} frames, {CORES} cores\n")
     print(
@@ -323,48 +430,25 @@ def main() -> int:
         + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in costs.items())
     )
     print(f"CPU ceiling: {CORES} cores / {per_frame * 1000:.2f} ms = {ceiling:.0f} frames/s\n")
-    row("figure", "agent", "baseline", "ratio", "target")
+    print(f"{'figure':<50}{'agent':>10}{'baseline':>10}{'ratio':>8}  target")
+    row("pipeline throughput vs CPU ceiling [fps]", figures["pipeline_vs_ceiling"])
+    row("pipeline throughput vs naive loop [fps]", figures["pipeline_vs_naive"])
+    row("`edge-agent run` process vs naive loop [fps]", figures["process_vs_naive"])
+    for t in tensor_runs:
+        row(f"pre-made tensors vs bare invoke(), {t} thr [fps]", figures[f"tensors_vs_bare_{t}thr"])
     row(
-        "pipeline throughput vs CPU ceiling [fps]",
-        f"{pipeline:.0f}",
-        f"{ceiling:.0f}",
-        f"{pipeline / ceiling:.2f}",
-        ">= 0.85",
+        f"p99 read-to-hand-off at {pipeline / 2:.0f} fps vs sum of stage p99s [ms]",
+        figures["p99_vs_stage_p99s"],
     )
-    row(
-        "pipeline throughput vs naive loop [fps]",
-        f"{pipeline:.0f}",
-        f"{naive:.0f}",
-        f"{pipeline / naive:.2f}",
-        ">= 1.4",
+    row("process start to first result [s]", figures["first_result_s"])
+    row("peak RSS [MB]", figures["peak_rss_mb"])
+    row(f"RSS drift over {args.soak_s:.0f} s (max-min)/start", figures["rss_drift"])
+    print(
+        "\np99 by stage [ms]: "
+        + ", ".join(f"{stage} {p99:.2f}" for stage, p99 in stage_p99.items())
+        + f" (summed without queue: {summed:.2f}); total {latency['total']['p99']:.2f}"
     )
-    for threads, (tensor_fps, bare_fps) in tensor_runs.items():
-        row(
-            f"pre-made tensors vs bare invoke(), {threads} thr [fps]",
-            f"{tensor_fps:.0f}",
-            f"{bare_fps:.0f}",
-            f"{tensor_fps / bare_fps:.2f}",
-            ">= 0.95",
-        )
-    p99 = stats["latency_ms"]["total"]["p99"]
-    alone = (costs["decode"] + costs["preprocess"] + costs["invoke"] + costs["top5"]) * 1000
-    row(
-        f"p99 read-to-hand-off at {pipeline / 2:.0f} fps [ms]",
-        f"{p99:.1f}",
-        f"{alone:.1f}",
-        f"{p99 / alone:.2f}",
-        "<= 1.5",
-    )
-    row("process start to first result [s]", f"{proc['first_result_s']:.2f}", "", "", "< 1")
-    row("peak RSS [MB]", f"{proc['peak_rss_mb']:.0f}", "", "", "< 150")
-    row(
-        f"RSS drift over {args.soak_s:.0f} s (max-min)/start",
-        f"{proc['rss_drift']:.1%}",
-        "",
-        "",
-        "<= 5%",
-    )
-    print(f"\nlatency p50/p95/p99 by stage [ms]: {json.dumps(stats['latency_ms'])}")
+    print(f"latency p50/p95/p99 by stage [ms]: {json.dumps(latency)}")
     return 0
 
 

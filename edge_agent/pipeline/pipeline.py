@@ -1,5 +1,5 @@
 """One pipeline: a source's frames, gated and preprocessed on the source's thread, inferred
-on the model's thread, decoded and handed off as results."""
+on the model's threads, decoded and handed off as results on the model's finishing thread."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from edge_agent.pipeline.jobs import Job, Producer
 from edge_agent.pipeline.stats import PipelineStats
 from edge_agent.pipeline.worker import InferenceWorker
 from edge_agent.runtime.decoders import DecoderImportError
-from edge_agent.runtime.model import LoadedModel
+from edge_agent.runtime.model import LoadedModel, ModelInfo
 from edge_agent.runtime.predictor import Predictor
 from edge_agent.runtime.preprocess import Geometry
 from edge_agent.sinks import ResultSink
@@ -55,6 +55,7 @@ class Pipeline:
         self._cache = ResultCache(settings.cache.size) if settings.cache.enabled else None
         # (predictor, generation): replaced whole, so a reader sees one or the other.
         self._prepared: tuple[Predictor, int] | None = None
+        self._ref: tuple[ModelInfo, ModelRef] | None = None  # the model named in results
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -142,7 +143,7 @@ class Pipeline:
         """Makes an on_frame() waiting for room look at its producer's stopping again."""
         self.worker.queue.wake_producers()
 
-    # The model's thread ------------------------------------------------------------------
+    # The model's threads -----------------------------------------------------------------
 
     def reprepare(self, job: Job, generation: int) -> None:
         prepared = self._prepared
@@ -172,7 +173,8 @@ class Pipeline:
                     exc,
                 )
             return
-        job.timings["decode"] = time.perf_counter() - started
+        # Added to the dequantizing the worker timed before.
+        job.timings["decode"] = job.timings.get("decode", 0.0) + time.perf_counter() - started
         mask = getattr(decoder, "last_mask", None)
         if mask is not None:
             self.last_mask = (mask, job.geometry)
@@ -201,15 +203,20 @@ class Pipeline:
         )
         self.sink.put(payload, frame.on_durable)
         self.last_result = payload
-        job.timings["handoff"] = time.perf_counter() - started
-        read_started = _perf_from_monotonic(frame.captured, started) - frame.read_s
-        job.timings["total"] = time.perf_counter() - read_started
+        ended = time.perf_counter()
+        job.timings["handoff"] = ended - started
+        # From the start of the frame's read: both clocks taken now, so nothing counts twice.
+        job.timings["total"] = time.monotonic() - frame.captured + frame.read_s
         self.stats.record(job.timings)
 
-    @staticmethod
-    def _model_ref(model: LoadedModel) -> ModelRef:
+    def _model_ref(self, model: LoadedModel) -> ModelRef:
+        """The same ModelRef for every result of one model (replicas share their info)."""
         info = model.info
-        return ModelRef.model_construct(name=info.name, version=info.version, sha256=info.sha256)
+        cached = self._ref
+        if cached is None or (cached[0] is not info and cached[0] != info):
+            ref = ModelRef.model_construct(name=info.name, version=info.version, sha256=info.sha256)
+            cached = self._ref = (info, ref)
+        return cached[1]
 
     def snapshot(self) -> dict[str, Any]:
         prepared = self._prepared
@@ -221,8 +228,3 @@ class Pipeline:
             "model": model.info.name if model else None,
             "delegate": model.delegate if model else None,
         }
-
-
-def _perf_from_monotonic(monotonic_ts: float, perf_now: float) -> float:
-    """A time.monotonic() stamp on the perf_counter() scale (both steady clocks)."""
-    return perf_now - (time.monotonic() - monotonic_ts)

@@ -1,16 +1,20 @@
 """The inference threads of one model, shared by every pipeline that uses the model: they
-batch those pipelines' frames, invoke, decode and hand results off. Each replica is an
-interpreter of its own on a thread of its own; only that thread touches it, so a model
-swap waits until every replica is between two batches."""
+batch those pipelines' frames and invoke; one finishing thread dequantizes, decodes and hands
+results off meanwhile, so an interpreter waits on no Python work between two invokes. Each
+replica is an interpreter of its own on a thread of its own; only that thread touches it, so
+a model swap waits until every replica is between two batches and every result is out."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent.config.settings import BatchSettings
 from edge_agent.counters import Counters
@@ -19,6 +23,10 @@ from edge_agent.pipeline.stats import Window
 from edge_agent.runtime.model import LoadedModel
 
 log = logging.getLogger(__name__)
+
+# A batch invoked, waiting for the finishing thread: its jobs, the raw outputs (copies, not
+# the interpreter's buffers), the replica that ran it, when it was handed over.
+_Done = tuple[list[Job], list[npt.NDArray[Any]], LoadedModel, float]
 
 
 class InferenceWorker:
@@ -36,10 +44,22 @@ class InferenceWorker:
         # When each replica's current batch began (None: idle): the watchdog's health check
         # finds an inference that never returns.
         self.busy_since: list[float | None] = [None] * len(replicas)
+        self.finishing_since: float | None = None  # the same for the finishing thread
+        self._done: deque[_Done] = deque()
+        self._unfinished = 0  # batches handed to the finishing thread, not yet finished
+        # One per replica keeps every interpreter busy while the last batch is decoded; a
+        # decoder that hangs then holds the interpreters up, so frames wait in the job queue
+        # (dropped or waited for as on_full says), not here without bound.
+        self._max_unfinished = len(replicas)
+        self._finisher_stop = False
         self._pipelines: dict[str, JobOwner] = {}
         self._pending: list[LoadedModel] | None = None
         self._parked = 0
-        self._swap_done = threading.Condition()
+        # One lock for both: a swap waits for the finishing thread while swap() can still
+        # time out and withdraw it.
+        swap_lock = threading.Lock()
+        self._swap_done = threading.Condition(swap_lock)
+        self._done_ready = threading.Condition(swap_lock)
         self._lock = threading.Lock()
         self._threads = [
             threading.Thread(
@@ -50,6 +70,9 @@ class InferenceWorker:
             )
             for i in range(len(replicas))
         ]
+        self._finisher = threading.Thread(
+            target=self._finish_all, name=f"finish-{name}", daemon=True
+        )
 
     @property
     def model(self) -> LoadedModel:
@@ -67,6 +90,7 @@ class InferenceWorker:
     # Called from other threads ---------------------------------------------------------
 
     def start(self) -> None:
+        self._finisher.start()
         for thread in self._threads:
             thread.start()
 
@@ -100,6 +124,7 @@ class InferenceWorker:
             self._pending = None
             self._parked = 0
             self._swap_done.notify_all()
+            self._done_ready.notify_all()
             return False
 
     def submit(
@@ -109,13 +134,16 @@ class InferenceWorker:
         return self.queue.put(job, capacity, give_up)
 
     def stuck_for(self) -> float:
-        """Seconds the longest-running batch has been in the interpreter (0: none)."""
+        """Seconds the longest-running batch has been in the interpreter or its decoder
+        (0: none)."""
         now = time.monotonic()
-        return max((now - t for t in self.busy_since if t is not None), default=0.0)
+        since = [*self.busy_since, self.finishing_since]
+        return max((now - t for t in since if t is not None), default=0.0)
 
     @property
     def alive(self) -> bool:
-        return all(t.is_alive() for t in self._threads) or self.queue.closed
+        threads = [*self._threads, self._finisher]
+        return all(t.is_alive() for t in threads) or self.queue.closed
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finishes what is queued, then ends the threads."""
@@ -124,6 +152,11 @@ class InferenceWorker:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        with self._done_ready:
+            self._finisher_stop = True
+            self._done_ready.notify_all()
+        if self._finisher.is_alive():
+            self._finisher.join(max(0.0, deadline - time.monotonic()))
 
     # The inference threads -------------------------------------------------------------
 
@@ -154,6 +187,10 @@ class InferenceWorker:
                 return
             self._parked += 1
             if self._parked == len(self.replicas):
+                # Results of the old model are decoded by the decoder made for it.
+                self._done_ready.wait_for(lambda: self._unfinished == 0 or self._pending is None)
+                if self._pending is None:
+                    return  # withdrawn: not finished in time
                 self._apply_swap(self._pending)
                 self._pending = None
                 self._parked = 0
@@ -180,10 +217,54 @@ class InferenceWorker:
         samples = [job.sample for job in jobs]
         batch = samples[0][None] if len(samples) == 1 else np.stack(samples)
         raw = model.run(batch)
-        outputs = model.dequantize(raw)
-        infer_s = clock() - started
+        ended = clock()
+        infer_s = ended - started
         self.counts.add("invokes")
         self.infer_times.add(infer_s / len(jobs))
-        for i, job in enumerate(jobs):
+        for job in jobs:
             job.timings["infer"] = infer_s
+        with self._done_ready:
+            self._done_ready.wait_for(
+                lambda: self._unfinished < self._max_unfinished or self._finisher_stop
+            )
+            self._done.append((jobs, raw, model, ended))
+            self._unfinished += 1
+            self._done_ready.notify_all()
+
+    # The finishing thread --------------------------------------------------------------
+
+    def _finish_all(self) -> None:
+        while True:
+            with self._done_ready:
+                while not self._done and not self._finisher_stop:
+                    self._done_ready.wait()
+                if not self._done:
+                    return
+                done = self._done.popleft()
+            jobs = done[0]
+            self.finishing_since = time.monotonic()
+            try:
+                self._finish(*done)
+            except Exception:  # one bad batch must not end the thread
+                self.counts.add("errors")
+                log.exception("model %s: decoding failed on a batch of %d", self.name, len(jobs))
+                for job in jobs:
+                    job.pipeline.stats.count("errors")
+            finally:
+                self.finishing_since = None
+                with self._done_ready:
+                    self._unfinished -= 1
+                    self._done_ready.notify_all()
+
+    @staticmethod
+    def _finish(
+        jobs: list[Job], raw: list[npt.NDArray[Any]], model: LoadedModel, handed: float
+    ) -> None:
+        started = time.perf_counter()
+        outputs = model.dequantize(raw)
+        dequantized = time.perf_counter()
+        for i, job in enumerate(jobs):
+            # The wait for this thread is queueing too; dequantizing is part of decoding.
+            job.timings["queue"] += started - handed
+            job.timings["decode"] = dequantized - started
             job.pipeline.finish(job, [out[i] for out in outputs], model)
