@@ -102,11 +102,14 @@ def test_a_stop_while_the_source_waits_for_room_ends_within_2_s(
     agents.append(agent)
     assert blocking_decoder.HELD.wait(10)
     stats = agent.pipelines["clip"].stats
-    # One frame in the decoder, one inferred and waiting for it, one queued, one waiting
-    # for room.
-    wait_until(lambda: stats.frames == 4, what="the source waiting for room")
+    # One frame in the decoder, one queued, one waiting for room; one more inferred and
+    # waiting for the decoder when the first went to the model's finishing thread.
+    wait_until(lambda: stats.frames >= 3, what="the source waiting for room")
     time.sleep(0.3)
-    assert stats.frames == 4  # it waits: nothing read, nothing dropped
+    held = stats.frames
+    assert held in (3, 4)
+    time.sleep(0.3)
+    assert stats.frames == held  # it waits: nothing read, nothing dropped
     assert stats.dropped == 0
     runner = agent.hubs["clip"].runner
     started = time.monotonic()

@@ -1,6 +1,7 @@
 """The inference threads of one model, shared by every pipeline that uses the model: they
-batch those pipelines' frames and invoke; one finishing thread dequantizes, decodes and hands
-results off meanwhile, so an interpreter waits on no Python work between two invokes. Each
+batch those pipelines' frames and invoke. While frames wait, one finishing thread dequantizes,
+decodes and hands results off meanwhile, so an interpreter waits on no Python work between two
+invokes; when none waits, the inference thread finishes its batch itself. Each
 replica is an interpreter of its own on a thread of its own; only that thread touches it, so
 a model swap waits until every replica is between two batches and every result is out."""
 
@@ -223,6 +224,12 @@ class InferenceWorker:
         self.infer_times.add(infer_s / len(jobs))
         for job in jobs:
             job.timings["infer"] = infer_s
+        if not len(self.queue) and not self._unfinished:
+            # Nothing waits for this interpreter: finishing here costs no throughput, and a
+            # hand-off would add a thread's wake-up to the result's latency. Not while the
+            # finishing thread holds an earlier batch: results keep their order.
+            self._finish(jobs, raw, model, ended)
+            return
         with self._done_ready:
             self._done_ready.wait_for(
                 lambda: self._unfinished < self._max_unfinished or self._finisher_stop
