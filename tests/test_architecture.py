@@ -23,6 +23,7 @@ KNOWN_PRIVATE: list[str] = []
 THIRD_PARTY = {
     "_get_ops_details": "LiteRT and tflite-runtime list a graph's ops only this way",
     "_Environ": "the type of os.environ, for a type hint",
+    "_make": "a NamedTuple's documented constructor from an iterable",
 }
 
 
