@@ -2,13 +2,15 @@
 """Drain benchmark: the outbox drained to a local Mosquitto by the agent's sender, against
 raw paho QoS 1 publishing of the same payloads to the same broker, in the same run.
 
-    .venv/bin/python scripts/bench_link.py [--count 30000] [--rss-count 100000] [--json]
+    .venv/bin/python scripts/bench_link.py [--count 30000] [--rss-count 100000]
+        [--protocol 5|3.1.1] [--json]
 
 Raw paho is run at each in-flight window of --windows (its speed depends on the window: at
 500 it walks every unacknowledged message at each PUBACK) and the agent is compared with
 its best window. Raw and agent runs are taken in turns, --repeats times; each figure is the
 median of its runs. CPU per message (this process only, the broker left out) is given
-beside each rate: on a busy machine it varies less than the rate does.
+beside each rate: on a busy machine it varies less than the rate does. Both speak the same
+MQTT version (--protocol; MQTT 5's PUBACKs cost paho more Python time to decode).
 
 After those, one drain of --rss-count rows (0: none) reports the process's RSS at its
 start, its peak and its end.
@@ -112,7 +114,13 @@ def raw_paho(port: int, payloads: list[bytes], window: int, v5: bool = True) -> 
     return raw_run(port, payloads, window, v5).rate
 
 
-def agent_drain(port: int, payloads: list[bytes], folder: Path, window: int | None = None) -> Run:
+def agent_drain(
+    port: int,
+    payloads: list[bytes],
+    folder: Path,
+    window: int | None = None,
+    protocol: str = "5",
+) -> Run:
     """The outbox filled with `payloads`, then drained by the sender with the default
     settings (`window`: another mqtt.inflight)."""
     box = Outbox(folder / "outbox.db", OutboxSettings())
@@ -125,7 +133,7 @@ def agent_drain(port: int, payloads: list[bytes], folder: Path, window: int | No
             ]
         )
     extra = {} if window is None else {"inflight": window}
-    settings = MqttSettings(enabled=True, port=port, client_id="agent", **extra)
+    settings = MqttSettings(enabled=True, port=port, client_id="agent", protocol=protocol, **extra)
     link = MqttLink(settings, "bench", lambda: {})
     sender = Sender(box, link, settings)
     process = psutil.Process()
@@ -168,6 +176,7 @@ def payloads_of(count: int) -> list[bytes]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     windows = [int(w) for w in args.windows.split(",")]
+    v5 = args.protocol == "5"
     payloads = payloads_of(args.count)
     raws: dict[int, list[Run]] = {w: [] for w in windows}
     drains: list[Run] = []
@@ -178,15 +187,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             # In turns, so a busy moment of the machine falls on all alike.
             for i in range(args.repeats):
                 for window in windows:
-                    raws[window].append(raw_run(port, payloads, window))
+                    raws[window].append(raw_run(port, payloads, window, v5))
                 folder = Path(tmp) / f"run{i}"
                 folder.mkdir()
-                drains.append(agent_drain(port, payloads, folder, args.window))
+                drains.append(agent_drain(port, payloads, folder, args.window, args.protocol))
             if args.rss_count:
                 del payloads
                 folder = Path(tmp) / "rss"
                 folder.mkdir()
-                rss = agent_drain(port, payloads_of(args.rss_count), folder, args.window)
+                rss = agent_drain(
+                    port, payloads_of(args.rss_count), folder, args.window, args.protocol
+                )
         finally:
             broker.terminate()
             broker.wait(5)
@@ -196,6 +207,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "count": args.count,
         "payload_bytes": len(PAYLOAD),
+        "protocol": args.protocol,
         "repeats": args.repeats,
         "agent_window": args.window or MqttSettings().inflight,
         "agent_msg_s": round(drain),
@@ -220,7 +232,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
-    print(f"{r['count']} messages of {r['payload_bytes']} bytes, QoS 1, local Mosquitto;")
+    print(
+        f"{r['count']} messages of {r['payload_bytes']} bytes, QoS 1, MQTT {r['protocol']},"
+        " local Mosquitto;"
+    )
     print(f"median of {r['repeats']} runs each, in turns\n")
     print("raw paho by in-flight window [msg/s]:")
     for window, rate in r["raw_sweep_msg_s"].items():
@@ -251,6 +266,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, taken in turns")
     parser.add_argument(
         "--rss-count", type=int, default=100_000, help="rows of the RSS drain (0: none)"
+    )
+    parser.add_argument(
+        "--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version of both sides"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()

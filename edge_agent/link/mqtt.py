@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,10 @@ _UNSUPPORTED_PROTOCOL = 0x84
 # CONNACK reason codes of an MQTT 5 broker refusing our Will as it was: retained, or QoS 1.
 _RETAIN_NOT_SUPPORTED = 0x9A
 _QOS_NOT_SUPPORTED = 0x9B
+
+# QoS 1 messages of the parts other than the sender (status, replies, transfer requests)
+# that may wait for their PUBACK beside the sender's full window.
+_OTHERS_IN_FLIGHT = 1000
 
 OnAck = Callable[[int], None]
 """Told the PUBACK's reason code (0 delivered, >= 0x80 refused) of one message."""
@@ -158,9 +163,10 @@ class MqttLink:
         )
         # Our sender bounds what is in flight, so paho's own window is off (0): with one
         # set, paho walks every unacknowledged message at each PUBACK, which at a window
-        # of 500 cost a fifth of a drain's throughput. Its queue bound stays, as a guard.
+        # of 500 cost a fifth of a drain's throughput. Its queue bound stays, as a guard,
+        # with room beside a full window for the other parts' publishes (the status).
         client.max_inflight_messages_set(0)
-        client.max_queued_messages_set(s.inflight)
+        client.max_queued_messages_set(s.inflight + _OTHERS_IN_FLIGHT)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -222,6 +228,16 @@ class MqttLink:
         if reason is not None and on_ack is not None:
             on_ack(reason)
         return info.mid
+
+    def holding_acks(self) -> AbstractContextManager[Any]:
+        """Held by a thread around a run of publishes: paho's network thread takes this
+        lock (paho's own) for every PUBACK and a publish holds it through its socket write,
+        so without it the two threads hand the lock over at nearly every message. The
+        PUBACKs that come meanwhile wait in the socket and are taken together after the
+        run. Hold it briefly (a page of publishes, no sleeping): other publishers and the
+        acknowledgements wait on it."""
+        lock: AbstractContextManager[Any] = self._client._out_message_mutex
+        return lock
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Messages on topics matching `topic_filter` go to `handler` (paho's network

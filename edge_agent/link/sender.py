@@ -206,12 +206,20 @@ class Sender:
                 with self._changed:
                     self._idle = True  # until new rows are committed (wake) or a timeout
                 continue
+            if not self.rate:
+                # paho's lock handed over once a page, not at every message; the PUBACKs
+                # that come meanwhile are taken after it. (Our lock is taken inside paho's,
+                # as on paho's thread when it hands a PUBACK over.)
+                with self.link.holding_acks():
+                    for row in rows:
+                        if not self._publish(row, epoch):
+                            break
+                continue
             for row in rows:
-                if self.rate:
-                    delay = next_send - time.monotonic()
-                    if delay > 0 and self._wait(delay):
-                        return
-                    next_send = max(next_send + 1 / self.rate, time.monotonic())
+                delay = next_send - time.monotonic()
+                if delay > 0 and self._wait(delay):
+                    return
+                next_send = max(next_send + 1 / self.rate, time.monotonic())
                 if not self._publish(row, epoch):
                     break
 
