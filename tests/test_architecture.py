@@ -24,6 +24,8 @@ THIRD_PARTY = {
     "_get_ops_details": "LiteRT and tflite-runtime list a graph's ops only this way",
     "_Environ": "the type of os.environ, for a type hint",
     "_make": "a NamedTuple's documented constructor from an iterable",
+    "_out_message_mutex": "paho's outbound lock, held around a page of publishes so their "
+    "PUBACKs are handled together (link/mqtt.py: holding_acks)",
 }
 
 
