@@ -55,7 +55,7 @@ def main() -> int:
                     raws.append(raw_paho(broker.port, payloads, args.window, name == "mosquitto"))
                     run = folder / f"run{i}"
                     run.mkdir(parents=True)
-                    drains.append(agent_drain(broker.port, payloads, run, args.window)[0])
+                    drains.append(agent_drain(broker.port, payloads, run, args.window, "auto")[0])
             finally:
                 if isinstance(broker, RabbitBroker):
                     broker.remove()
