@@ -35,6 +35,7 @@ from edge_agent.updates.updater import Updater
 
 if TYPE_CHECKING:
     from edge_agent.commands.dispatcher import CommandDispatcher
+    from edge_agent.escalation.client import EscalationClient
     from edge_agent.http.endpoint import HttpEndpoint
     from edge_agent.link.mqtt import MqttLink
     from edge_agent.link.sender import Sender
@@ -86,7 +87,24 @@ class Agent:
         self.host = ModelHost(
             backend or select_backend(settings.runtime.backend), store, self.status
         )
-        self.graph = PipelineGraph(self.sink, self.envelope, state_dir)
+        self.escalation: EscalationClient | None = None
+        if any(p.escalate.enabled for p in settings.pipelines.values()):
+            if self.link is None:
+                log.warning("escalation is on in a pipeline but [mqtt] is off: nothing escalates")
+            else:
+                # Imported only when a pipeline escalates.
+                from edge_agent.escalation.client import EscalationClient
+
+                self.escalation = EscalationClient(
+                    self.link,
+                    self.outbox,
+                    self.writer,
+                    self.sink,
+                    settings.mqtt.topic_prefix,
+                    settings.device.id,
+                    self.envelope,
+                )
+        self.graph = PipelineGraph(self.sink, self.envelope, state_dir, self.escalation)
         self.updater = Updater(
             self.host,
             self.current_settings,
@@ -152,6 +170,8 @@ class Agent:
         if self.link is not None and self.sender is not None:
             if self.commands is not None:
                 self.commands.start()
+            if self.escalation is not None:
+                self.escalation.start()
             self.sender.start()
             self.link.start()
             self._link_started = True
@@ -169,6 +189,8 @@ class Agent:
         if self.commands is not None and self._link_started:
             self.commands.stop(timeout / 4)
         self.host.stop_all(timeout / 2)
+        if self.escalation is not None and self._link_started:
+            self.escalation.stop(timeout / 4)
         self.sink.close(timeout / 2)
         self.writer.close(timeout / 2)  # already closed when it is part of the sink
         if self.link is not None and self.sender is not None and self._link_started:
@@ -373,6 +395,8 @@ class Agent:
             problems.append("commands thread died")
         if self.updater.dead:
             problems.append("update thread died")
+        if self.escalation is not None and self.escalation.dead:
+            problems.append("escalation thread died")
         if self.http is not None and self.http.dead:
             problems.append("http thread died")
         return problems

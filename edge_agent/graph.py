@@ -11,7 +11,7 @@ from typing import Any
 
 from edge_agent.config.settings import AgentSettings
 from edge_agent.payloads import Envelope
-from edge_agent.pipeline.pipeline import Pipeline
+from edge_agent.pipeline.pipeline import Escalator, Pipeline
 from edge_agent.pipeline.worker import InferenceWorker
 from edge_agent.runtime.preprocess import image_input_size
 from edge_agent.sinks import ResultSink
@@ -65,8 +65,15 @@ class SourceHub:
 
 
 class PipelineGraph:
-    def __init__(self, sink: ResultSink, envelope: Envelope, state_dir: Path) -> None:
+    def __init__(
+        self,
+        sink: ResultSink,
+        envelope: Envelope,
+        state_dir: Path,
+        escalator: Escalator | None = None,
+    ) -> None:
         self.sink = sink
+        self.escalator = escalator  # for every pipeline; each says whether it escalates
         self.envelope = envelope
         self.state_dir = state_dir
         self._pipelines: dict[str, Pipeline] = {}
@@ -92,7 +99,9 @@ class PipelineGraph:
         """Builds the pipeline on `worker`; True when its source is new (not yet started:
         start_sources starts it, once every pipeline on it is in place)."""
         pipeline_settings = settings.pipelines[name]
-        pipeline = Pipeline(name, pipeline_settings, worker, self.sink, self.envelope)
+        pipeline = Pipeline(
+            name, pipeline_settings, worker, self.sink, self.envelope, self.escalator
+        )
         pipeline.attach(worker)
         source_name = pipeline_settings.source
         hub = self._hubs.get(source_name)

@@ -121,6 +121,45 @@ class CacheSettings(Section):
     size: int = Field(256, ge=1, le=100_000, description="Results kept, least recent dropped.")
 
 
+class EscalateSettings(Section):
+    """Which results also go to a bigger model elsewhere (docs/escalation.md). A result is
+    escalated when its top score lies in [min_score, max_score] and its top label is in
+    `classes` (empty: any), or, outside that, by the audit sample; all within the budget."""
+
+    enabled: bool = Field(False, description="Send uncertain results to an escalation server.")
+    min_score: float = Field(0.3, ge=0, le=1, description="Lower end of the top-1 score band.")
+    max_score: float = Field(0.6, ge=0, le=1, description="Upper end of the top-1 score band.")
+    classes: list[str] = Field(
+        default_factory=list, description="Top-1 labels escalated in the band; empty: any label."
+    )
+    sample_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of the other results sent too, for audit."
+    )
+    max_per_minute: int = Field(60, ge=0, description="Requests per minute at most (budget).")
+    max_bytes_per_hour: int = Field(
+        50_000_000, ge=0, description="Request bytes per hour at most (budget)."
+    )
+    send: Literal["jpeg", "tensor"] = Field(
+        "jpeg", description="What goes: the frame as a JPEG, or the model's input tensor."
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of a sent frame.")
+    timeout_s: float = Field(
+        10.0, gt=0, description="A sent request with no answer after this is given up."
+    )
+    max_answer_bytes: int = Field(
+        65536, gt=0, description="Larger answers are dropped, with one log line."
+    )
+    queue: int = Field(
+        64, ge=1, le=10_000, description="Offers waiting to be encoded; more are dropped."
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> EscalateSettings:
+        if self.min_score > self.max_score:
+            raise ValueError("min_score is above max_score")
+        return self
+
+
 class PipelineSettings(Section):
     source: Name = Field(description="Name of a [sources.NAME] entry.")
     model: Name = Field(description="Name of a [models.NAME] entry.")
@@ -145,6 +184,9 @@ class PipelineSettings(Section):
     )
     gate: GateSettings = Field(default_factory=GateSettings, description="Change gating.")
     cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")
+    escalate: EscalateSettings = Field(
+        default_factory=EscalateSettings, description="Escalation to a bigger model; off."
+    )
 
 
 class OutputSettings(Section):
@@ -190,6 +232,12 @@ class ClassPolicy(Section):
         description="Undelivered messages expire this many seconds after they were made "
         "(applies to those already stored too); left out: never.",
     )
+    max_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Bytes of undelivered messages of this class at most, within the "
+        "outbox's own bound; left out: only that bound.",
+    )
 
 
 class OutboxSettings(Section):
@@ -229,6 +277,13 @@ class OutboxSettings(Section):
     telemetry: ClassPolicy = Field(
         default_factory=lambda: ClassPolicy(when_full="drop_oldest", ttl_s=24 * 3600),
         description="Telemetry: delivered last, the oldest dropped first.",
+    )
+    escalations: ClassPolicy = Field(
+        default_factory=lambda: ClassPolicy(
+            when_full="drop_oldest", ttl_s=3600, max_bytes=50_000_000
+        ),
+        description="Escalation requests waiting for the link: sent by the escalation client, "
+        "not the sender; one that expires leaves the device's result standing, marked so.",
     )
 
 

@@ -10,6 +10,8 @@
     {prefix}/{device}/reply/{request_id}              a device's reply to a command
     {prefix}/{device}/transfer/{id}/get               a device asks for chunks
     {prefix}/{device}/transfer/{id}/data/{role}/{i}   one chunk of an update's file
+    {prefix}/{device}/escalate/{pipeline}             a result sent to an escalation server
+    {prefix}/{device}/escalated/{pipeline}            an escalation server's answer
 
 Each form is a small frozen dataclass whose `topic` is the string; `parse()` is the
 inverse. A field may be `ANY` (`+`) to make a subscription filter. Pure Python: edge-fleet
@@ -26,7 +28,16 @@ _FORBIDDEN = ("/", "+", "#", "\x00")
 _TOPICS_CACHED = 1024  # result topics remembered: one per (prefix, device, pipeline)
 
 Kind = Literal[
-    "status", "result", "event", "telemetry", "command", "reply", "transfer_get", "transfer_data"
+    "status",
+    "result",
+    "event",
+    "telemetry",
+    "command",
+    "reply",
+    "transfer_get",
+    "transfer_data",
+    "escalate",
+    "escalated",
 ]
 
 
@@ -169,7 +180,42 @@ class TransferData(_OfDevice):
         return f"{self.prefix}/{self.device}/transfer/{self.transfer}/data/{self.role}/{self.index}"
 
 
-Topic = Status | Result | Event | Telemetry | Command | Reply | TransferGet | TransferData
+@dataclass(frozen=True)
+class Escalate(_OfDevice):
+    kind: ClassVar[Kind] = "escalate"
+    levels: ClassVar[tuple[tuple[str, str], ...]] = (("pipeline", "pipeline"),)
+    pipeline: str
+
+    @property
+    def topic(self) -> str:
+        return f"{self.prefix}/{self.device}/escalate/{self.pipeline}"
+
+
+@dataclass(frozen=True)
+class Escalated(_OfDevice):
+    """An answer to an escalation: the response topic (MQTT 5) or the reply_to (3.1.1)."""
+
+    kind: ClassVar[Kind] = "escalated"
+    levels: ClassVar[tuple[tuple[str, str], ...]] = (("pipeline", "pipeline"),)
+    pipeline: str
+
+    @property
+    def topic(self) -> str:
+        return f"{self.prefix}/{self.device}/escalated/{self.pipeline}"
+
+
+Topic = (
+    Status
+    | Result
+    | Event
+    | Telemetry
+    | Command
+    | Reply
+    | TransferGet
+    | TransferData
+    | Escalate
+    | Escalated
+)
 
 
 # Subscription filters the dataclasses cannot spell (a trailing `#`, several at once).
@@ -187,6 +233,12 @@ def command_filters(prefix: str, device: str, groups: list[str] | tuple[str, ...
 def transfer_data_filter(prefix: str, device: str, transfer: str = ANY) -> str:
     """Every chunk of one transfer (or of every transfer) to a device."""
     return TransferGet(prefix, device, transfer).topic.removesuffix("/get") + "/data/#"
+
+
+def escalate_share_filter(group: str, prefix: str) -> str:
+    """Every device's escalations, split among the subscribers of one shared group."""
+    check_level("share group", group)
+    return f"$share/{group}/{Escalate(prefix, ANY, ANY).topic}"
 
 
 @lru_cache(maxsize=_TOPICS_CACHED)
@@ -234,6 +286,10 @@ def _parse_levels(levels: list[str]) -> Topic | None:
             return Command(prefix, last, device=second)
         if third == "reply":
             return Reply(prefix, second, last)
+        if third == "escalate":
+            return Escalate(prefix, second, last)
+        if third == "escalated":
+            return Escalated(prefix, second, last)
         return None
     if third != "transfer":
         return None

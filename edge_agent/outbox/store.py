@@ -37,9 +37,14 @@ from edge_agent.outbox.growth import GrowthWindow, seconds_to_full
 
 log = logging.getLogger(__name__)
 
-MessageClass = Literal["event", "result", "telemetry"]
-# Delivery order after a reconnect: events, then results, then telemetry.
-PRIORITY: dict[str, int] = {"event": 0, "result": 1, "telemetry": 2}
+MessageClass = Literal["event", "result", "telemetry", "escalation"]
+# Delivery order after a reconnect: events, then results, then telemetry. Escalation
+# requests come last and are not the sender's: the escalation client publishes them itself
+# (they need a response topic) and expires them itself (an expired one is reported).
+PRIORITY: dict[str, int] = {"event": 0, "result": 1, "telemetry": 2, "escalation": 3}
+SENDER_CLASSES = ("event", "result", "telemetry")
+_SENDER_PRIORITY = max(PRIORITY[cls] for cls in SENDER_CLASSES)
+SELF_EXPIRING = ("escalation",)
 PENDING, DELIVERED, SET_ASIDE = 0, 1, 2
 
 # The WAL's bound: an eighth of the outbox's budget at open, within these limits. SQLite's
@@ -138,6 +143,7 @@ class Outbox:
             self._sync_locked()
             with self._transaction():
                 by_size, by_disk = self._room_locked()
+                by_class = self._class_room_locked()
                 rows = []
                 for m in messages:
                     size = len(m.payload) + len(m.topic)
@@ -145,16 +151,21 @@ class Outbox:
                     if cost > by_disk:
                         # Delivered rows are kept for local use only: they give way first.
                         by_disk += self._clear_delivered_locked(cost - by_disk)
-                    if size > by_size or cost > by_disk:
+                    in_class = by_class.get(m.cls, size)
+                    if size > by_size or cost > by_disk or size > in_class:
                         if self._policy(m.cls).when_full == "reject_new":
                             refused.append(m)
                             continue
-                        need = max(size - by_size, cost - by_disk)
+                        need = max(size - by_size, cost - by_disk, size - in_class)
                         freed, count = self._drop_oldest_locked(m.cls, need)
                         by_size += freed
                         by_disk += freed + count * _ROW_OVERHEAD
+                        if m.cls in by_class:
+                            by_class[m.cls] += freed
                         if count:
                             dropped[m.cls] = dropped.get(m.cls, 0) + count
+                    if m.cls in by_class:
+                        by_class[m.cls] -= size
                     ttl = self._policy(m.cls).ttl_s
                     rows.append(
                         (
@@ -242,6 +253,15 @@ class Outbox:
         share = int(self.settings.max_disk_share * (free_bytes(self.path.parent) + files))
         by_disk = share - files - max(0, self.wal_limit - wal) + reusable
         return max(0, by_size), max(0, by_disk)
+
+    def _class_room_locked(self) -> dict[str, int]:
+        """Bytes each class with its own max_bytes may still add."""
+        room = {}
+        for cls in PRIORITY:
+            bound = self._policy(cls).max_bytes
+            if bound is not None:
+                room[cls] = max(0, bound - self._pending.get(cls, [0, 0])[1])
+        return room
 
     def _clear_delivered_locked(self, need: int) -> int:
         """Deletes the oldest delivered rows, at most a write's worth, to free about `need`
@@ -334,14 +354,23 @@ class Outbox:
 
     # Sending -----------------------------------------------------------------------------
 
-    def pending(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Stored]:
-        """The oldest undelivered messages, events first, then results, then telemetry;
-        read a page at a time, so a large backlog costs nothing at start-up."""
+    def pending(
+        self,
+        limit: int,
+        exclude: set[int] | frozenset[int] = frozenset(),
+        cls: MessageClass | None = None,
+    ) -> list[Stored]:
+        """The oldest undelivered messages the sender sends, events first, then results,
+        then telemetry (or those of `cls` alone); read a page at a time, so a large backlog
+        costs nothing at start-up."""
+        where, args = (
+            ("priority=?", [PRIORITY[cls]]) if cls else ("priority<=?", [_SENDER_PRIORITY])
+        )
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, id, topic, payload, qos, class FROM messages WHERE state=0"
-                " ORDER BY priority, seq LIMIT ?",
-                (limit + len(exclude),),
+                f" AND {where} ORDER BY priority, seq LIMIT ?",
+                (*args, limit + len(exclude)),
             ).fetchall()
         return [Stored._make(row) for row in rows if row[0] not in exclude][:limit]
 
@@ -350,7 +379,7 @@ class Outbox:
         read of each class): the sender's cursor, so rows in flight are not read again."""
         found: list[Stored] = []
         with self._lock:
-            for cls in sorted(PRIORITY, key=PRIORITY.__getitem__):
+            for cls in SENDER_CLASSES:
                 if len(found) >= limit:
                     break
                 found.extend(
@@ -415,7 +444,7 @@ class Outbox:
         try:
             for cls in PRIORITY:
                 ttl = self._policy(cls).ttl_s
-                if ttl is None:
+                if ttl is None or cls in SELF_EXPIRING:
                     continue
                 while self._delete_some(
                     "state=0 AND class=? AND created < ?", [cls, now - ttl], expired
@@ -435,6 +464,29 @@ class Outbox:
             self.count_drop(f"{cls}:expired", count)
         self._episodes.close_quiet()
         return sum(expired.values())
+
+    def take_expired(self, cls: MessageClass, now: float | None = None) -> list[Stored]:
+        """Deletes the undelivered messages of `cls` past its ttl_s, a write's worth, and
+        returns them: for a class that reports each one expired (SELF_EXPIRING)."""
+        ttl = self._policy(cls).ttl_s
+        if ttl is None:
+            return []
+        now = time.time() if now is None else now
+        with self._lock:
+            self._sync_locked()
+            with self._transaction():
+                gone = self._db.execute(
+                    "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE state=0"
+                    " AND class=? AND created < ? LIMIT ?)"
+                    " RETURNING seq, id, topic, payload, qos, class, size",
+                    [cls, now - ttl, self.rows_per_write],
+                ).fetchall()
+            for row in gone:
+                self._tally(cls, -1, -row[6])
+            self._note_growth_locked()
+        if gone:
+            self.count_drop(f"{cls}:expired", len(gone))
+        return [Stored._make(row[:6]) for row in gone]
 
     def _delete_some(
         self, where: str, args: list[Any], counts: dict[str, int] | None = None

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from edge_agent.config.settings import PipelineSettings
+from edge_agent.config.settings import EscalateSettings, PipelineSettings
 from edge_agent.payloads import Envelope, ModelRef, ResultPayload
 from edge_agent.pipeline.cache import ResultCache, digest
 from edge_agent.pipeline.gate import ChangeGate
@@ -21,10 +21,26 @@ from edge_agent.runtime.decoders import DecoderImportError
 from edge_agent.runtime.model import LoadedModel, ModelInfo
 from edge_agent.runtime.predictor import Predictor
 from edge_agent.runtime.preprocess import Geometry
+from edge_agent.runtime.quantization import QuantParams
 from edge_agent.sinks import ResultSink
 from edge_agent.sources.base import Frame
 
 log = logging.getLogger(__name__)
+
+
+class Escalator(Protocol):
+    """Where a result may go on to a bigger model (edge_agent/escalation). `offer` is called
+    on the finishing thread for every fresh result while the pipeline's escalation is on;
+    it decides and queues, and never waits on the network."""
+
+    def offer(
+        self,
+        settings: EscalateSettings,
+        result: ResultPayload,
+        frame: Frame,
+        sample: npt.NDArray[Any],
+        quant: QuantParams,
+    ) -> None: ...
 
 
 class Pipeline:
@@ -35,8 +51,10 @@ class Pipeline:
         worker: InferenceWorker,
         sink: ResultSink,
         envelope: Envelope,
+        escalator: Escalator | None = None,
     ) -> None:
         self.name = name
+        self.escalator = escalator
         self.settings = settings
         self.worker = worker
         self.sink = sink
@@ -203,6 +221,10 @@ class Pipeline:
         )
         self.sink.put(payload, frame.on_durable)
         self.last_result = payload
+        if self.escalator is not None and not cached and self.settings.escalate.enabled:
+            self.escalator.offer(
+                self.settings.escalate, payload, frame, job.sample, model.input.quant
+            )
         ended = time.perf_counter()
         job.timings["handoff"] = ended - started
         # From the start of the frame's read: both clocks taken now, so nothing counts twice.

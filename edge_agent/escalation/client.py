@@ -1,0 +1,376 @@
+"""The device's side of escalation. Pipelines offer each result (`offer`, on their
+finishing thread: a decision and a queue put, never a wait); the `escalation` thread
+encodes the chosen ones into requests and stores them in the outbox (class `escalation`,
+its own TTL and size bound), publishes them with a response topic and correlation data
+(MQTT 5; the request's `reply_to` on 3.1.1), and turns each answer into a new result record
+naming the original by id. A request that expires unsent, or gets no answer in time, is
+settled the same way with the device's own result, marked `expired` or `timeout`."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from edge_agent.config.settings import EscalateSettings
+from edge_agent.counters import Counters
+from edge_agent.escalation.policy import Policy
+from edge_agent.json_body import BodyError, parse_object
+from edge_agent.link import topics
+from edge_agent.link.mqtt import Message, MqttLink, OnAck, PublishError
+from edge_agent.outbox.database import OutboxWriteError
+from edge_agent.outbox.store import Outbox, Stored
+from edge_agent.outbox.writer import OutboxWriter
+from edge_agent.payloads import (
+    Envelope,
+    EscalationAnswer,
+    EscalationRequest,
+    ModelRef,
+    RefinedResult,
+    ResultPayload,
+)
+from edge_agent.runtime.quantization import QuantParams
+from edge_agent.sinks import ResultSink
+from edge_agent.sources.base import Frame
+
+log = logging.getLogger(__name__)
+
+_WINDOW = 32  # requests published and not yet acknowledged
+_TICK_S = 0.05
+_EXPIRE_EVERY_S = 1.0
+_ANSWERS_WAITING = 1000  # answers queued from the network thread; more are dropped
+
+
+@dataclass
+class _Offer:
+    settings: EscalateSettings
+    result: ResultPayload
+    frame: Frame
+    sample: npt.NDArray[Any]
+    quant: QuantParams
+
+
+@dataclass
+class _InFlight:
+    request: EscalationRequest
+    sent: float  # monotonic
+    deadline: float
+
+
+class EscalationClient:
+    """Implements the pipeline's Escalator. One per agent, for every pipeline."""
+
+    def __init__(
+        self,
+        link: MqttLink,
+        outbox: Outbox,
+        writer: OutboxWriter,
+        sink: ResultSink,
+        prefix: str,
+        device: str,
+        envelope: Envelope,
+    ) -> None:
+        self.link = link
+        self.outbox = outbox
+        self.writer = writer
+        self.sink = sink
+        self.prefix = prefix
+        self.device = device
+        self.envelope = envelope
+        self.counts = Counters()  # offered, escalated, over_budget, answered, dropped_*, ...
+        self.round_trips: list[float] = []  # seconds, the latest 10,000, for the benchmark
+        self._policies: dict[str, Policy] = {}
+        self._timeouts: dict[str, float] = {}  # pipeline -> timeout_s, as last offered
+        self._max_answer: dict[str, int] = {}
+        self._offers: queue.Queue[_Offer] = queue.Queue()
+        self._answers: queue.Queue[Message] = queue.Queue(_ANSWERS_WAITING)
+        self._acks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self._unacked: set[int] = set()
+        self._inflight: dict[str, _InFlight] = {}
+        self._settled: dict[str, None] = {}  # request ids answered lately: repeats dropped
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="escalation", daemon=True)
+
+    # Pipelines' finishing threads --------------------------------------------------------
+
+    def offer(
+        self,
+        settings: EscalateSettings,
+        result: ResultPayload,
+        frame: Frame,
+        sample: npt.NDArray[Any],
+        quant: QuantParams,
+    ) -> None:
+        policy = self._policies.get(result.pipeline)
+        if policy is None:
+            policy = self._policies[result.pipeline] = Policy(settings)
+        else:
+            policy.configure(settings)
+        decision = policy.decide(result.result)
+        self.counts.add("offered")
+        if decision == "no":
+            return
+        if decision == "over_budget" or self._offers.qsize() >= settings.queue:
+            self.counts.add("over_budget" if decision == "over_budget" else "queue_full")
+            return
+        self.counts.add(decision)
+        # Copies: the source and the worker may reuse their buffers after this returns.
+        kept = Frame(frame.data.copy(), frame.captured, frame.wall_time, frame.index)
+        kept.jpeg = frame.jpeg.copy() if frame.jpeg is not None else None
+        self._offers.put(_Offer(settings, result, kept, sample.copy(), quant))
+        self._wake.set()
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.link.subscribe(
+            topics.Escalated(self.prefix, self.device, topics.ANY).topic, self._on_answer
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def dead(self) -> bool:
+        return (
+            self._thread.ident is not None
+            and not self._thread.is_alive()
+            and not self._stop.is_set()
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.counts.snapshot(), "in_flight": len(self._inflight)}
+
+    # paho's network thread ---------------------------------------------------------------
+
+    def _on_answer(self, message: Message) -> None:
+        try:
+            self._answers.put_nowait(message)
+        except queue.Full:
+            self.counts.add("dropped_flood")
+        self._wake.set()
+
+    # The escalation thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_expiry = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(_TICK_S)
+            self._wake.clear()
+            try:
+                self._encode_offers()
+                self._take_answers()
+                self._mark_acks()
+                if self.link.connected.is_set():
+                    self._send()
+                now = time.monotonic()
+                self._time_out(now)
+                if now >= next_expiry:
+                    next_expiry = now + _EXPIRE_EVERY_S
+                    for row in self.outbox.take_expired("escalation"):
+                        self._settle_unsent(row)
+            except OutboxWriteError as exc:
+                log.warning("escalation: outbox write failed (%s); retrying", exc)
+            except Exception:  # a bug here must not end escalation for good
+                log.exception("escalation: unexpected error")
+
+    def _encode_offers(self) -> None:
+        while True:
+            try:
+                offer = self._offers.get_nowait()
+            except queue.Empty:
+                return
+            request = self._request(offer)
+            body = request.model_dump_json(by_alias=True).encode()
+            policy = self._policies[offer.result.pipeline]
+            if not policy.budget.take_bytes(len(body)):
+                self.counts.add("over_budget")
+                continue
+            self._timeouts[request.pipeline] = offer.settings.timeout_s
+            self._max_answer[request.pipeline] = offer.settings.max_answer_bytes
+            topic = topics.Escalate(self.prefix, self.device, request.pipeline).topic
+            self.writer.put_message(topic, body, "escalation", request.id)
+            self.counts.add("stored")
+
+    def _request(self, offer: _Offer) -> EscalationRequest:
+        settings, frame = offer.settings, offer.frame
+        if settings.send == "tensor":
+            real = (
+                offer.quant.dequantize(offer.sample) if offer.quant.is_quantized else offer.sample
+            )
+            tensor = np.ascontiguousarray(real, dtype="<f4")
+            data, shape = tensor.tobytes(), list(tensor.shape)
+        else:
+            data, shape = _jpeg(frame, settings.jpeg_quality), list(frame.data.shape[:2])
+        pipeline = offer.result.pipeline
+        return EscalationRequest.model_construct(
+            id=self.envelope.new_id(),
+            ts=time.time(),
+            device=self.device,
+            pipeline=pipeline,
+            result_id=offer.result.id,
+            reply_to=topics.Escalated(self.prefix, self.device, pipeline).topic,
+            format=settings.send,
+            shape=shape,
+            data=base64.b64encode(data).decode(),
+            result=offer.result,
+        )
+
+    def _send(self) -> None:
+        room = _WINDOW - len(self._unacked)
+        if room <= 0:
+            return
+        for row in self.outbox.pending(room, frozenset(self._unacked), cls="escalation"):
+            try:
+                request = EscalationRequest.model_validate_json(row.payload)
+            except ValidationError:
+                self.outbox.set_aside(row.seq, "unreadable")
+                continue
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = request.reply_to
+            props.CorrelationData = request.id.encode()
+            now = time.monotonic()
+            timeout = self._timeouts.get(request.pipeline, EscalateSettings().timeout_s)
+            self._inflight[request.id] = _InFlight(request, now, now + timeout)
+            seq = row.seq
+            try:
+                self.link.publish(
+                    row.topic,
+                    row.payload,
+                    qos=1,
+                    properties=props,
+                    on_ack=self._acker(seq),
+                )
+            except PublishError as exc:
+                del self._inflight[request.id]
+                log.debug("escalation: not sent now (%s)", exc)
+                return
+            self._unacked.add(seq)
+            self.counts.add("sent")
+
+    def _acker(self, seq: int) -> OnAck:
+        """Hands the PUBACK of row `seq` from paho's thread to this one."""
+        return lambda code: self._acks.put((seq, code))
+
+    def _mark_acks(self) -> None:
+        delivered = []
+        while True:
+            try:
+                seq, code = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            self._unacked.discard(seq)
+            if code >= 0x80:
+                self.outbox.set_aside(seq, "rejected")
+            else:
+                delivered.append(seq)
+        if delivered:
+            self.outbox.mark_delivered(delivered)
+        if not self.link.connected.is_set():
+            self._unacked.clear()  # their PUBACKs never come: the rows are sent again
+
+    def _time_out(self, now: float) -> None:
+        late = [rid for rid, f in self._inflight.items() if f.deadline <= now]
+        for rid in late:
+            flight = self._inflight.pop(rid)
+            self.counts.add("timeout")
+            self._remember(rid)
+            self._settle(flight.request.result, "timeout", None)
+
+    def _settle_unsent(self, row: Stored) -> None:
+        try:
+            request = EscalationRequest.model_validate_json(row.payload)
+        except ValidationError:
+            return
+        self.counts.add("expired")
+        self._inflight.pop(request.id, None)
+        self._settle(request.result, "expired", None)
+
+    def _take_answers(self) -> None:
+        while True:
+            try:
+                message = self._answers.get_nowait()
+            except queue.Empty:
+                return
+            self._answer(message)
+
+    def _answer(self, message: Message) -> None:
+        topic = message.topic
+        pipeline = topic.pipeline if isinstance(topic, topics.Escalated) else ""
+        limit = self._max_answer.get(pipeline, EscalateSettings().max_answer_bytes)
+        if len(message.payload) > limit:
+            return self._drop("oversize", f"{len(message.payload)} bytes, over {limit}")
+        try:
+            answer = EscalationAnswer.model_validate(parse_object(message.payload))
+        except (BodyError, ValidationError) as exc:
+            return self._drop("bad_shape", str(exc).splitlines()[0])
+        correlation = getattr(message.properties, "CorrelationData", None)
+        request_id = correlation.decode(errors="replace") if correlation else answer.request_id
+        if request_id != answer.request_id:
+            return self._drop(
+                "unknown_id", f"correlation {request_id!r} is not {answer.request_id!r}"
+            )
+        flight = self._inflight.pop(request_id, None)
+        if flight is None:
+            why = "answered already" if request_id in self._settled else "no such request waiting"
+            return self._drop("unknown_id", f"request {request_id!r}: {why}")
+        self._remember(request_id)
+        self.round_trips.append(time.monotonic() - flight.sent)
+        del self.round_trips[:-10_000]
+        self.counts.add("answered")
+        self._settle(flight.request.result, "answered", answer)
+
+    def _drop(self, why: str, detail: str) -> None:
+        self.counts.add(f"dropped_{why}")
+        log.warning("escalation: answer dropped (%s): %s", why, detail)
+
+    def _remember(self, request_id: str) -> None:
+        self._settled[request_id] = None
+        if len(self._settled) > 10_000:
+            del self._settled[next(iter(self._settled))]
+
+    def _settle(self, original: ResultPayload, state: str, answer: EscalationAnswer | None) -> None:
+        """The new result record naming the original: the answer's, or the device's own."""
+        fields = original.model_dump(by_alias=False, exclude={"id", "schema_"})
+        envelope = self.envelope
+        fields.update(
+            id=envelope.new_id(),
+            seq=envelope.next_seq(),
+            boot_id=envelope.boot_id,
+            refines=original.id,
+            escalation=state,
+        )
+        if answer is not None:
+            fields.update(
+                model=ModelRef.model_validate(answer.model.model_dump()),
+                delegate=f"escalation:{answer.delegate}",
+                result=answer.result,
+                latency_ms={**original.latency_ms, "escalation": answer.latency_ms},
+            )
+        self.sink.put(RefinedResult.model_validate(fields))
+
+
+def _jpeg(frame: Frame, quality: int) -> bytes:
+    """The frame as a JPEG: the camera's own when it came as one, else encoded here."""
+    if frame.jpeg is not None:
+        return frame.jpeg.tobytes()
+    import cv2  # only when a frame goes as a JPEG
+
+    ok, encoded = cv2.imencode(".jpg", frame.data, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("the frame does not encode as a JPEG")
+    return bytes(encoded.tobytes())
