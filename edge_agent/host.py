@@ -8,10 +8,11 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from edge_agent.config.settings import AgentSettings, BatchSettings
 from edge_agent.errors import UserError
-from edge_agent.pipeline.worker import InferenceWorker
+from edge_agent.pipeline.worker import FrameTap, InferenceWorker
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.delegates import DelegateEntry
 from edge_agent.runtime.loader import load_model
@@ -36,6 +37,21 @@ class LoadPlan:
     threads: int | None
 
 
+class ShadowRun(Protocol):
+    """An update's shadow canary beside a running model (updates/shadow.py)."""
+
+    @property
+    def tap(self) -> FrameTap: ...
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def stuck_for(self) -> float: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 def needed_models(settings: AgentSettings) -> list[str]:
     """The models some enabled pipeline uses."""
     return sorted({p.model for p in settings.pipelines.values() if p.enabled})
@@ -47,6 +63,7 @@ class ModelHost:
         self.store = store
         self.status = status
         self._workers: dict[str, InferenceWorker] = {}
+        self._shadows: dict[str, tuple[ShadowRun, InferenceWorker]] = {}
         # Held while the set of running models or what they run changes: a reload, an
         # update's swap and a model file edit take turns.
         self.lock = threading.RLock()
@@ -140,6 +157,31 @@ class ModelHost:
                 self.status.touch()  # operators see the version that now runs
             return self._workers[name].model
 
+    # Shadows --------------------------------------------------------------------------
+
+    def attach_shadow(self, name: str, shadow: ShadowRun) -> None:
+        """Starts `shadow` on a sample of the running model's frames; UserError when no
+        pipeline runs the model (there is nothing to compare it with)."""
+        with self.lock:
+            worker = self._workers.get(name)
+            if worker is None:
+                raise UserError(f"model {name}: no pipeline runs it, so nothing to shadow")
+            shadow.start()
+            self._shadows[name] = (shadow, worker)
+            worker.shadow = shadow.tap
+
+    def detach_shadow(self, name: str) -> None:
+        with self.lock:
+            found = self._shadows.pop(name, None)
+            if found is not None:
+                shadow, worker = found
+                worker.shadow = None
+                shadow.stop()
+
+    def shadows(self) -> dict[str, dict[str, Any]]:
+        """The running shadows' figures, for telemetry."""
+        return {name: found[0].snapshot() for name, found in list(self._shadows.items())}
+
     # Health ---------------------------------------------------------------------------
 
     def health(self, stuck_after_s: float) -> list[str]:
@@ -150,4 +192,10 @@ class ModelHost:
                 problems.append(f"model {name}: an inference has not returned for {stuck:.0f} s")
             if not worker.alive:
                 problems.append(f"model {name}: an inference thread died")
+        for name, (shadow, _) in list(self._shadows.items()):
+            # The updater drops a shadow stuck for half this long; one still here is not
+            # let go, and its hung thread holds a core.
+            stuck = shadow.stuck_for()
+            if stuck > stuck_after_s:
+                problems.append(f"model {name}: a shadow inference hung for {stuck:.0f} s")
         return problems

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 # A batch invoked, waiting for the finishing thread: its jobs, the raw outputs (copies, not
 # the interpreter's buffers), the replica that ran it, when it was handed over.
 _Done = tuple[list[Job], list[npt.NDArray[Any]], LoadedModel, float]
+
+
+class FrameTap(Protocol):
+    """Sees every batch the model ran (an update's shadow canary, updates/shadow.py). Called
+    on the inference thread: it must never wait."""
+
+    def offer(
+        self, samples: list[npt.NDArray[Any]], raw: list[npt.NDArray[Any]], per_frame_s: float
+    ) -> None: ...
 
 
 class InferenceWorker:
@@ -46,6 +55,7 @@ class InferenceWorker:
         # finds an inference that never returns.
         self.busy_since: list[float | None] = [None] * len(replicas)
         self.finishing_since: float | None = None  # the same for the finishing thread
+        self.shadow: FrameTap | None = None  # set by ModelHost while a shadow runs
         self._done: deque[_Done] = deque()
         self._unfinished = 0  # batches handed to the finishing thread, not yet finished
         # One per replica keeps every interpreter busy while the last batch is decoded; a
@@ -224,6 +234,9 @@ class InferenceWorker:
         self.infer_times.add(infer_s / len(jobs))
         for job in jobs:
             job.timings["infer"] = infer_s
+        tap = self.shadow
+        if tap is not None:
+            tap.offer(samples, raw, infer_s / len(jobs))
         if not len(self.queue) and not self._unfinished:
             # Nothing waits for this interpreter: finishing here costs no throughput, and a
             # hand-off would add a thread's wake-up to the result's latency. Not while the

@@ -105,6 +105,47 @@ class Requires(_Strict):
     )
 
 
+class ShadowPolicy(_Strict):
+    """Run the update beside the active model on live frames before it replaces anything
+    (docs/shadow.md); promoted when it meets these figures, dropped otherwise."""
+
+    sample: float | None = Field(
+        None, gt=0, le=1, description="Share of inferred frames the shadow also runs on."
+    )
+    every: int | None = Field(None, ge=1, description="Or: every Nth inferred frame.")
+    min_frames: int = Field(200, ge=1, description="Frames compared before a decision.")
+    min_agreement: float = Field(
+        0.95, ge=0, le=1, description="Share of compared frames on which both models agree."
+    )
+    max_latency_ratio: float = Field(
+        1.5, gt=0, description="Largest median invoke time of the shadow over the active's."
+    )
+    latency_slack_ms: float = Field(
+        0.2, ge=0, description="...and slower by more than this (tiny models jitter by 1.5x)."
+    )
+    max_errors: int = Field(0, ge=0, description="Shadow inferences that may fail.")
+    cpu_budget: float = Field(
+        0.25, gt=0, le=16, description="CPU the shadow may use, in cores (0.25: a quarter)."
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, description="Dropped when min_frames are not compared within this."
+    )
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> ShadowPolicy:
+        if self.sample is not None and self.every is not None:
+            raise ValueError("shadow: give sample or every, not both")
+        return self
+
+    def takes(self, count: int) -> bool:
+        """Whether the `count`th inferred frame (from 1) goes to the shadow too."""
+        if self.every is not None:
+            return count % self.every == 0
+        share = 0.25 if self.sample is None else self.sample
+        # Evenly spread: frame n is taken when floor(n * share) steps up.
+        return int(count * share) != int((count - 1) * share)
+
+
 class Signature(_Strict):
     key_id: str = Field(min_length=1, max_length=128, description="A [updates] trusted_keys id.")
     value: str = Field(description="Base64 Ed25519 signature of the canonical manifest.")
@@ -132,6 +173,9 @@ class UpdateManifest(_Strict):
     files: dict[Role, FileRef] = Field(description="The update's files by role.")
     golden: GoldenSpec | None = Field(None, description="Golden-set acceptance check.")
     requires: Requires = Field(default_factory=Requires, description="What the device needs.")
+    shadow: ShadowPolicy | None = Field(
+        None, description="Run as a shadow on live frames before promotion (docs/shadow.md)."
+    )
     source: Source | None = Field(None, description="Where the files come from (not signed).")
     signature: Signature | None = Field(None, description="Ed25519 signature.")
 

@@ -191,7 +191,9 @@ class Updater:
             self._event(name, version, "installed", request_id=request_id)
             report = self._stage(manifest)
             self._event(name, version, "staged", request_id=request_id, detail=report.as_dict())
-            return self._switch(name, version, request_id, report)
+            shadow = self._shadow(manifest, request_id) if manifest.shadow is not None else None
+            result = self._switch(name, version, request_id, report)
+            return {**result, "shadow": shadow} if shadow is not None else result
 
     def _created(self, name: str, version: str) -> float | None:
         try:
@@ -332,6 +334,55 @@ class Updater:
             required_delegates=m.requires.delegates,
             running_path=plan.path,
         )
+
+    def _shadow(self, m: UpdateManifest, request_id: str | None) -> dict[str, Any]:
+        """Runs the update as a shadow beside the running model until its policy decides;
+        its figures when it is to be promoted, UpdateRefused (and a `dropped` event) when
+        not. The running model is never touched here."""
+        # Imported only when an update asks for a shadow.
+        from edge_agent.runtime.loader import load_model
+        from edge_agent.updates.shadow import Shadow
+
+        assert m.shadow is not None
+        name, version = m.name, m.version
+
+        def drop(reason: str, figures: dict[str, Any] | None = None) -> UpdateRefused:
+            self._event(
+                name, version, "dropped", request_id=request_id, reason=reason, detail=figures
+            )
+            return UpdateRefused(f"shadow: dropped: {reason}")
+
+        worker = self.host.worker(name)
+        if worker is None:
+            raise drop("no pipeline runs the model, so there is nothing to compare it with")
+        plan = self.host.plan(name, self.agent_settings())
+        path = self.store.version_dir(name, version) / m.files["model"].path
+        try:
+            # One interpreter thread: the CPU budget counts its invoke time as one core's.
+            candidate = load_model(path, plan.backend, plan.delegates, 1)
+            shadow = Shadow(name, candidate, worker.model, m.shadow)
+        except Exception as exc:  # any load failure drops the shadow, never the agent
+            raise drop(f"the shadow model does not load: {exc}") from None
+        try:
+            self.host.attach_shadow(name, shadow)
+        except UserError as exc:
+            raise drop(str(exc)) from None
+        try:
+            verdict = shadow.wait(
+                self.stopping,
+                self.agent_settings().service.stuck_after_s / 2,
+                lambda figures: self._event(
+                    name, version, "shadow", request_id=request_id, detail=figures
+                ),
+                _PROGRESS_EVERY_S,
+            )
+        finally:
+            self.host.detach_shadow(name)
+        figures = shadow.snapshot()
+        if verdict != "promote":
+            raise drop(verdict, figures)
+        self._event(name, version, "promoted", request_id=request_id, detail=figures)
+        return figures
 
     def _switch(
         self, name: str, version: str, request_id: str | None, report: StageReport | None
