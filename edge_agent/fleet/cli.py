@@ -5,6 +5,7 @@ command's work lives in the module for its kind of job:
     golden.py   golden make                    runs the model (the agent's runtime, lazily)
     push.py     push                           an update to devices, followed to its end
     remote.py   cmd, devices, watch, snapshot, models    through the broker
+    escalation.py  serve-escalation                runs a bigger model (the runtime, lazily)
 
 The broker and credentials come from flags, then `EDGE_FLEET_*`, then a profile
 (fleet/profile.py). User errors print one line and exit 2, as `edge-agent` does; a command
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from edge_agent import __version__
 from edge_agent.errors import run_command
-from edge_agent.fleet import golden, local, push, remote
+from edge_agent.fleet import escalation, golden, local, push, remote
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=262144, help="MQTT chunk bytes (262144)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
     p.add_argument("--wait-for", type=int, help="stop once N devices answered")
+    p.add_argument("--shadow", action="store_true", help="print each shadow agreement update")
     _sign_options(p)
     p.set_defaults(handler=push.run)
 
@@ -131,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--wait-for", type=int, help="stop after N replies")
         _sign_options(action)
         action.set_defaults(handler=remote.models)
+
+    p = commands.add_parser(
+        "serve-escalation", help="answer devices' escalations with a bigger model (Ctrl-C)"
+    )
+    p.add_argument("--model", type=Path, required=True, help="the .tflite (manifest beside it)")
+    p.add_argument("--broker", help="HOST[:PORT] (default 127.0.0.1:1883)")
+    p.add_argument("--prefix", default="edge", help="first topic level (default edge)")
+    p.add_argument("--group", default="escalation", help="shared subscription group")
+    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (5)")
+    p.add_argument("--client-id", help="MQTT client id, named in answers")
+    p.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
+    p.set_defaults(handler=escalation.serve)
     return parser
 
 
