@@ -375,6 +375,7 @@ class Agent:
                 }
                 for name, w in self.host.workers().items()
             },
+            "shadows": self.host.shadows(),
             "outbox": self.outbox.stats(),
             "link": self.link.snapshot() if self.link else {"state": "disabled"},
             "problems": [p.as_dict() for p in self.status.problems()],

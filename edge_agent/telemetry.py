@@ -73,6 +73,8 @@ class Telemetry:
             "process": process,
             "pipelines": snapshot["pipelines"],
             "models": snapshot["models"],
+            # Update canaries running now: their live comparison (never their results).
+            **({"shadows": snapshot["shadows"]} if snapshot.get("shadows") else {}),
             "outbox": snapshot["outbox"],
             "link": snapshot["link"],
         }

@@ -6,6 +6,7 @@ its classes rotated, the slow twin, and candidates that cannot run on the frames
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,16 @@ def test_an_agreeing_shadow_is_promoted_through_the_hot_swap_and_health_watch(
     tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
 ) -> None:
     model = variant(tmp_path / "src" / "digits_nudged.tflite", "nudged")
-    manifest, folder, _ = shadow_update(tmp_path, keys, model, "1.1.0")
-    reply = push(operator, manifest, folder)
+    # Every frame at 30 fps: about 3 s of shadow, long enough to see it live.
+    manifest, folder, _ = shadow_update(tmp_path, keys, model, "1.1.0", min_frames=90)
+    with RangeHTTPServer(folder) as server:
+        source = {"kind": "http", "url": server.url}
+        request = operator.send("update_model", manifest=with_source(manifest, source))
+        progress = operator.wait_event("shadow", timeout=60)
+        assert progress["detail"]["frames"] > 0 and progress["detail"]["agreement"] >= 0.9
+        live = agent.telemetry.collect().get("shadows", {})
+        reply = operator.reply(request, timeout=90)
+    assert live["digits"]["frames"] > 0, live
     assert reply["status"] == "ok", reply
     result = reply["result"]
     assert result["state"] == "committed" and result["shadow"]["agreement"] >= 0.95
@@ -238,3 +247,33 @@ def test_a_shadow_that_crashes_on_a_frame_is_dropped_and_the_active_model_runs_o
         lambda: agent.pipelines["digits"].stats.snapshot()["results"] > after["results"],
         what="the active model still producing results",
     )
+
+
+def test_edge_fleet_push_shadow_prints_the_agreement_as_it_grows(
+    tmp_path: Path,
+    broker: Broker,
+    agent: Agent,
+    keys: Keys,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edge_agent.fleet.cli import main
+    from edge_agent.updates.manifest import UPDATE_FILE
+
+    monkeypatch.setenv("EDGE_FLEET_PROFILES", str(tmp_path / "no-profiles.toml"))
+    model = variant(tmp_path / "src" / "digits_nudged.tflite", "nudged")
+    manifest, folder, _ = shadow_update(tmp_path, keys, model, "1.1.0", min_frames=90)
+    (folder / UPDATE_FILE).write_bytes(manifest.to_json())
+    broker_flag = ("--broker", f"{broker.host}:{broker.port}")
+    args = ["push", *broker_flag, str(folder), "--device", "test-device", "--via", "http"]
+    assert main([*args, "--shadow"]) == 0
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if "shadow: " in line and "% agree" in line]
+    assert len(lines) >= 2, err  # one per progress event, as the frames grow
+    assert "test-device: ok committed digits 1.1.0" in out, out
+    assert re.search(r"  shadow: \d+ frames, \d+\.\d% agree, latency [\d.]+x, 0 errors", out), out
+    # Without a shadow policy in the update, --shadow has nothing to follow.
+    plain, plain_folder = digits_update(tmp_path / "plain", keys, "1.2.0")
+    (plain_folder / UPDATE_FILE).write_bytes(plain.to_json())
+    assert main(["push", *broker_flag, str(plain_folder), "--all", "--shadow"]) == 2
+    assert "has no shadow policy" in capsys.readouterr().err

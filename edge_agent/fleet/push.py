@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args.wait_for, "--wait-for")
     target = target_from(args)
     manifest = _read_update(args.dir)
+    follow_shadow = bool(getattr(args, "shadow", False))
+    if follow_shadow and manifest.shadow is None:
+        raise UserError(f"--shadow: {args.dir}: the update has no shadow policy to follow")
     files: dict[str, Path] = {role: args.dir / ref.path for role, ref in manifest.files.items()}
     signer = signer_from(args)
     with client_from(args) as fleet:
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             update = {**manifest.as_dict(), "source": source.model_dump()}
             body = command_body({"manifest": update}, signer)
             request = Request(fleet, target, "update_model", body)
-            progress = Progress(sys.stderr, sum(ref.size for ref in manifest.files.values()))
+            size = sum(ref.size for ref in manifest.files.values())
+            progress = Progress(sys.stderr, size, every_shadow_event=follow_shadow)
             print(
                 f"pushing {manifest.name} {manifest.version} over {args.via} "
                 f"(request {request.request_id})",
@@ -103,6 +107,8 @@ _STEP_AFTER = {
     "downloading": "download",
     "installed": "staging",
     "staged": "activation",
+    "shadow": "shadow",
+    "promoted": "activation",
     "activated": "health watch",
 }
 
@@ -110,6 +116,7 @@ _STEP_AFTER = {
 # The reply's reason names the step itself for the later ones (events come through the
 # device's outbox, so they may arrive after the reply).
 _REASON_STEPS = {
+    "shadow: dropped: ": "shadow",
     "staging: ": "staging",
     "activation failed, rolled back: ": "activation",
     "rolled back after activation: ": "health watch",
@@ -133,6 +140,9 @@ def _push_outcome(
             staged = staging_line(result.get("stage"))
             if staged:
                 print(f"  {staged}")
+            shadowed = shadow_line(result.get("shadow"))
+            if shadowed:
+                print(f"  {shadowed}")
             ok = ok and state in ("committed", "already_active")
         else:
             step, reason = progress.failure(device, str(reply.get("reason")))
@@ -159,6 +169,26 @@ def staging_line(stage: Any) -> str:
     return f"staged on {stage.get('delegate', '?')}: " + ", ".join(parts or ["no figures"])
 
 
+def shadow_line(figures: Any) -> str:
+    """`shadow: 212 frames, 98.6% agree, latency 1.04x, 0 errors`."""
+    if not isinstance(figures, dict):
+        return ""
+    parts = [f"{figures.get('frames', 0)} frames"]
+    agreement = figures.get("agreement")
+    if isinstance(agreement, int | float):
+        parts.append(f"{agreement:.1%} agree")
+    elif figures.get("compared") == "not compared":
+        parts.append("outputs not compared")
+    iou = figures.get("mean_iou")
+    if isinstance(iou, int | float):
+        parts.append(f"mean IoU {iou:.2f}")
+    ratio = figures.get("latency_ratio")
+    if isinstance(ratio, int | float):
+        parts.append(f"latency {ratio:.2f}x")
+    parts.append(f"{figures.get('errors', 0)} errors")
+    return "shadow: " + ", ".join(parts)
+
+
 def _ms(value: float) -> str:
     """Three significant figures or so: 12.3, 1.23, 0.012."""
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 0.1 else f"{value:.3f}"
@@ -171,8 +201,10 @@ class Progress:
 
     BAR = 20
 
-    def __init__(self, stream: IO[str], total: int) -> None:
+    def __init__(self, stream: IO[str], total: int, every_shadow_event: bool = False) -> None:
         self.stream = stream
+        # --shadow: a log gets every shadow progress line, not one for the stage.
+        self.every_shadow_event = every_shadow_event
         self.total = max(total, 1)
         self.tty = stream.isatty()
         self.rows: dict[str, str] = {}  # device -> its line's text after the name
@@ -197,6 +229,15 @@ class Progress:
             if isinstance(window, int | float):
                 self.health_ends[device] = time.monotonic() + window
             self._set(device, self._health(device))
+        elif stage == "shadow":
+            line = shadow_line(detail)
+            self._set(device, line, line if self.every_shadow_event else "shadow")
+        elif stage == "promoted":
+            self._set(device, "promoted; " + shadow_line(detail))
+        elif stage == "dropped":
+            reason = str(event.get("reason") or "?")
+            self.reasons[device] = ("shadow", reason)
+            self._set(device, f"dropped at shadow: {reason} ({shadow_line(detail)})")
         elif stage == "rolled_back":
             step = str(detail.get("step") or "health watch")
             reason = str(event.get("reason") or "?")
