@@ -125,7 +125,7 @@ class ShadowPolicy(_Strict):
     )
     max_errors: int = Field(0, ge=0, description="Shadow inferences that may fail.")
     cpu_budget: float = Field(
-        0.25, gt=0, le=16, description="CPU the shadow may use, in cores (0.25: a quarter)."
+        0.1, gt=0, le=16, description="CPU the shadow may use, in cores (0.1: a tenth of one)."
     )
     timeout_s: float = Field(
         600.0, gt=0, description="Dropped when min_frames are not compared within this."
