@@ -219,6 +219,52 @@ def build_digits_slow(tf, keras, out):
     )
 
 
+def build_digits_big(tf, keras, out):
+    """A stronger digits model for the escalation server (docs/escalation.md): wider convs,
+    dropout, shifted training copies, more epochs; float32, as a server runs it. Checked on
+    the same held-out split as digits_int8."""
+    keras.utils.set_random_seed(SEED)
+    x_tr, x_te, y_tr, y_te = digits_split()
+    test = out / "data" / "digits_test.npz"
+    if test.exists():
+        with np.load(test) as shipped:
+            assert np.array_equal(shipped["x"], x_te), test
+    shifted = [np.roll(x_tr, (dy, dx), axis=(1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    x_aug, y_aug = np.concatenate(shifted), np.tile(y_tr, len(shifted))
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Rescaling(1 / 16),
+            L.Conv2D(64, 3, padding="same", activation="relu"),
+            L.Conv2D(64, 3, padding="same", activation="relu"),
+            L.Conv2D(128, 3, activation="relu"),
+            L.Flatten(),
+            L.Dropout(0.3),
+            L.Dense(256, activation="relu"),
+            L.Dropout(0.3),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_aug, y_aug, epochs=30, batch_size=64, verbose=0)
+    print(f"digits_big keras float accuracy: {model.evaluate(x_te, y_te, verbose=0)[1]:.4f}")
+    path = out / "digits_big_float.tflite"
+    fn = lambda x: model(x, training=False)  # noqa: E731
+    convert(tf, fn, tf.TensorSpec([1, 8, 8, 1]), None, path, int8=False)
+    write_manifest(
+        out,
+        path.name,
+        "digits_big",
+        "classification",
+        "Handwritten digit classifier (scikit-learn 8x8 digits), float32; larger and trained"
+        " longer on shifted copies: the escalation server's stronger model.",
+        DIGITS_INPUT,
+        DIGITS_LABELS,
+        {"top_k": 3},
+    )
+
+
 def build_edgetpu(out):
     """Make the first op of digits_int8 the Edge TPU custom op.
 
@@ -688,6 +734,7 @@ BUILDS = (  # in build order: edgetpu patches digits' digits_int8.tflite
     "mobilenet",
     "digits",
     "digits_slow",
+    "digits_big",
     "edgetpu",
     "sensor",
     "detector",
@@ -710,6 +757,7 @@ def build(out, only=None):
         "mobilenet": lambda: build_mobilenet(tf, keras, out),
         "digits": lambda: build_digits(tf, keras, out),
         "digits_slow": lambda: build_digits_slow(tf, keras, out),
+        "digits_big": lambda: build_digits_big(tf, keras, out),
         "edgetpu": lambda: build_edgetpu(out),
         "sensor": lambda: build_sensor(tf, keras, out),
         "detector": lambda: build_detector(tf, out),
