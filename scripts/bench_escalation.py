@@ -75,7 +75,7 @@ def main() -> int:
     backend = select_backend("auto")
     device = Predictor(load_model(MODELS / "digits_int8.tflite", backend, (), 1))
     big = Predictor(load_model(args.big, backend, (), 1))
-    server = EscalationServer(big, "127.0.0.1", port, client_id="bench").start()
+    server = EscalationServer(big, "127.0.0.1", port, client_id="bench-server").start()
     outbox = Outbox(tmp / "outbox.db", OutboxSettings(durability="normal"))
     writer = OutboxWriter(outbox, "edge", "bench")
     link = MqttLink(MqttSettings(enabled=True, port=port), "bench", dict)
@@ -135,7 +135,8 @@ def main() -> int:
         rates_on.append(throughput(audit))
         escalated_share = (client.counts.get("audit", 0) - before) / args.frames
     wait(lambda: client.snapshot()["in_flight"] == 0 and client._offers.empty(), 60)
-    trips = sorted(client.round_trips)
+    trips = sorted(client.round_trips) or [float("nan")]
+    print("client counts:", client.snapshot(), file=sys.stderr)
     p50, p99 = (float(np.percentile(trips, q)) * 1000 for q in (50, 99))
 
     # Accuracy: every test digit through the device; those in the band escalated.
