@@ -277,3 +277,33 @@ def test_edge_fleet_push_shadow_prints_the_agreement_as_it_grows(
     (plain_folder / UPDATE_FILE).write_bytes(plain.to_json())
     assert main(["push", *broker_flag, str(plain_folder), "--all", "--shadow"]) == 2
     assert "has no shadow policy" in capsys.readouterr().err
+
+
+def test_edge_fleet_sign_writes_the_shadow_policy_it_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.fleet.cli import main
+    from edge_agent.updates.manifest import UPDATE_FILE
+    from edge_agent.updates.signing import verify_manifest
+
+    pem = tmp_path / "ops.pem"
+    assert main(["keygen", "--out", str(tmp_path), "--key-id", "ops"]) == 0
+    public = capsys.readouterr().out
+    sign = ["sign", str(DIGITS), "--name", "digits", "--version", "1.1.0", "--key", str(pem)]
+    out = tmp_path / "update"
+    shadow = ["--shadow", "sample=0.5", "--shadow", "min_frames=90", "--shadow", "cpu_budget=0.2"]
+    assert main([*sign, *shadow, "--out", str(out)]) == 0
+    assert "shadow first: sample=0.5, min_frames=90" in capsys.readouterr().out
+    manifest = UpdateManifest.model_validate_json((out / UPDATE_FILE).read_bytes())
+    assert manifest.shadow == ShadowPolicy(sample=0.5, min_frames=90, cpu_budget=0.2)
+    key = re.search(r"^public key: +(\S+)$", public, re.M)
+    assert key is not None, public
+    verify_manifest(manifest, {"ops": key.group(1)}, allow_unsigned=False)  # signed with it
+    # A bad field is one line naming it; a pair without '=' too; nothing is written.
+    bad = tmp_path / "bad"
+    assert main([*sign, "--shadow", "sample=2", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "shadow.sample" in err and len(err.strip().splitlines()) == 1, err
+    assert main([*sign, "--shadow", "sample", "--out", str(bad)]) == 2
+    assert "--shadow 'sample': expected KEY=VALUE" in capsys.readouterr().err
+    assert not (bad / UPDATE_FILE).exists()

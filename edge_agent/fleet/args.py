@@ -4,7 +4,9 @@ target devices, the command signer; each bad value named in one line."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from typing import Any
 
 from edge_agent.errors import UserError
 from edge_agent.fleet.client import (
@@ -76,3 +78,18 @@ def signer_from(args: argparse.Namespace) -> Signer | None:
 def check_positive(value: float | None, flag: str) -> None:
     if value is not None and value <= 0:
         raise UserError(f"{flag} {value}: must be more than 0")
+
+
+def key_values(flag: str, pairs: list[str]) -> dict[str, Any]:
+    """Fields from repeated `FLAG KEY=VALUE`: a value that reads as JSON is that (numbers,
+    true/false, lists, objects), anything else a plain string."""
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            fields[key] = json.loads(text)
+        except ValueError:
+            fields[key] = text
+    return fields

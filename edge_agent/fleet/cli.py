@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--golden", type=Path, help=".npz golden set (golden make), checked here")
     p.add_argument("--min-agreement", type=float, default=0.95, help="golden share (0.95)")
     p.add_argument("--requires", nargs="+", default=[], metavar="DELEGATE", help="delegates")
+    p.add_argument(
+        "--shadow",
+        action="append",
+        metavar="KEY=VALUE",
+        help="run beside the active model first, promoted only if it agrees: sample=0.25, "
+        "min_frames=200, min_agreement=0.95, ... (docs/shadow.md); repeat for each field",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for the files + update.json")
     p.set_defaults(handler=local.sign)
 

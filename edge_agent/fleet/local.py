@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from edge_agent.errors import UserError
-from edge_agent.fleet.args import key_id_from
+from edge_agent.fleet.args import key_id_from, key_values
 from edge_agent.fleet.client import Signer
 
 
@@ -74,6 +74,7 @@ def sign(args: argparse.Namespace) -> int:
             golden=args.golden,
             min_agreement=args.min_agreement,
             requires=args.requires,
+            shadow=None if args.shadow is None else key_values("--shadow", args.shadow),
         )
     except ValidationError as exc:
         raise UserError(validation_lines(exc, "update manifest")[0]) from None
@@ -87,4 +88,7 @@ def sign(args: argparse.Namespace) -> int:
         print(f"  golden set: {count} inputs, at least {share:.0%} must agree")
     if signed.requires.delegates:
         print(f"  requires: {', '.join(signed.requires.delegates)}")
+    if signed.shadow is not None:
+        policy = signed.shadow.model_dump(exclude_none=True)
+        print("  shadow first: " + ", ".join(f"{k}={v}" for k, v in policy.items()))
     return 0

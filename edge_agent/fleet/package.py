@@ -31,8 +31,10 @@ def build_update(
     golden: Path | None = None,
     min_agreement: float = 0.95,
     requires: list[str] | None = None,
+    shadow: dict[str, Any] | None = None,
 ) -> UpdateManifest:
-    """Copies the update's files into `out` and returns its (unsigned) manifest."""
+    """Copies the update's files into `out` and returns its (unsigned) manifest; `shadow`,
+    the fields of its shadow policy (docs/shadow.md), or None to replace at once."""
     model_manifest, _ = load_manifest(model)  # refuses a model without a valid manifest
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, out / model.name)
@@ -64,6 +66,7 @@ def build_update(
             "files": {role: _ref(path) for role, path in files.items()},
             "golden": GoldenSpec(min_agreement=min_agreement) if golden else None,
             "requires": Requires(delegates=requires or []),
+            "shadow": shadow,
         }
     )
 

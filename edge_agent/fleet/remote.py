@@ -22,7 +22,13 @@ from typing import Any
 
 from edge_agent.errors import UserError
 from edge_agent.fleet import output
-from edge_agent.fleet.args import check_positive, client_from, signer_from, target_from
+from edge_agent.fleet.args import (
+    check_positive,
+    client_from,
+    key_values,
+    signer_from,
+    target_from,
+)
 from edge_agent.fleet.client import (
     FleetClient,
     Request,
@@ -169,14 +175,7 @@ def fields_from(body: str | None, pairs: list[str]) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise UserError("--body: must be a JSON object")
         fields.update(loaded)
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"--arg {pair!r}: expected KEY=VALUE")
-        try:
-            fields[key] = json.loads(text)  # numbers, true/false, lists, objects
-        except ValueError:
-            fields[key] = text  # anything else is a plain string
+    fields.update(key_values("--arg", pairs))
     return fields
 
 
