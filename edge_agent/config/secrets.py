@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 _PREFIX = "credential:"
 
@@ -42,3 +45,12 @@ def read_secret(spec: str) -> str:
         # The unit's SetCredential= fallback when the file was never put in place.
         raise ValueError(f"{spec}: empty (not provisioned: {path} has no secret in it)")
     return text
+
+
+def _findable(spec: str) -> str:
+    secret_path(spec)  # a ValueError saying why it cannot be found
+    return spec
+
+
+# A file path or credential:NAME (systemd LoadCredential=), checked where it would be read.
+SecretSpec = Annotated[str, AfterValidator(_findable)]

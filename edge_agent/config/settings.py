@@ -1,5 +1,7 @@
-"""Every section of the agent's settings. Unknown keys are errors; every field says what it
-is for, so `configs/agent.toml` and `config validate` can explain themselves."""
+"""The agent's settings, section by section (pipelines in config/pipelines.py, the broker
+link and commands in config/link.py, models in config/models.py). Unknown keys are errors;
+every field says what it is for, so `configs/agent.toml` and `config validate` can explain
+themselves."""
 
 from __future__ import annotations
 
@@ -8,34 +10,31 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    ConfigDict,
     Field,
-    SecretStr,
     field_validator,
     model_validator,
 )
 
 from edge_agent.config.environment import environment_layer, merge_over
+from edge_agent.config.link import CommandsSettings as CommandsSettings
+from edge_agent.config.link import MqttSettings as MqttSettings
+from edge_agent.config.link import TlsSettings as TlsSettings
 from edge_agent.config.local_only import LOCAL_ONLY
 from edge_agent.config.models import BatchSettings as BatchSettings
 from edge_agent.config.models import InputOverrides as InputOverrides
 from edge_agent.config.models import ModelSettings as ModelSettings
-from edge_agent.config.secrets import read_secret, secret_path
-from edge_agent.config.section import LIVE, NEEDS_RESTART, restarts
+from edge_agent.config.pipelines import CacheSettings as CacheSettings
+from edge_agent.config.pipelines import DecodeOverrides as DecodeOverrides
+from edge_agent.config.pipelines import EscalateSettings as EscalateSettings
+from edge_agent.config.pipelines import GateSettings as GateSettings
+from edge_agent.config.pipelines import PipelineSettings as PipelineSettings
+from edge_agent.config.secrets import SecretSpec
+from edge_agent.config.section import LIVE, NEEDS_RESTART, Name, restarts
 from edge_agent.config.section import Section as Section
 from edge_agent.runtime.backend import BackendName
-from edge_agent.runtime.decoders.options import (
-    AnomalyThreshold,
-    IouThreshold,
-    MaxDetections,
-    ScoreThreshold,
-    TopK,
-)
 from edge_agent.runtime.delegates import CpuConfig, DelegateEntry
 from edge_agent.sources import SourceEntry
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 RESERVED_DEVICE_IDS = ("all", "group")
 
 
@@ -78,114 +77,6 @@ class RuntimeSettings(Section):
     delegates: list[DelegateEntry] = Field(
         default_factory=lambda: [_cpu()],
         description="Delegates to try in order; the CPU is always the last resort.",
-    )
-
-
-class DecodeOverrides(Section):
-    """Options of the pipeline's decoder over its model's manifest: any option that
-    decoder's Config has (docs/decoders.md), checked when the model is loaded. The options
-    several built-in decoders share are checked here already."""
-
-    model_config = ConfigDict(extra="allow")
-
-    top_k: TopK | None = Field(None, description="classification: classes reported.")
-    score_threshold: ScoreThreshold | None = Field(
-        None, description="detection, yolo, ssd_anchors: lowest score reported."
-    )
-    max_detections: MaxDetections | None = Field(
-        None, description="detection, yolo, ssd_anchors: most boxes per frame."
-    )
-    iou_threshold: IouThreshold | None = Field(
-        None, description="yolo, ssd_anchors: overlap above which NMS drops a box."
-    )
-    threshold: AnomalyThreshold | None = Field(
-        None, description="anomaly: a score above this is anomalous."
-    )
-
-
-class GateSettings(Section):
-    enabled: bool = Field(False, description="Skip frames too like the last inferred one.")
-    threshold: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="Mean absolute difference (0..1) on a small gray copy below which a "
-        "frame counts as unchanged.",
-    )
-    size: int = Field(32, ge=4, le=256, description="Side of the gray copy compared.")
-    max_skip_s: float = Field(10.0, gt=0, description="Infer at least this often, changed or not.")
-
-
-class CacheSettings(Section):
-    enabled: bool = Field(False, description="Reuse the result of an identical input.")
-    size: int = Field(256, ge=1, le=100_000, description="Results kept, least recent dropped.")
-
-
-class EscalateSettings(Section):
-    """Which results also go to a bigger model elsewhere (docs/escalation.md). A result is
-    escalated when its top score lies in [min_score, max_score] and its top label is in
-    `classes` (empty: any), or, outside that, by the audit sample; all within the budget."""
-
-    enabled: bool = Field(False, description="Send uncertain results to an escalation server.")
-    min_score: float = Field(0.3, ge=0, le=1, description="Lower end of the top-1 score band.")
-    max_score: float = Field(0.6, ge=0, le=1, description="Upper end of the top-1 score band.")
-    classes: list[str] = Field(
-        default_factory=list, description="Top-1 labels escalated in the band; empty: any label."
-    )
-    sample_rate: float = Field(
-        0.0, ge=0, le=1, description="Share of the other results sent too, for audit."
-    )
-    max_per_minute: int = Field(60, ge=0, description="Requests per minute at most (budget).")
-    max_bytes_per_hour: int = Field(
-        50_000_000, ge=0, description="Request bytes per hour at most (budget)."
-    )
-    send: Literal["jpeg", "tensor"] = Field(
-        "jpeg", description="What goes: the frame as a JPEG, or the model's input tensor."
-    )
-    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of a sent frame.")
-    timeout_s: float = Field(
-        10.0, gt=0, description="A sent request with no answer after this is given up."
-    )
-    max_answer_bytes: int = Field(
-        65536, gt=0, description="Larger answers are dropped, with one log line."
-    )
-    queue: int = Field(
-        64, ge=1, le=10_000, description="Offers waiting to be encoded; more are dropped."
-    )
-
-    @model_validator(mode="after")
-    def _band(self) -> EscalateSettings:
-        if self.min_score > self.max_score:
-            raise ValueError("min_score is above max_score")
-        return self
-
-
-class PipelineSettings(Section):
-    source: Name = Field(description="Name of a [sources.NAME] entry.")
-    model: Name = Field(description="Name of a [models.NAME] entry.")
-    enabled: bool = Field(True, description="A disabled pipeline is configured but not run.")
-    queue_size: int = Field(
-        2,
-        ge=1,
-        le=1000,
-        description="Frames waiting for inference; when full, on_full says what happens.",
-    )
-    on_full: Literal["auto", "drop_oldest", "wait"] = Field(
-        "auto",
-        description="When queue_size frames wait: drop_oldest keeps latency bounded (a live "
-        "camera wants the newest frame); wait holds the source until there is room, so "
-        "every frame gets a result (a recording wants all of them). auto: wait for "
-        "recorded input (a video file, an image folder, a file of lines not followed), "
-        "drop_oldest for the rest.",
-    )
-    decode: DecodeOverrides = Field(
-        default_factory=DecodeOverrides,
-        description="Decoder options over the manifest's (a table of the decoder's options).",
-    )
-    gate: GateSettings = Field(default_factory=GateSettings, description="Change gating.")
-    cache: CacheSettings = Field(default_factory=CacheSettings, description="Result cache.")
-    escalate: EscalateSettings = Field(
-        default_factory=EscalateSettings, description="Escalation to a bigger model; off."
     )
 
 
@@ -287,84 +178,6 @@ class OutboxSettings(Section):
     )
 
 
-def _findable(spec: str) -> str:
-    secret_path(spec)  # a ValueError saying why it cannot be found
-    return spec
-
-
-# A file path or credential:NAME (systemd LoadCredential=), checked where it would be read.
-SecretSpec = Annotated[str, AfterValidator(_findable)]
-
-
-class TlsSettings(Section):
-    ca_file: Annotated[Path | None, LOCAL_ONLY] = Field(
-        None, description="CA certificate(s) to trust, PEM."
-    )
-    cert_file: Annotated[Path | None, LOCAL_ONLY] = Field(
-        None, description="Client certificate, PEM."
-    )
-    key_file: Annotated[SecretSpec | None, LOCAL_ONLY] = Field(
-        None, description="Client key: a file, or credential:NAME (systemd LoadCredential=)."
-    )
-
-
-class MqttSettings(Section):
-    enabled: bool = Field(False, description="Connect to a broker.")
-    host: str = Field("127.0.0.1", description="Broker host name or address.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
-    topic_prefix: Name = Field("edge", description="First topic level.")
-    username: str | None = Field(None, description="User name, when the broker wants one.")
-    password: SecretStr | None = Field(
-        None, description="Password; better kept in password_file than in this file."
-    )
-    password_file: Annotated[str | None, LOCAL_ONLY] = Field(
-        None,
-        description="File holding the password, or credential:NAME for a systemd credential "
-        "in $CREDENTIALS_DIRECTORY. Read at load: a missing one is a config error.",
-    )
-    tls: TlsSettings | None = Field(None, description="TLS; none: plain TCP.")
-    protocol: Literal["auto", "5", "3.1.1"] = Field(
-        "auto",
-        description="MQTT protocol version. auto: MQTT 5, and MQTT 3.1.1 for a broker that "
-        "refuses 5 (NATS, RabbitMQ 3.10), kept for its reconnects; 5 or 3.1.1: that one only.",
-    )
-    transport: Literal["tcp", "websockets"] = Field("tcp", description="TCP or WebSocket.")
-    websocket_path: str = Field("/mqtt", description="Path of the WebSocket endpoint.")
-    client_id: str | None = Field(None, description="MQTT client id; empty: the device id.")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval.")
-    session_expiry_s: int = Field(
-        86400,
-        ge=0,
-        le=2**32 - 1,
-        description="How long the broker keeps our session (and commands sent while we are "
-        "offline) after a disconnect; 0: a clean session every time.",
-    )
-    reconnect_min_s: float = Field(1.0, gt=0, description="Shortest wait before reconnecting.")
-    reconnect_max_s: float = Field(
-        120.0, gt=0, description="Longest wait; each wait is random up to the current cap."
-    )
-    inflight: int = Field(
-        500, ge=1, le=65535, description="Messages published and not yet acknowledged, at most."
-    )
-    drain_rate: float = Field(
-        0.0, ge=0, description="Messages per second while catching up; 0: no cap."
-    )
-    max_packet_size: int = Field(
-        0,
-        ge=0,
-        description="Largest message the broker takes, in bytes; 0: as the broker says in "
-        "CONNACK (MQTT 5), else unlimited. Larger messages are set aside and counted.",
-    )
-
-    @model_validator(mode="after")
-    def _password_from_file(self) -> MqttSettings:
-        if self.password_file is not None:
-            if self.password is not None:
-                raise ValueError("password_file: give password or password_file, not both")
-            self.password = SecretStr(read_secret(self.password_file))
-        return self
-
-
 class TelemetrySettings(Section):
     interval_s: float = Field(30.0, gt=0, description="Seconds between telemetry messages.")
 
@@ -398,66 +211,6 @@ class UpdatesSettings(Section):
     max_error_rate: float = Field(
         0.05, ge=0, le=1, description="Rolled back if this share of its inferences fail."
     )
-
-
-class CommandsSettings(Section):
-    enabled: bool = Field(True, description="Take commands over MQTT (needs [mqtt]).")
-    max_bytes: int = Field(256 * 1024, gt=0, description="Largest command body accepted.")
-    require_signed: bool = Field(
-        False, description="Refuse commands not signed by a key in [updates] trusted_keys."
-    )
-    max_age_s: float = Field(
-        300.0, gt=0, description="A command issued longer ago than this is refused."
-    )
-    remember: int = Field(
-        1000, ge=1, description="Replies kept, so a repeated request id gets the first one."
-    )
-    # What set_config may set (config/remote.py). These three are read from this file and
-    # the environment only, never from the remote overlay.
-    remote_keys: list[
-        Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9_-]+)(\.(\*|[A-Za-z0-9_-]+))*$")]
-    ] = Field(
-        default_factory=lambda: [
-            "pipelines",
-            "sources",
-            "models.*.threads",
-            "models.*.delegates",
-            "models.*.batch",
-            "models.*.input",
-            "models.*.decode",
-            "models.*.replicas",
-            "runtime.threads",
-            "runtime.delegates",
-            "outbox",
-            "telemetry",
-            "logging",
-            "updates",
-        ],
-        description="Keys set_config may set, as patterns: a key or a whole table, * for "
-        "one level (a name). Default: pipelines, sources, models' tuning (threads, "
-        "delegates, batch, input, decode, replicas), runtime threads and delegates, "
-        "outbox, telemetry, logging, updates. Never enough alone for a file path or "
-        "library (remote_paths), a security key (allow_remote_security_changes) or "
-        "device.state_dir.",
-    )
-    allow_remote_security_changes: bool = Field(
-        False,
-        description="set_config may change trusted keys, credentials, the broker address "
-        "and the [commands] settings other than these three.",
-    )
-    remote_paths: list[str] = Field(
-        default_factory=list,
-        description="Keys whose file path or library set_config may set, as patterns with * "
-        'for a name ("models.*.path", "sources.*.device"); empty: none. Paths and libraries '
-        "otherwise come only from this file. device.state_dir is never changed remotely.",
-    )
-
-    @field_validator("remote_paths")
-    @classmethod
-    def _not_the_state_dir(cls, value: list[str]) -> list[str]:
-        if "device.state_dir" in value:
-            raise ValueError("device.state_dir is never changed remotely")
-        return value
 
 
 class HttpSettings(Section):
