@@ -361,6 +361,7 @@ class Agent:
             },
             "outbox": self.outbox.stats(),
             "link": self.link.snapshot() if self.link is not None else None,
+            **({"escalation": self.escalation.snapshot()} if self.escalation is not None else {}),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -376,6 +377,8 @@ class Agent:
                 for name, w in self.host.workers().items()
             },
             "shadows": self.host.shadows(),
+            # The escalation client's counts (offered, sent, answered, ...): absent when off.
+            **({"escalation": self.escalation.snapshot()} if self.escalation is not None else {}),
             "outbox": self.outbox.stats(),
             "link": self.link.snapshot() if self.link else {"state": "disabled"},
             "problems": [p.as_dict() for p in self.status.problems()],

@@ -75,6 +75,7 @@ class Telemetry:
             "models": snapshot["models"],
             # Update canaries running now: their live comparison (never their results).
             **({"shadows": snapshot["shadows"]} if snapshot.get("shadows") else {}),
+            **({"escalation": snapshot["escalation"]} if "escalation" in snapshot else {}),
             "outbox": snapshot["outbox"],
             "link": snapshot["link"],
         }

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
@@ -34,8 +35,9 @@ from edge_agent.runtime.backend import select_backend
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
 from edge_agent.sources.base import Frame
+from tests.agent_helpers import mqtt_table, start_agent
 from tests.conftest import MODELS
-from tests.mqtt_fixtures import DEVICE, PREFIX, Broker, wait_until
+from tests.mqtt_fixtures import DEVICE, PREFIX, Broker, Subscriber, wait_until
 
 pytest_plugins = ("tests.mqtt_fixtures",)
 
@@ -279,3 +281,63 @@ def test_bad_answers_are_dropped_with_one_line_each(
     finally:
         probe.loop_stop()
         device.close()
+
+
+# Below digits_int8's top score (255/256 = 0.9961, which most digits reach): the unsure ones.
+UNSURE = 0.9922
+
+
+def test_an_agents_pipeline_escalates_per_the_band_and_the_refined_results_arrive(
+    broker: Broker, tmp_path: Path, servers: list[EscalationServer]
+) -> None:
+    """A running agent: test digits as PNG files into an image_dir source, digits_int8 in
+    the pipeline; the results in the band go to the servers' bigger model and come back as
+    records refining them, on the results topic."""
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    digits = np.load(MODELS / "data" / "digits_test.npz")["x"][:60]
+    for i, x in enumerate(digits):  # the model reads 0..255 as 0..16
+        cv2.imwrite(str(folder / f"{i:03}.png"), np.round(x * 255 / 16).astype(np.uint8))
+    body = f"""
+[sources.files]
+kind = "image_dir"
+path = "{folder}"
+settle_s = 0
+
+[pipelines.digits]
+source = "files"
+model = "digits"
+
+[pipelines.digits.escalate]
+enabled = true
+min_score = 0.0
+max_score = {UNSURE}
+send = "tensor"
+max_per_minute = 1000
+""" + mqtt_table(broker.port)
+    results = Subscriber(broker, f"{PREFIX}/test-device/results/digits").start()
+    agent = start_agent(tmp_path, body, online=True)
+    try:
+
+        def received() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            bodies = [json.loads(m.payload) for m in results.messages]
+            return [b for b in bodies if "refines" not in b], [b for b in bodies if "refines" in b]
+
+        wait_until(lambda: len(received()[0]) == len(digits), 20, "every digit's result")
+        originals, _ = received()
+        unsure = {o["id"] for o in originals if o["result"]["top"][0]["score"] <= UNSURE}
+        assert 0 < len(unsure) < len(digits) / 2, [o["result"]["top"][0] for o in originals]
+        wait_until(lambda: len(received()[1]) == len(unsure), 20, "the refined results")
+        refined = received()[1]
+        assert {r["refines"] for r in refined} == unsure
+        assert {r["escalation"] for r in refined} == {"answered"}
+        assert {r["model"]["version"] for r in refined} == {"1.0.0-slow"}
+        assert all(r["delegate"].startswith("escalation:") for r in refined)
+        counts = agent.snapshot()["escalation"]
+        assert counts["offered"] == len(digits)
+        assert counts["band"] == counts["sent"] == counts["answered"] == len(unsure)
+        assert counts["timeout"] == counts["expired"] == counts["in_flight"] == 0
+        assert agent.telemetry.collect()["escalation"] == agent.snapshot()["escalation"]
+    finally:
+        agent.stop()
+        results.close()

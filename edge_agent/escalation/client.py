@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 _WINDOW = 32  # requests published and not yet acknowledged
 _TICK_S = 0.05
 _EXPIRE_EVERY_S = 1.0
+_MARK_EVERY_S = 0.5  # acknowledged requests are marked delivered at most this often
 _ANSWERS_WAITING = 1000  # answers queued from the network thread; more are dropped
 
 
@@ -58,6 +59,7 @@ class _Offer:
     frame: Frame
     sample: npt.NDArray[Any]
     quant: QuantParams
+    shape: list[int]  # the frame's height and width
 
 
 @dataclass
@@ -87,7 +89,9 @@ class EscalationClient:
         self.prefix = prefix
         self.device = device
         self.envelope = envelope
-        self.counts = Counters()  # offered, escalated, over_budget, answered, dropped_*, ...
+        # Always shown: offered, sent, answered, timeout, expired; as they come: band and
+        # audit (escalated), over_budget, queue_full, stored, dropped_* (bad answers).
+        self.counts = Counters("offered", "sent", "answered", "timeout", "expired")
         self.round_trips: list[float] = []  # seconds, the latest 10,000, for the benchmark
         self._policies: dict[str, Policy] = {}
         self._timeouts: dict[str, float] = {}  # pipeline -> timeout_s, as last offered
@@ -96,6 +100,9 @@ class EscalationClient:
         self._answers: queue.Queue[Message] = queue.Queue(_ANSWERS_WAITING)
         self._acks: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
         self._unacked: set[int] = set()
+        self._delivered: list[int] = []  # acknowledged, to be marked in the next batch
+        self._marked_at = 0.0
+        self._to_send = 0  # requests stored and not yet published by this process
         self._inflight: dict[str, _InFlight] = {}
         self._settled: dict[str, None] = {}  # request ids answered lately: repeats dropped
         self._stop = threading.Event()
@@ -125,10 +132,15 @@ class EscalationClient:
             self.counts.add("over_budget" if decision == "over_budget" else "queue_full")
             return
         self.counts.add(decision)
-        # Copies: the source and the worker may reuse their buffers after this returns.
-        kept = Frame(frame.data.copy(), frame.captured, frame.wall_time, frame.index)
-        kept.jpeg = frame.jpeg.copy() if frame.jpeg is not None else None
-        self._offers.put(_Offer(settings, result, kept, sample.copy(), quant))
+        # Copies of what the request needs alone (the source and the worker may reuse their
+        # buffers after this returns); the rest is left behind as empty arrays.
+        empty = np.empty(0, np.uint8)
+        jpeg = frame.jpeg.copy() if settings.send == "jpeg" and frame.jpeg is not None else None
+        image = frame.data.copy() if settings.send == "jpeg" and jpeg is None else empty
+        kept = Frame(image, frame.captured, frame.wall_time, frame.index, jpeg=jpeg)
+        tensor = sample.copy() if settings.send == "tensor" else empty
+        shape = list(frame.data.shape[:2])
+        self._offers.put(_Offer(settings, result, kept, tensor, quant, shape))
         self._wake.set()
 
     # Lifecycle ---------------------------------------------------------------------------
@@ -175,9 +187,9 @@ class EscalationClient:
                 self._encode_offers()
                 self._take_answers()
                 self._mark_acks()
-                if self.link.connected.is_set():
-                    self._send()
                 now = time.monotonic()
+                if self.link.connected.is_set():
+                    self._send(backlog=now >= next_expiry)
                 self._time_out(now)
                 if now >= next_expiry:
                     next_expiry = now + _EXPIRE_EVERY_S
@@ -187,6 +199,11 @@ class EscalationClient:
                 log.warning("escalation: outbox write failed (%s); retrying", exc)
             except Exception:  # a bug here must not end escalation for good
                 log.exception("escalation: unexpected error")
+        if self._delivered:  # not sent again after a restart
+            try:
+                self.outbox.mark_delivered(self._delivered)
+            except OutboxWriteError as exc:
+                log.warning("escalation: outbox write failed (%s) at stop", exc)
 
     def _encode_offers(self) -> None:
         while True:
@@ -204,6 +221,7 @@ class EscalationClient:
             self._max_answer[request.pipeline] = offer.settings.max_answer_bytes
             topic = topics.Escalate(self.prefix, self.device, request.pipeline).topic
             self.writer.put_message(topic, body, "escalation", request.id)
+            self._to_send += 1
             self.counts.add("stored")
 
     def _request(self, offer: _Offer) -> EscalationRequest:
@@ -215,7 +233,7 @@ class EscalationClient:
             tensor = np.ascontiguousarray(real, dtype="<f4")
             data, shape = tensor.tobytes(), list(tensor.shape)
         else:
-            data, shape = _jpeg(frame, settings.jpeg_quality), list(frame.data.shape[:2])
+            data, shape = _jpeg(frame, settings.jpeg_quality), offer.shape
         pipeline = offer.result.pipeline
         return EscalationRequest.model_construct(
             id=self.envelope.new_id(),
@@ -230,11 +248,14 @@ class EscalationClient:
             result=offer.result,
         )
 
-    def _send(self) -> None:
+    def _send(self, backlog: bool) -> None:
+        """Publishes stored requests; reads the outbox only while some this process stored
+        are unpublished, or for `backlog` (stored before a restart or a reconnect)."""
         room = _WINDOW - len(self._unacked)
-        if room <= 0:
+        if room <= 0 or not (backlog or self._to_send > 0):
             return
-        for row in self.outbox.pending(room, frozenset(self._unacked), cls="escalation"):
+        exclude = frozenset(self._unacked.union(self._delivered))
+        for row in self.outbox.pending(room, exclude, cls="escalation"):
             try:
                 request = EscalationRequest.model_validate_json(row.payload)
             except ValidationError:
@@ -260,6 +281,7 @@ class EscalationClient:
                 log.debug("escalation: not sent now (%s)", exc)
                 return
             self._unacked.add(seq)
+            self._to_send = max(0, self._to_send - 1)
             self.counts.add("sent")
 
     def _acker(self, seq: int) -> OnAck:
@@ -278,10 +300,17 @@ class EscalationClient:
                 self.outbox.set_aside(seq, "rejected")
             else:
                 delivered.append(seq)
-        if delivered:
-            self.outbox.mark_delivered(delivered)
-        if not self.link.connected.is_set():
-            self._unacked.clear()  # their PUBACKs never come: the rows are sent again
+        self._delivered.extend(delivered)
+        # Marked together: each mark is a commit (an fsync at durability "full").
+        now = time.monotonic()
+        if self._delivered and (len(self._delivered) >= _WINDOW or now >= self._marked_at):
+            self.outbox.mark_delivered(self._delivered)
+            self._delivered = []
+            self._marked_at = now + _MARK_EVERY_S
+        if not self.link.connected.is_set() and self._unacked:
+            # Their PUBACKs never come: the rows are sent again.
+            self._to_send += len(self._unacked)
+            self._unacked.clear()
 
     def _time_out(self, now: float) -> None:
         late = [rid for rid, f in self._inflight.items() if f.deadline <= now]

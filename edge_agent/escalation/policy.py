@@ -102,9 +102,12 @@ class Policy:
         self._rng = rng or random.Random()
 
     def configure(self, settings: EscalateSettings) -> None:
+        # The same object on every offer until a reload: compared by value only then.
+        if settings is self.settings:
+            return
         if settings != self.settings:
-            self.settings = settings
             self.budget.configure(settings.max_per_minute, settings.max_bytes_per_hour)
+        self.settings = settings
 
     def decide(self, result: dict[str, Any]) -> str:
         """ "band" or "audit" (escalate), "over_budget", or "no"."""

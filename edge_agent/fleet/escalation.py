@@ -19,7 +19,10 @@ def serve(args: argparse.Namespace) -> int:
         from edge_agent.runtime.predictor import Predictor
     except ImportError as exc:
         raise UserError(f"serve-escalation needs the agent's runtime: {exc}") from None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The CLI logs warnings only (debug with --debug); a server runs for long and says what
+    # it serves and each request it drops.
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))
     host, port = parse_address(args.broker or "127.0.0.1:1883", 1883)
     model = load_model(args.model, select_backend("auto"), (), args.threads)
     server = EscalationServer(
