@@ -118,9 +118,9 @@ class Agent:
             self.link.subscribe(
                 # Chunks of every transfer to this device.
                 topics.transfer_data_filter(settings.mqtt.topic_prefix, settings.device.id),
-                self.updater.on_transfer_message,
+                self.updater.fetcher.on_transfer_message,
             )
-            self.link.add_connection_listener(self.updater.on_connection)
+            self.link.add_connection_listener(self.updater.fetcher.on_connection)
         self.telemetry = Telemetry(
             self.envelope,
             state_dir,

@@ -17,12 +17,10 @@ from typing import TYPE_CHECKING, Any
 from edge_agent.config.settings import UpdatesSettings
 from edge_agent.errors import UserError
 from edge_agent.json_body import BodyError, read_object
-from edge_agent.link import topics
 from edge_agent.runtime.manifest import MAX_MODEL_MANIFEST_BYTES
+from edge_agent.updates.fetch import Fetcher
 from edge_agent.updates.manifest import (
     MAX_MANIFEST_BYTES,
-    HttpSource,
-    MqttSource,
     UpdateManifest,
     UpdateRefused,
     check_limits,
@@ -32,18 +30,17 @@ from edge_agent.updates.manifest import (
 from edge_agent.updates.signing import verify_file, verify_manifest
 from edge_agent.updates.staging import StageReport, stage
 from edge_agent.updates.store import ModelStore
-from edge_agent.updates.transfer import ChunkPull, TransferStopped, http_download
+from edge_agent.updates.transfer import TransferStopped
 
 if TYPE_CHECKING:
     from edge_agent.config.settings import AgentSettings
     from edge_agent.host import ModelHost
-    from edge_agent.link.mqtt import Message, MqttLink
+    from edge_agent.link.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 1.0  # download progress events at most this often
 _MIN_SAMPLES = 20  # inferences needed before the running model's p95 counts as a baseline
-_CHUNK_HEADERS = 512  # room for the topic and MQTT headers around one chunk
 # The manifest saved beside a half-done download: as received, re-spaced and with
 # defaults filled in, so somewhat longer than the limit it arrived under.
 _SAVED_MANIFEST_BYTES = 2 * MAX_MANIFEST_BYTES
@@ -70,12 +67,11 @@ class Updater:
         self.host = host
         self.store: ModelStore = host.store
         self.agent_settings = settings  # read at each use: [updates] applies live
-        self.link = link
         self.emit = emit  # an update event, through the outbox
-        self.publish = publish  # a chunk request, straight to the broker (False: offline)
         self.downloads = settings().device.state_dir / "downloads"
         self.stopping = threading.Event()
-        self._pulls: dict[tuple[str, str], ChunkPull] = {}
+        # The agent's link hands it transfer chunks and reconnects.
+        self.fetcher = Fetcher(link, publish, lambda: self.settings, self.stopping)
         self._lock = threading.Lock()
         self._busy: set[str] = set()  # model names with an update or switch under way
         self._crashed = False  # a resumed download's thread ended by an escaping exception
@@ -224,101 +220,20 @@ class Updater:
             self.store.remove(name, version)
             return self.store.versions(name)
 
-    def on_connection(self, up: bool) -> None:
-        """Chunks published while the device was away are lost: ask for them again."""
-        if up:
-            with self._lock:
-                pulls = list(self._pulls.values())
-            for pull in pulls:
-                pull.resend()
-
-    def on_transfer_message(self, message: Message) -> None:
-        """A chunk from the operator (paho's network thread)."""
-        chunk = message.topic
-        if not isinstance(chunk, topics.TransferData):
-            return
-        with self._lock:
-            pull = self._pulls.get((chunk.transfer, chunk.role))
-        if pull is not None:
-            pull.feed(chunk.index, message.payload)
-
     # Steps -------------------------------------------------------------------------------
 
     def _fetch(self, m: UpdateManifest, folder: Path, request_id: str | None) -> dict[str, Path]:
-        total = sum(ref.size for ref in m.files.values())
-        done_before = 0
         last = 0.0
-        files: dict[str, Path] = {}
-        for role, ref in m.files.items():
-            part = folder / f"{role}.part"
 
-            def progress(done: int, size: int, base: int = done_before) -> None:
-                nonlocal last
-                now = time.monotonic()
-                if now - last >= _PROGRESS_EVERY_S or base + done == total:
-                    last = now
-                    self._event(
-                        m.name,
-                        m.version,
-                        "downloading",
-                        request_id=request_id,
-                        detail={"done": base + done, "total": total},
-                    )
+        def progress(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= _PROGRESS_EVERY_S or done == total:
+                last = now
+                detail = {"done": done, "total": total}
+                self._event(m.name, m.version, "downloading", request_id=request_id, detail=detail)
 
-            if part.exists() and part.stat().st_size == ref.size:
-                files[role] = part  # fetched before a restart
-            elif isinstance(m.source, HttpSource):
-                files[role] = http_download(
-                    m.source.file_url(ref),
-                    part,
-                    ref.size,
-                    timeout_s=self.settings.download_timeout_s,
-                    progress=progress,
-                    stop=self.stopping,
-                )
-            elif isinstance(m.source, MqttSource):
-                files[role] = self._pull(m.source, role, part, ref.size, progress)
-            else:
-                raise UpdateRefused("manifest has no source to fetch the files from")
-            done_before += ref.size
-        return files
-
-    def _pull(
-        self,
-        source: MqttSource,
-        role: str,
-        part: Path,
-        size: int,
-        progress: Callable[[int, int], None],
-    ) -> Path:
-        link = self.link
-        if link is None:
-            raise UpdateRefused("an MQTT transfer needs [mqtt] enabled")
-        limit = link.max_packet_size
-        if limit and source.chunk_size + _CHUNK_HEADERS > limit:
-            raise UpdateRefused(
-                f"source.chunk_size {source.chunk_size} does not fit the broker's maximum "
-                f"packet size of {limit} bytes: push with smaller chunks"
-            )
-        pull = ChunkPull(
-            self.publish,
-            topics.TransferGet(link.settings.topic_prefix, link.device, source.transfer).topic,
-            role,
-            part,
-            size,
-            source.chunk_size,
-            self.settings.chunk_window,
-            self.settings.download_timeout_s / 4,
-            progress,
-            idle_limit_s=self.settings.download_timeout_s * 10,
-        )
-        with self._lock:
-            self._pulls[(source.transfer, role)] = pull
-        try:
-            return pull.run(self.stopping)
-        finally:
-            with self._lock:
-                self._pulls.pop((source.transfer, role), None)
+        return self.fetcher.fetch(m, folder, progress)
 
     def _stage(self, m: UpdateManifest) -> StageReport:
         folder = self.store.version_dir(m.name, m.version)
