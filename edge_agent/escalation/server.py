@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from edge_agent.counters import Counters
 from edge_agent.json_body import BodyError, parse_object
 from edge_agent.link import topics
+from edge_agent.link.mqtt import no_nagle, quick_ack
 from edge_agent.payloads import EscalationAnswer, EscalationRequest, ModelRef
 from edge_agent.runtime.predictor import Predictor
 
@@ -67,6 +68,7 @@ class EscalationServer:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_publish = lambda client, *_: quick_ack(client)  # the answers' PUBACKs
         self._host, self._port = host, port
         self._thread = threading.Thread(target=self._run, name="escalation-server", daemon=True)
 
@@ -88,6 +90,7 @@ class EscalationServer:
         if reason.is_failure:
             log.warning("escalation server: broker refused: %s", reason)
             return
+        no_nagle(client)  # an answer is one small message: sent now, not after an ACK
         client.subscribe(self.filter, qos=1)
         self.connected.set()
         log.info(
@@ -95,6 +98,7 @@ class EscalationServer:
         )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        quick_ack(client)
         try:
             self._queue.put_nowait(message)
         except queue.Full:
