@@ -341,3 +341,43 @@ max_per_minute = 1000
     finally:
         agent.stop()
         results.close()
+
+
+def _serve(tmp_path: Path, broker: Broker, *flags: str, wait_s: float = 20) -> tuple[bool, str]:
+    """`edge-fleet serve-escalation` as a process: whether it was serving within `wait_s`,
+    and its log."""
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_FLEET_")}
+    env["EDGE_FLEET_PROFILES"] = str(tmp_path / "no-profiles.toml")
+    fleet = str(Path(sys.executable).parent / "edge-fleet")
+    command = [fleet, "serve-escalation", "--model", str(BIG)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--broker", f"127.0.0.1:{broker.port}", *flags],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and "serving" not in log.read_text():
+            time.sleep(0.1)
+        return "serving" in log.read_text(), log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_server_takes_the_fleet_broker_options_tls_included(
+    tmp_path: Path, tls_broker: Broker
+) -> None:
+    assert tls_broker.tls is not None
+    serving, text = _serve(tmp_path, tls_broker, "--ca", str(tls_broker.tls.ca_cert))
+    assert serving, text
+    # Without the CA the broker's certificate is not trusted: never serving.
+    plain, text = _serve(tmp_path, tls_broker, wait_s=4)
+    assert not plain, text

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,9 @@ class EscalationServer:
         protocol: str = "5",
         client_id: str = "",
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        setup: Callable[[mqtt.Client], None] | None = None,
     ) -> None:
+        """`setup` configures the client before it connects: credentials, TLS."""
         self.predictor = predictor
         info = predictor.model.info
         self.model = ModelRef(name=info.name, version=info.version, sha256=info.sha256)
@@ -65,6 +68,8 @@ class EscalationServer:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version
         )
         self.name = client_id or "escalation-server"
+        if setup is not None:
+            setup(self.client)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = lambda *a: self.connected.clear()

@@ -29,6 +29,11 @@ def key_id_from(value: str) -> str:
 
 def client_from(args: argparse.Namespace) -> FleetClient:
     """The connection the flags, the environment and the profile describe (fleet/profile.py)."""
+    return FleetClient(broker_options(args))  # connected by `with`
+
+
+def broker_options(args: argparse.Namespace) -> BrokerOptions:
+    """The broker, credentials and TLS from the flags, the environment and the profile."""
     from edge_agent.config.secrets import read_secret
     from edge_agent.fleet.profile import resolve
 
@@ -45,7 +50,7 @@ def client_from(args: argparse.Namespace) -> FleetClient:
     if password is not None and found.get("username") is None:
         where = found.sources.get("password") or found.sources["password_file"]
         raise UserError(f"{where}: a password needs a user name (--username)")
-    options = BrokerOptions(
+    return BrokerOptions(
         host=host,
         port=port,
         prefix=check_level(found.get("prefix", "edge"), found.sources.get("prefix", "--prefix")),
@@ -57,7 +62,6 @@ def client_from(args: argparse.Namespace) -> FleetClient:
         protocol=found.get("mqtt", "auto"),
         use_tls=tls,
     )
-    return FleetClient(options)  # connected by `with`
 
 
 def target_from(args: argparse.Namespace) -> Target:

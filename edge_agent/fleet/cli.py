@@ -142,13 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         action.set_defaults(handler=remote.models)
 
     p = commands.add_parser(
-        "serve-escalation", help="answer devices' escalations with a bigger model (Ctrl-C)"
+        "serve-escalation",
+        parents=[broker],
+        help="answer devices' escalations with a bigger model (Ctrl-C)",
     )
     p.add_argument("--model", type=Path, required=True, help="the .tflite (manifest beside it)")
-    p.add_argument("--broker", help="HOST[:PORT] (default 127.0.0.1:1883)")
-    p.add_argument("--prefix", default="edge", help="first topic level (default edge)")
     p.add_argument("--group", default="escalation", help="shared subscription group")
-    p.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (5)")
     p.add_argument("--client-id", help="MQTT client id, named in answers")
     p.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     p.set_defaults(handler=escalation.serve)

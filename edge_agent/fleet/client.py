@@ -156,6 +156,27 @@ def json_object(payload: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def use_credentials(client: mqtt.Client, o: BrokerOptions) -> None:
+    """The user name, password and TLS of `o` on a paho client not yet connected."""
+    if o.username is not None:
+        client.username_pw_set(o.username, o.password)
+    elif o.password is not None:
+        raise UserError("a password needs a user name (--username)")
+    if o.tls:
+        for flag, path in (("--ca", o.ca), ("--cert", o.cert), ("--key", o.key)):
+            if path is not None and not path.is_file():
+                raise UserError(f"{flag} {path}: no such file")
+        try:
+            client.tls_set(
+                ca_certs=str(o.ca) if o.ca else None,
+                certfile=str(o.cert) if o.cert else None,
+                keyfile=str(o.key) if o.key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ValueError) as exc:
+            raise UserError(f"TLS files (--ca/--cert/--key): {exc}") from None
+
+
 class FleetClient:
     """A paho client on its own network thread (paho's `loop_start`), reconnecting by
     itself; every subscription is made again after a reconnect, since sessions are clean."""
@@ -185,23 +206,7 @@ class FleetClient:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
         )
-        if o.username is not None:
-            client.username_pw_set(o.username, o.password)
-        elif o.password is not None:
-            raise UserError("a password needs a user name (--username)")
-        if o.tls:
-            for flag, path in (("--ca", o.ca), ("--cert", o.cert), ("--key", o.key)):
-                if path is not None and not path.is_file():
-                    raise UserError(f"{flag} {path}: no such file")
-            try:
-                client.tls_set(
-                    ca_certs=str(o.ca) if o.ca else None,
-                    certfile=str(o.cert) if o.cert else None,
-                    keyfile=str(o.key) if o.key else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ValueError) as exc:
-                raise UserError(f"TLS files (--ca/--cert/--key): {exc}") from None
+        use_credentials(client, o)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -8,7 +8,8 @@ import logging
 import threading
 
 from edge_agent.errors import UserError
-from edge_agent.fleet.client import parse_address
+from edge_agent.fleet.args import broker_options
+from edge_agent.fleet.client import use_credentials
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -23,16 +24,21 @@ def serve(args: argparse.Namespace) -> int:
     # it serves and each request it drops.
     root = logging.getLogger()
     root.setLevel(min(root.level, logging.INFO))
-    host, port = parse_address(args.broker or "127.0.0.1:1883", 1883)
+    # The broker, credentials and TLS as every edge-fleet command takes them (flags, then
+    # EDGE_FLEET_*, then the profile).
+    options = broker_options(args)
     model = load_model(args.model, select_backend("auto"), (), args.threads)
     server = EscalationServer(
         Predictor(model),
-        host,
-        port,
-        prefix=args.prefix,
+        options.host,
+        options.port,
+        prefix=options.prefix,
         group=args.group,
-        protocol=args.protocol,
+        # Answers need MQTT 5's response topics only where the device asked with them; a
+        # 3.1.1 broker gets 3.1.1 (--mqtt 3.1.1), anything else MQTT 5.
+        protocol="3.1.1" if options.protocol == "3.1.1" else "5",
         client_id=args.client_id or "",
+        setup=lambda client: use_credentials(client, options),
     ).start()
     try:
         threading.Event().wait()
