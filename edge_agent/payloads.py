@@ -67,6 +67,9 @@ class EscalationRequest(BaseModel):
     format: TensorFormat
     shape: list[int] = Field(description="The tensor's shape; for a JPEG, height, width.")
     data: str = Field(description="Base64 of the JPEG, or of the float32 tensor.")
+    crop: list[int] | None = Field(
+        None, description="A JPEG of part of the frame: its [x1, y1, x2, y2] in frame pixels."
+    )
     result: ResultPayload = Field(description="The device's own result.")
 
 

@@ -381,3 +381,57 @@ def test_the_server_takes_the_fleet_broker_options_tls_included(
     # Without the CA the broker's certificate is not trusted: never serving.
     plain, text = _serve(tmp_path, tls_broker, wait_s=4)
     assert not plain, text
+
+
+def test_a_crop_sends_the_top_box_of_the_whole_frame(broker: Broker, tmp_path: Path) -> None:
+    """send = "crop": the best detection's box with its margin, cut from the frame as the
+    source gave it, as a JPEG whose place in the frame the request names; a result without
+    a box sends the whole frame."""
+    import base64
+
+    device = Device(broker, tmp_path).start()
+    probe = _probe(broker)
+    requests: list[dict[str, Any]] = []
+    probe.on_message = lambda c, u, m: requests.append(json.loads(m.payload))
+    probe.subscribe(topics.Escalate(PREFIX, DEVICE, "cam").topic, qos=1)
+    crop = EscalateSettings(enabled=True, min_score=0.0, max_score=1.0, send="crop")
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[100:300, 200:400] = (0, 0, 255)  # the object the boxes point at
+    frame = Frame(image, time.monotonic(), time.time(), 0)
+    detections = [
+        {"label": "thing", "score": 0.4, "box": [10.0, 10.0, 50.0, 50.0]},
+        {"label": "thing", "score": 0.5, "box": [200.0, 100.0, 400.0, 300.0]},
+    ]
+
+    def offer(result: dict[str, Any]) -> None:
+        payload = ResultPayload(
+            id=device.envelope.new_id(),
+            seq=device.envelope.next_seq(),
+            ts=time.time(),
+            boot_id=device.envelope.boot_id,
+            device=DEVICE,
+            pipeline="cam",
+            source={"name": "test", "index": 0},
+            model=ModelRef(name="det", version="1", sha256="0"),
+            delegate="cpu",
+            latency_ms={},
+            result=result,
+        )
+        quant = device.predictor.model.input.quant
+        device.client.offer(crop, payload, frame, np.empty(0, np.uint8), quant)
+
+    try:
+        assert device.link.connected.wait(5)
+        offer({"detections": detections})
+        offer({"top": [{"label": "thing", "score": 0.5}]})  # a classifier's: no box
+        wait_until(lambda: len(requests) == 2, 10, "both requests")
+        boxed, whole = sorted(requests, key=lambda r: r["crop"] is None)
+        # The best box (score 0.5) grown by 10% of its size on each side.
+        assert boxed["crop"] == [180, 80, 420, 320] and boxed["format"] == "jpeg"
+        part = cv2.imdecode(np.frombuffer(base64.b64decode(boxed["data"]), np.uint8), 1)
+        assert part.shape == (240, 240, 3) and boxed["shape"] == [240, 240]
+        assert part[120, 120, 2] > 200 and part[5, 5, 2] < 50  # the object inside, margin dark
+        assert whole["shape"] == [480, 640]
+    finally:
+        probe.loop_stop()
+        device.close()

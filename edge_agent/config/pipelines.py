@@ -75,8 +75,14 @@ class EscalateSettings(Section):
     max_bytes_per_hour: int = Field(
         50_000_000, ge=0, description="Request bytes per hour at most (budget)."
     )
-    send: Literal["jpeg", "tensor"] = Field(
-        "jpeg", description="What goes: the frame as a JPEG, or the model's input tensor."
+    send: Literal["jpeg", "crop", "tensor"] = Field(
+        "jpeg",
+        description="What goes: the frame as a JPEG; crop: the top detection's box (with "
+        "crop_margin around it) as a JPEG, the whole frame for a result without a box; or "
+        "the model's input tensor.",
+    )
+    crop_margin: float = Field(
+        0.1, ge=0, le=1, description="crop: room around the box, as a share of its size."
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of a sent frame.")
     timeout_s: float = Field(

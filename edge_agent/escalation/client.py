@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from edge_agent.config.settings import EscalateSettings
 from edge_agent.counters import Counters
-from edge_agent.escalation.policy import Policy
+from edge_agent.escalation.policy import Policy, crop_region, top_box
 from edge_agent.json_body import BodyError, parse_object
 from edge_agent.link import topics
 from edge_agent.link.mqtt import Message, MqttLink, OnAck, PublishError
@@ -42,6 +42,7 @@ from edge_agent.payloads import (
 from edge_agent.runtime.quantization import QuantParams
 from edge_agent.sinks import ResultSink
 from edge_agent.sources.base import Frame
+from edge_agent.sources.jpeg import decode_full
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,9 @@ class EscalationClient:
         # Copies of what the request needs alone (the source and the worker may reuse their
         # buffers after this returns); the rest is left behind as empty arrays.
         empty = np.empty(0, np.uint8)
-        jpeg = frame.jpeg.copy() if settings.send == "jpeg" and frame.jpeg is not None else None
-        image = frame.data.copy() if settings.send == "jpeg" and jpeg is None else empty
+        picture = settings.send in ("jpeg", "crop")
+        jpeg = frame.jpeg.copy() if picture and frame.jpeg is not None else None
+        image = frame.data.copy() if picture and jpeg is None else empty
         kept = Frame(image, frame.captured, frame.wall_time, frame.index, jpeg=jpeg)
         tensor = sample.copy() if settings.send == "tensor" else empty
         shape = list(frame.data.shape[:2])
@@ -226,6 +228,7 @@ class EscalationClient:
 
     def _request(self, offer: _Offer) -> EscalationRequest:
         settings, frame = offer.settings, offer.frame
+        region: list[int] | None = None
         if settings.send == "tensor":
             real = (
                 offer.quant.dequantize(offer.sample) if offer.quant.is_quantized else offer.sample
@@ -233,7 +236,11 @@ class EscalationClient:
             tensor = np.ascontiguousarray(real, dtype="<f4")
             data, shape = tensor.tobytes(), list(tensor.shape)
         else:
-            data, shape = _jpeg(frame, settings.jpeg_quality), offer.shape
+            crop = _crop(offer) if settings.send == "crop" else None
+            if crop is None:
+                data, shape = _jpeg(frame, settings.jpeg_quality), offer.shape
+            else:
+                data, shape, region = crop
         pipeline = offer.result.pipeline
         return EscalationRequest.model_construct(
             id=self.envelope.new_id(),
@@ -242,9 +249,10 @@ class EscalationClient:
             pipeline=pipeline,
             result_id=offer.result.id,
             reply_to=topics.Escalated(self.prefix, self.device, pipeline).topic,
-            format=settings.send,
+            format="tensor" if settings.send == "tensor" else "jpeg",  # a crop is a JPEG
             shape=shape,
             data=base64.b64encode(data).decode(),
+            crop=region,
             result=offer.result,
         )
 
@@ -391,6 +399,28 @@ class EscalationClient:
                 latency_ms={**original.latency_ms, "escalation": answer.latency_ms},
             )
         self.sink.put(RefinedResult.model_validate(fields))
+
+
+def _crop(offer: _Offer) -> tuple[bytes, list[int], list[int]] | None:
+    """The top detection's region of the whole frame as a JPEG, its height and width, and
+    where it is; None for a result without a box (the whole frame goes instead)."""
+    box = top_box(offer.result.result)
+    if box is None:
+        return None
+    frame = offer.frame
+    # Boxes are in the frame's own pixels: a frame decoded at reduced scale is decoded
+    # whole for its crop (here, off the pipeline's threads).
+    image = decode_full(frame.jpeg) if frame.jpeg is not None else frame.data
+    if image is None:  # a JPEG that does not decode whole: the frame as it came
+        return None
+    height, width = image.shape[:2]
+    region = crop_region(box, offer.settings.crop_margin, width, height)
+    if region is None:
+        return None
+    left, top, right, bottom = region
+    part = Frame(image[top:bottom, left:right], frame.captured, frame.wall_time, frame.index)
+    data = _jpeg(part, offer.settings.jpeg_quality)
+    return data, [bottom - top, right - left], [left, top, right, bottom]
 
 
 def _jpeg(frame: Frame, quality: int) -> bytes:

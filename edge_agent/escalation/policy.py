@@ -29,6 +29,34 @@ def top1(result: dict[str, Any]) -> tuple[str | None, float | None]:
     return best
 
 
+def top_box(result: dict[str, Any]) -> list[float] | None:
+    """The box [x1, y1, x2, y2] (frame pixels) of a detector's best detection, else None."""
+    best: tuple[float, list[float]] | None = None
+    for item in result.get("detections") or []:
+        if not isinstance(item, dict):
+            continue
+        box, score = item.get("box"), item.get("score")
+        if not (isinstance(box, list) and len(box) == 4 and isinstance(score, int | float)):
+            continue
+        if best is None or score > best[0]:
+            best = (float(score), [float(v) for v in box])
+    return None if best is None else best[1]
+
+
+def crop_region(
+    box: list[float], margin: float, width: int, height: int
+) -> tuple[int, int, int, int] | None:
+    """`box` grown by `margin` of its size on each side, in whole pixels inside the frame;
+    None when nothing of it is inside."""
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(0, int(x1 - dx)), max(0, int(y1 - dy))
+    right, bottom = min(width, round(x2 + dx)), min(height, round(y2 + dy))
+    if right <= left or bottom <= top:
+        return None
+    return left, top, right, bottom
+
+
 def wanted(settings: EscalateSettings, result: dict[str, Any], draw: float) -> str | None:
     """Why `result` would be escalated ("band" or "audit"), or None. `draw` is a uniform
     random number in [0, 1), for the audit sample."""
