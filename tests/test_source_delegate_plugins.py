@@ -176,8 +176,8 @@ def test_unknown_names_are_one_line_listing_the_plugins_too(plugins: Path, tmp_p
     delegate, source = proc.stderr.splitlines()
     assert delegate == (
         f"{config}:6: runtime.delegates.0: unknown delegate 'fake_tpu' (known: armnn, cpu, "
-        "edgetpu, external, fake_npu, gpu, qnn, teflon, vx; a plugin adds its own through "
-        "the entry-point group edge_agent.delegates)"
+        "edgetpu, external, fake_npu, gpu, litert_cpu, litert_gpu, litert_npu, qnn, teflon, "
+        "vx; a plugin adds its own through the entry-point group edge_agent.delegates)"
     )
     assert source == (
         f"{config}:12: sources.ticks: unknown source kind 'tickr' (known: camera, iio, "

@@ -18,6 +18,7 @@ import numpy as np
 from edge_agent.errors import UserError
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.delegates import CpuConfig, DelegateConfig
+from edge_agent.runtime.delegates.base import LiteRtAcceleratorConfig
 from edge_agent.runtime.delegates.external import ExternalConfig
 from edge_agent.runtime.describe import Description, describe
 from edge_agent.runtime.manifest import (
@@ -38,9 +39,14 @@ _CUSTOM_OP_MARK = "unresolved custom op"
 
 
 class _Opened(NamedTuple):
-    interpreter: Any
+    interpreter: Any  # an Interpreter, or a CompiledEngine that answers like one
     note: str  # how it runs, when that is worth saying
     first_invoke_s: float
+    graph: Any = None  # an Interpreter to read tensors and ops from, where not the above
+
+    @property
+    def readable(self) -> Any:
+        return self.interpreter if self.graph is None else self.graph
 
 
 class _Skip(Exception):
@@ -79,7 +85,7 @@ def load_model(
             continue
         _log_skipped(path, attempts)
         attempts.append(DelegateAttempt(label, used=True, reason=opened.note))
-        description = _describe(path, content, opened.interpreter, sidecar, overrides)
+        description = _describe(path, content, opened.readable, sidecar, overrides)
         manifest = description.manifest
         info = ModelInfo(manifest.name, manifest.version, sha256, path, path)
         return LoadedModel(
@@ -199,6 +205,8 @@ def _open(backend: Backend, entry: DelegateConfig, content: bytes, threads: int)
     """An allocated interpreter that has run once, and a note on how it runs."""
     if isinstance(entry, CpuConfig):
         return _open_cpu(backend, entry, content, threads)
+    if isinstance(entry, LiteRtAcceleratorConfig):
+        return _open_compiled(backend, entry, content, threads)
     with _quiet_delegate_teardown():
         delegate = _load_delegate(backend, entry)
         # Without XNNPACK, every DELEGATE node in the graph is this delegate's: a way to
@@ -227,6 +235,22 @@ def _load_delegate(backend: Backend, entry: DelegateConfig) -> Any:
     except ValueError as exc:
         reason = f"delegate refused to start: {_one_line(exc)}"
     raise _Skip(reason)
+
+
+def _open_compiled(
+    backend: Backend, entry: LiteRtAcceleratorConfig, content: bytes, threads: int
+) -> _Opened:
+    """Through LiteRT 2's CompiledModel; the Interpreter only reads the graph's tensors."""
+    if backend.name != "litert":
+        raise _Skip(f"needs ai-edge-litert 2's CompiledModel; the {backend.name} backend has none")
+    from edge_agent.runtime.compiled import CompiledUnavailable, open_compiled
+
+    try:
+        graph, _ = open_graph(backend, content, threads)
+        engine, note, first_s = open_compiled(entry, content, threads, graph)
+    except (UserError, CompiledUnavailable) as exc:
+        raise _Skip(str(exc)) from None
+    return _Opened(engine, note, first_s, graph)
 
 
 def _open_cpu(backend: Backend, entry: CpuConfig, content: bytes, threads: int) -> _Opened:

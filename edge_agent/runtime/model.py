@@ -3,6 +3,7 @@ when the model lets its batch dimension be resized."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import numpy.typing as npt
 from edge_agent.errors import UserError
 from edge_agent.runtime.manifest import ModelManifest
 from edge_agent.runtime.quantization import QuantParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ class LoadedModel:
         self.input = TensorSpec.from_detail(inputs[0])
         self.outputs = [TensorSpec.from_detail(d) for d in interpreter.get_output_details()]
         self._batch = self.input.shape[0] if self.input.shape else 1
+        self._resizable = self.input.dynamic_batch
+        # "Interpreter", or "CompiledModel" for an entry run through LiteRT 2's API.
+        self.api: str = getattr(interpreter, "api", "Interpreter")
 
     def run(self, batch: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """Invoke on `batch` (already in the input dtype, leading batch dimension) and
@@ -106,9 +112,20 @@ class LoadedModel:
         count = batch.shape[0]
         if count == self._batch:
             return self._invoke(batch)
-        if self.input.dynamic_batch:
-            self._resize(count)
-            return self._invoke(batch)
+        if self._resizable:
+            try:
+                self._resize(count)
+            except RuntimeError as exc:
+                # An accelerator may hold one compiled shape: batch 1 from then on.
+                self._resizable = False
+                log.warning(
+                    "%s: a batch of %d refused (%s); running one by one",
+                    self.info.name,
+                    count,
+                    " ".join(str(exc).split()),
+                )
+            else:
+                return self._invoke(batch)
         # Fixed batch of 1: one invoke per input, same results.
         per_item = [self._invoke(batch[i : i + 1]) for i in range(count)]
         return [np.concatenate(parts) for parts in zip(*per_item, strict=True)]
@@ -136,6 +153,7 @@ class LoadedModel:
             "sha256": self.info.sha256,
             "file": str(self.info.file_run),
             "backend": self.backend,
+            "api": self.api,
             "delegate": self.delegate,
             "threads": self.threads,
             "delegate_attempts": [

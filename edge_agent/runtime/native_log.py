@@ -13,17 +13,21 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def native_stderr_to_debug_log(log: logging.Logger) -> Iterator[None]:
+def native_stderr_to_debug_log(log: logging.Logger) -> Iterator[list[str]]:
+    """Yields a list that holds the captured lines once the block is left: LiteRT's
+    CompiledModel raises with a bare source location and logs the cause."""
     sys.stderr.flush()
+    captured: list[str] = []
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            yield captured
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
             for line in sink.read().decode(errors="replace").splitlines():
                 if line.strip():
+                    captured.append(line)
                     log.debug("native: %s", line)

@@ -1,0 +1,125 @@
+"""Entries run through LiteRT 2's CompiledModel: litert_gpu on a machine without a GPU
+adapter, litert_npu without its vendor's package, and litert_cpu, the same kernels as
+the Interpreter by the other API, on real models."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.runtime.backend import Backend
+from edge_agent.runtime.delegates import CpuConfig
+from edge_agent.runtime.delegates.litert_cpu import LiteRtCpuConfig
+from edge_agent.runtime.delegates.litert_gpu import LiteRtGpuConfig
+from edge_agent.runtime.delegates.litert_npu import LiteRtNpuConfig
+from edge_agent.runtime.loader import load_model
+from edge_agent.runtime.predictor import Predictor
+from tests.conftest import MODELS, ROOT
+
+pytestmark = pytest.mark.runtime
+
+MOBILENET = MODELS / "mobilenet_v2_int8.tflite"
+DIGITS = MODELS / "digits_int8.tflite"
+
+
+def _reason(model: object, name: str) -> str:
+    return next(a.reason for a in model.attempts if a.delegate == name)  # type: ignore[attr-defined]
+
+
+def test_gpu_without_an_adapter_falls_back_with_its_reason(backend: Backend) -> None:
+    model = load_model(MOBILENET, backend, [LiteRtGpuConfig(), CpuConfig()], threads=2)
+    gpu = model.attempts[0]
+    if gpu.used:  # a machine with a GPU LiteRT can reach
+        assert model.api == "CompiledModel"
+        return
+    assert model.delegate == "cpu" and model.api == "Interpreter"
+    if backend.name == "litert":
+        assert gpu.reason.startswith("no GPU here: ")
+        assert "No adapters found" in gpu.reason
+    else:
+        assert (
+            gpu.reason
+            == "needs ai-edge-litert 2's CompiledModel; the tflite-runtime backend has none"
+        )
+    assert "\n" not in gpu.reason
+
+
+@pytest.mark.parametrize(
+    ("vendor", "package"),
+    [
+        ("qualcomm", "ai-edge-litert-sdk-qualcomm"),
+        ("mediatek", "ai-edge-litert-sdk-mediatek"),
+        ("intel", "ai-edge-litert-sdk-intel"),
+        ("google_tensor", "ai-edge-litert-sdk-google-tensor"),
+    ],
+)
+def test_npu_without_its_vendor_package_names_it(
+    backend: Backend, vendor: str, package: str
+) -> None:
+    try:
+        importlib.metadata.distribution(package)
+        pytest.skip(f"{package} is installed here")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if backend.name != "litert":
+        pytest.skip("the tflite-runtime backend refuses every CompiledModel entry first")
+    model = load_model(DIGITS, backend, [LiteRtNpuConfig(vendor=vendor)], threads=1)  # type: ignore[arg-type]
+    assert model.delegate == "cpu"
+    assert _reason(model, "litert_npu") == f"{package} is not installed (pip install {package})"
+
+
+def test_npu_with_a_dispatch_folder_that_has_no_library_says_so(
+    backend: Backend, tmp_path: Path
+) -> None:
+    if backend.name != "litert":
+        pytest.skip("the tflite-runtime backend refuses every CompiledModel entry first")
+    entry = LiteRtNpuConfig(vendor="intel", dispatch_library_path=str(tmp_path))
+    model = load_model(DIGITS, backend, [entry], threads=1)
+    assert _reason(model, "litert_npu") == f"no libLiteRtDispatch_*.so in {tmp_path}"
+
+
+@pytest.mark.parametrize("path", [MOBILENET, DIGITS])
+def test_compiled_model_on_the_cpu_gives_the_interpreter_s_outputs(
+    backend: Backend, path: Path
+) -> None:
+    if backend.name != "litert":
+        pytest.skip("CompiledModel is ai-edge-litert 2's")
+    compiled = load_model(path, backend, [LiteRtCpuConfig()], threads=2)
+    plain = load_model(path, backend, [], threads=2)
+    assert (compiled.delegate, compiled.api) == ("litert_cpu", "CompiledModel")
+    assert compiled.input == plain.input and compiled.outputs == plain.outputs
+    rng = np.random.default_rng(3)
+    # A batch of 3 too: resized where the model allows it, one by one where not.
+    for count in (1, 3, 1):
+        x = rng.integers(-128, 127, size=(count, *plain.input.sample_shape)).astype(np.int8)
+        for ours, theirs in zip(compiled.run(x), plain.run(x), strict=True):
+            assert np.array_equal(ours, theirs)
+
+
+def test_a_compiled_model_predicts_through_the_same_predictor(backend: Backend) -> None:
+    if backend.name != "litert":
+        pytest.skip("CompiledModel is ai-edge-litert 2's")
+    model = load_model(DIGITS, backend, [LiteRtGpuConfig(), LiteRtCpuConfig()], threads=1)
+    assert model.delegate == "litert_cpu"
+    predictor = Predictor(model)
+    sample, geometry = predictor.load_input(MODELS / "samples" / "digit_7.png")
+    assert predictor.predict([sample], [geometry])[0].result["top"][0]["label"] == "7"
+
+
+def test_compiled_model_is_imported_only_when_an_entry_asks_for_it() -> None:
+    code = (
+        "import sys; from pathlib import Path;"
+        "from edge_agent.runtime.backend import select_backend;"
+        "from edge_agent.runtime.loader import load_model;"
+        f"load_model(Path({str(DIGITS)!r}), select_backend('auto'), [], 1);"
+        "print('ai_edge_litert.compiled_model' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
