@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "name": model.info.name,
         "backend": model.backend,
         "delegate": model.delegate,
+        "api": model.api,
         "delegate_attempts": model.describe()["delegate_attempts"],
         "threads": model.threads,
         "runs": len(agent_times),
@@ -136,7 +137,8 @@ def _print(r: dict[str, Any]) -> None:
     a, b = r["agent"], r["bare"]
     lines = [
         f"model            {r['model']} ({r['name']})",
-        f"runtime          {r['backend']}, delegate {r['delegate']}, {r['threads']} thread(s)",
+        f"runtime          {r['backend']} {r['api']}, delegate {r['delegate']}, "
+        f"{r['threads']} thread(s)",
         *(
             f"  tried {x['delegate']}: {'used' if x['used'] else 'skipped'}"
             + (f" ({x['reason']})" if x["reason"] else "")

@@ -198,6 +198,9 @@ def _delegated(
         interpreter = build_for_inspection(backend, entry, content, threads)
     except UserError as exc:
         return {"available": False, "reason": str(exc)}
+    if getattr(interpreter, "api", "") == "CompiledModel":
+        # CompiledModel does not list the ops it placed, only whether it took them all.
+        return {"available": True, "api": "CompiledModel", "whole": interpreter.fully_accelerated}
     try:
         nodes: list[dict[str, Any]] = interpreter._get_ops_details()
     except (AttributeError, RuntimeError, ValueError):
