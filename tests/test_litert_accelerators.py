@@ -5,13 +5,18 @@ the Interpreter by the other API, on real models."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from edge_agent.errors import UserError
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.delegates import CpuConfig
 from edge_agent.runtime.delegates.litert_cpu import LiteRtCpuConfig
@@ -123,3 +128,95 @@ def test_compiled_model_is_imported_only_when_an_entry_asks_for_it() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def _aot_model(folder: Path, twin: bool) -> Path:
+    """No vendor compiler is available here to compile a model ahead of time for an NPU: the
+    'AOT model' is digits' own file under a manifest that declares it compiled for a
+    Qualcomm NPU. Its bytes would run on the CPU, so a load that ran them there would show."""
+    aot = folder / "digits_int8_qnn_sm8650.tflite"
+    shutil.copy(DIGITS, aot)
+    manifest = json.loads(DIGITS.with_suffix(".json").read_text())
+    manifest.update(
+        name="digits_npu",
+        file=aot.name,
+        compiled_for={"vendor": "qualcomm", "soc": "SM8650"},
+        cpu_twin=DIGITS.name if twin else None,
+    )
+    if twin:
+        shutil.copy(DIGITS, folder)
+        shutil.copy(DIGITS.with_suffix(".json"), folder)
+    aot.with_suffix(".json").write_text(json.dumps(manifest))
+    return aot
+
+
+def _npu_unusable() -> None:
+    try:
+        importlib.metadata.distribution("ai-edge-litert-sdk-qualcomm")
+        pytest.skip("ai-edge-litert-sdk-qualcomm is installed here")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("chain", "why"),
+    [
+        (
+            [LiteRtNpuConfig(vendor="qualcomm"), CpuConfig()],
+            "litert_npu: ",  # then the backend's or the missing package's reason
+        ),
+        (
+            # Another vendor's NPU cannot run it and is not tried; nor is the CPU with its bytes.
+            [LiteRtNpuConfig(vendor="mediatek"), LiteRtCpuConfig(), CpuConfig()],
+            'no litert_npu entry with vendor = "qualcomm" in runtime.delegates',
+        ),
+    ],
+)
+def test_aot_npu_model_without_its_npu_runs_its_cpu_twin(
+    backend: Backend,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    chain: list[Any],
+    why: str,
+) -> None:
+    _npu_unusable()
+    aot = _aot_model(tmp_path, twin=True)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.runtime.loader"):
+        model = load_model(aot, backend, chain, threads=1)
+    assert model.delegate == "cpu" and model.api == "Interpreter"
+    assert model.info.name == "digits_npu" and model.info.file_run == tmp_path / DIGITS.name
+    cpu = model.attempts[-1]
+    assert cpu.used and cpu.delegate == "cpu"
+    assert cpu.reason.startswith("compiled ahead of time for the qualcomm NPU (SM8650)")
+    assert why in cpu.reason and "running CPU twin digits_int8.tflite" in cpu.reason
+    if chain[0].vendor == "qualcomm":
+        npu = model.attempts[0]
+        assert (npu.delegate, npu.used) == ("litert_npu", False)
+        assert f"litert_npu: {npu.reason}" in cpu.reason
+    else:
+        assert [a.delegate for a in model.attempts] == ["cpu"]
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"{aot.name}: compiled ahead of time for the qualcomm NPU (SM8650)")
+    predictor = Predictor(model)
+    sample, geometry = predictor.load_input(MODELS / "samples" / "digit_7.png")
+    assert predictor.predict([sample], [geometry])[0].result["top"][0]["label"] == "7"
+
+
+@pytest.mark.parametrize(
+    "chain", [[CpuConfig()], [LiteRtNpuConfig(vendor="qualcomm"), LiteRtCpuConfig()]]
+)
+def test_aot_npu_model_without_a_twin_is_refused_in_one_line(
+    backend: Backend, tmp_path: Path, chain: list[Any]
+) -> None:
+    _npu_unusable()
+    aot = _aot_model(tmp_path, twin=False)
+    with pytest.raises(UserError) as err:
+        load_model(aot, backend, chain, threads=1)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{aot}: compiled ahead of time for the qualcomm NPU (SM8650)")
+    assert message.endswith("and its manifest names no cpu_twin")
+    if len(chain) == 1:
+        assert 'no litert_npu entry with vendor = "qualcomm"' in message
+    elif backend.name == "litert":
+        assert "litert_npu: ai-edge-litert-sdk-qualcomm is not installed" in message

@@ -109,10 +109,8 @@ class CompiledEngine:
 def open_compiled(
     entry: LiteRtAcceleratorConfig, content: bytes, threads: int, graph: Any
 ) -> tuple[CompiledEngine, str, float]:
-    """The engine that has run once, a note on how it runs, and that first run's time."""
-    missing = entry.missing()
-    if missing:
-        raise CompiledUnavailable(missing)
+    """The engine that has run once, a note on how it runs, and that first run's time.
+    The caller has checked `entry.missing()`."""
     try:
         from ai_edge_litert import compiled_model as cm
     except ImportError:

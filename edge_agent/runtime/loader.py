@@ -20,6 +20,7 @@ from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.delegates import CpuConfig, DelegateConfig
 from edge_agent.runtime.delegates.base import LiteRtAcceleratorConfig
 from edge_agent.runtime.delegates.external import ExternalConfig
+from edge_agent.runtime.delegates.litert_npu import LiteRtNpuConfig
 from edge_agent.runtime.describe import Description, describe
 from edge_agent.runtime.manifest import (
     ModelManifest,
@@ -67,6 +68,9 @@ def load_model(
     sha256 = verify_sha256(content, manifest, path)
     threads = threads or os.cpu_count() or 1
     chain = _with_cpu_last(delegates)
+    if manifest.compiled_for is not None:
+        assert sidecar is not None  # only a manifest says so
+        return _load_aot(path, content, sidecar, overrides, sha256, backend, chain, threads)
     attempts: list[DelegateAttempt] = []
 
     for entry in chain:
@@ -85,26 +89,82 @@ def load_model(
             continue
         _log_skipped(path, attempts)
         attempts.append(DelegateAttempt(label, used=True, reason=opened.note))
-        description = _describe(path, content, opened.readable, sidecar, overrides)
-        manifest = description.manifest
-        info = ModelInfo(manifest.name, manifest.version, sha256, path, path)
-        return LoadedModel(
-            opened.interpreter,
-            first_invoke_s=opened.first_invoke_s,
-            info=info,
-            manifest=manifest,
-            labels=description.labels,
-            rules=description.rules,
-            backend=backend.name,
-            delegate=label,
-            attempts=attempts,
-            threads=threads,
+        return _loaded(
+            path, content, opened, sidecar, overrides, sha256, backend, label, attempts, threads
         )
     *others, cpu = attempts
     tried = (
         f" (also tried {'; '.join(f'{a.delegate}: {a.reason}' for a in others)})" if others else ""
     )
     raise UserError(f"{path}: cannot run on the CPU: {cpu.reason}{tried}")
+
+
+def _loaded(
+    path: Path,
+    content: bytes,
+    opened: _Opened,
+    sidecar: tuple[ModelManifest, list[str]] | None,
+    overrides: Mapping[str, Any] | None,
+    sha256: str,
+    backend: Backend,
+    label: str,
+    attempts: list[DelegateAttempt],
+    threads: int,
+) -> LoadedModel:
+    description = _describe(path, content, opened.readable, sidecar, overrides)
+    manifest = description.manifest
+    return LoadedModel(
+        opened.interpreter,
+        first_invoke_s=opened.first_invoke_s,
+        info=ModelInfo(manifest.name, manifest.version, sha256, path, path),
+        manifest=manifest,
+        labels=description.labels,
+        rules=description.rules,
+        backend=backend.name,
+        delegate=label,
+        attempts=attempts,
+        threads=threads,
+    )
+
+
+def _load_aot(
+    path: Path,
+    content: bytes,
+    sidecar: tuple[ModelManifest, list[str]],
+    overrides: Mapping[str, Any] | None,
+    sha256: str,
+    backend: Backend,
+    chain: Sequence[DelegateConfig],
+    threads: int,
+) -> LoadedModel:
+    """A model compiled ahead of time for an NPU: only a `litert_npu` entry of its vendor can
+    run it (no other entry nor the CPU reads its dispatch op), else its CPU twin runs, else
+    it is refused."""
+    manifest = sidecar[0]
+    target = manifest.compiled_for
+    assert target is not None
+    attempts: list[DelegateAttempt] = []
+    for entry in chain:
+        if not (isinstance(entry, LiteRtNpuConfig) and entry.vendor == target.vendor):
+            continue
+        label = _label(entry)
+        try:
+            with native_stderr_to_debug_log(log):
+                opened = _open(backend, entry, content, threads)
+        except _Skip as skip:
+            attempts.append(DelegateAttempt(label, used=False, reason=str(skip)))
+            continue
+        attempts.append(DelegateAttempt(label, used=True, reason=opened.note))
+        return _loaded(
+            path, content, opened, sidecar, overrides, sha256, backend, label, attempts, threads
+        )
+    why = "; ".join(f"{a.delegate}: {a.reason}" for a in attempts) or (
+        f'no litert_npu entry with vendor = "{target.vendor}" in runtime.delegates'
+    )
+    reason = f"compiled ahead of time for {target}, not usable here: {why}"
+    if manifest.cpu_twin:
+        return _load_twin(path, sidecar, overrides, sha256, backend, threads, attempts, reason)
+    raise UserError(f"{path}: {reason}, and its manifest names no cpu_twin")
 
 
 def _log_skipped(path: Path, attempts: list[DelegateAttempt]) -> None:
@@ -148,7 +208,8 @@ def _load_twin(
     attempts: list[DelegateAttempt],
     reason: str,
 ) -> LoadedModel:
-    """A model compiled for an accelerator (Edge TPU custom op) runs as its CPU twin."""
+    """A model compiled for an accelerator (an Edge TPU custom op, an NPU ahead of time)
+    runs as its CPU twin."""
     assert sidecar is not None and sidecar[0].cpu_twin is not None
     manifest = sidecar[0]
     twin_name = sidecar[0].cpu_twin
@@ -243,6 +304,10 @@ def _open_compiled(
     """Through LiteRT 2's CompiledModel; the Interpreter only reads the graph's tensors."""
     if backend.name != "litert":
         raise _Skip(f"needs ai-edge-litert 2's CompiledModel; the {backend.name} backend has none")
+    # Before the graph is read: a model compiled for an absent NPU never reaches an Interpreter.
+    missing = entry.missing()
+    if missing:
+        raise _Skip(missing)
     from edge_agent.runtime.compiled import CompiledUnavailable, open_compiled
 
     try:

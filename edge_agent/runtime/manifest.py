@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from edge_agent.errors import UserError, validation_lines
 from edge_agent.json_body import BodyError, read_object
+from edge_agent.runtime.delegates.litert_npu import Vendor
 
 # A model's manifest is a few hundred bytes, some tens of kB with its labels inline (the
 # 1,000 ImageNet classes take about 20 kB): anything far larger is not one.
@@ -111,6 +112,21 @@ InputSpec = Annotated[ImageInput | SensorInput | TensorInput, Field(discriminato
 FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")]
 
 
+class CompiledFor(_Strict):
+    """The NPU a model was compiled for ahead of time: only that vendor's dispatch library
+    runs it, so only a `litert_npu` entry of that vendor is tried."""
+
+    vendor: Vendor = Field(description="Whose NPU: qualcomm, mediatek, intel, google_tensor.")
+    soc: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.+-]{0,64}$",
+        description="The SoC it was compiled for (e.g. SM8650), as the vendor's compiler names it.",
+    )
+
+    def __str__(self) -> str:
+        return f"the {self.vendor} NPU" + (f" ({self.soc})" if self.soc else "")
+
+
 class ModelManifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -123,6 +139,11 @@ class ModelManifest(_Strict):
     labels: list[str] | FileName | None = None
     cpu_twin: FileName | None = Field(
         None, description="CPU-only model beside this one, to run when this one cannot."
+    )
+    compiled_for: CompiledFor | None = Field(
+        None,
+        description="The NPU this file was compiled for ahead of time; absent: a plain .tflite "
+        "any entry may run.",
     )
     # null reads as "the defaults", as people write it by hand. The decoder's own Config
     # checks these options when the model is loaded.
