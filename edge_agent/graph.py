@@ -27,6 +27,7 @@ class SourceHub:
         self.name = name
         self._pipelines: tuple[Pipeline, ...] = ()  # replaced whole: the reader needs no lock
         self.last_frame: Frame | None = None  # for snapshots
+        self._sized_for: tuple[object, ...] | None = None  # the models wanted_size was for
         self.runner = self._runner(source)
 
     @property
@@ -60,8 +61,17 @@ class SourceHub:
         runner = self.runner
         for pipeline in pipelines:
             pipeline.on_frame(frame, runner)
-        # Again after each frame: a model update may have changed an input size.
-        runner.source.wanted_size = wanted_size(pipelines)
+        # A model update may have changed an input size: sized again only when a model
+        # behind the pipelines changed, not on every frame.
+        models = tuple(p.worker.model for p in pipelines)
+        sized = self._sized_for
+        if (
+            sized is None
+            or len(sized) != len(models)
+            or any(a is not b for a, b in zip(sized, models, strict=True))
+        ):
+            self._sized_for = models  # held, so a model's identity is not reused meanwhile
+            runner.source.wanted_size = wanted_size(pipelines)
 
 
 class PipelineGraph:

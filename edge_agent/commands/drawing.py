@@ -60,15 +60,15 @@ def picture(frame: Frame, pipelines: Iterable[Drawn], quality: int) -> Picture |
     """A drawn copy of the whole `frame` (the pipelines keep reading theirs) as JPEG, at
     its own size even when the pipelines read it decoded smaller; None when it cannot be
     encoded."""
-    import cv2
+    from edge_agent.sources.jpeg import encode
 
     image = frame.full_image()
     image = image.copy() if image is frame.data else image
     drawn = draw(image, pipelines)
-    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
+    jpeg = encode(image, quality)
+    if jpeg is None:
         return None
-    return Picture(jpeg.tobytes(), image.shape[1], image.shape[0], drawn)
+    return Picture(jpeg, image.shape[1], image.shape[0], drawn)
 
 
 def _detection(image: Image, det: dict[str, Any]) -> None:

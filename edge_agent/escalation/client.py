@@ -42,7 +42,7 @@ from edge_agent.payloads import (
 from edge_agent.runtime.quantization import QuantParams
 from edge_agent.sinks import ResultSink
 from edge_agent.sources.base import Frame
-from edge_agent.sources.jpeg import decode_full
+from edge_agent.sources.jpeg import decode_full, encode
 
 log = logging.getLogger(__name__)
 
@@ -427,9 +427,7 @@ def _jpeg(frame: Frame, quality: int) -> bytes:
     """The frame as a JPEG: the camera's own when it came as one, else encoded here."""
     if frame.jpeg is not None:
         return frame.jpeg.tobytes()
-    import cv2  # only when a frame goes as a JPEG
-
-    ok, encoded = cv2.imencode(".jpg", frame.data, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
+    data = encode(frame.data, quality)
+    if data is None:
         raise ValueError("the frame does not encode as a JPEG")
-    return bytes(encoded.tobytes())
+    return data

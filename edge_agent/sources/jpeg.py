@@ -118,6 +118,14 @@ def decode(data: npt.NDArray[np.uint8], wanted: Size | None) -> Decoded | None:
     return None if image is None else Decoded(image, 1, None)
 
 
+def encode(image: npt.NDArray[Any], quality: int) -> bytes | None:
+    """`image` as a JPEG at `quality`; None when it cannot be encoded."""
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return bytes(data.tobytes()) if ok else None
+
+
 def decode_full(data: npt.NDArray[np.uint8]) -> npt.NDArray[Any] | None:
     import cv2
 
