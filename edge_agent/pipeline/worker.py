@@ -184,12 +184,16 @@ class InferenceWorker:
             try:
                 self._process(jobs, self.replicas[replica])
             except Exception:  # one bad batch must not end the thread
-                self.counts.add("errors")
-                log.exception("model %s: inference failed on a batch of %d", self.name, len(jobs))
-                for job in jobs:
-                    job.pipeline.stats.count("errors")
+                self._failed(jobs, "inference")
             finally:
                 self.busy_since[replica] = None
+
+    def _failed(self, jobs: list[Job], step: str) -> None:
+        """A batch that raised: counted for the model and each job's pipeline, logged."""
+        self.counts.add("errors")
+        log.exception("model %s: %s failed on a batch of %d", self.name, step, len(jobs))
+        for job in jobs:
+            job.pipeline.stats.count("errors")
 
     def _park_for_swap(self) -> None:
         """Every replica stops here; the last to arrive swaps, then all go on."""
@@ -266,10 +270,7 @@ class InferenceWorker:
             try:
                 self._finish(*done)
             except Exception:  # one bad batch must not end the thread
-                self.counts.add("errors")
-                log.exception("model %s: decoding failed on a batch of %d", self.name, len(jobs))
-                for job in jobs:
-                    job.pipeline.stats.count("errors")
+                self._failed(jobs, "decoding")
             finally:
                 self.finishing_since = None
                 with self._done_ready:
