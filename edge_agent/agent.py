@@ -18,7 +18,7 @@ from edge_agent import __version__
 from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import UserError
 from edge_agent.graph import PipelineGraph, SourceHub
-from edge_agent.host import ModelHost, needed_models
+from edge_agent.host import ModelHost, needed_models, pipelines_of
 from edge_agent.link import topics
 from edge_agent.outbox.store import Outbox
 from edge_agent.outbox.writer import OutboxWriter
@@ -152,17 +152,26 @@ class Agent:
     # Start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Loads the models and starts everything; a model that cannot load stops start-up."""
+        """Loads the models and starts everything. A model that cannot load is named on the
+        status and its pipelines wait while the others run; UserError when none loads."""
         settings = self.settings
         for line in self.updater.recover():
             self.status.raise_problem("update recovery", line)
+        refused: dict[str, str] = {}
         for name in needed_models(settings):
-            replicas = self.host.load(name, settings)
+            try:
+                replicas = self.host.load(name, settings)
+            except UserError as exc:
+                refused[name] = str(exc)
+                continue
             self.host.start(name, replicas, settings.models[name].batch)
+        if refused and not self.host.names():
+            raise UserError("; ".join(f"model {n}: {why}" for n, why in refused.items()))
+        for name, why in refused.items():
+            self.host.refuse(name, why, pipelines_of(settings, name))
         for name, pipeline_settings in settings.pipelines.items():
-            if pipeline_settings.enabled:
-                worker = self.host.worker(pipeline_settings.model)
-                assert worker is not None
+            worker = self.host.worker(pipeline_settings.model)
+            if pipeline_settings.enabled and worker is not None:
                 self.graph.add(name, settings, worker)
         # Models, settings and modules live as long as the process: freezing them keeps the
         # garbage collector from rescanning them on every collection in the frame loop.
@@ -221,7 +230,9 @@ class Agent:
         return self.status.last_error
 
     def model_paths(self) -> dict[str, Path]:
-        return {name: self.host.model_path(name, self.settings) for name in self.host.names()}
+        """The files of the models that run and of those refused (an edit may mend one)."""
+        names = [*self.host.names(), *self.host.refused()]
+        return {name: self.host.model_path(name, self.settings) for name in names}
 
     # Live changes --------------------------------------------------------------------------
 
@@ -241,8 +252,11 @@ class Agent:
         """Takes the pipeline out and builds it again (its source too when no other
         pipeline reads it)."""
         with self.host.lock:
-            worker = self.host.worker(self.settings.pipelines[name].model)
-            assert worker is not None
+            model = self.settings.pipelines[name].model
+            worker = self.host.worker(model)
+            if worker is None:
+                why = self.host.refused().get(model, "not loaded")
+                raise UserError(f"pipeline {name}: its model {model} does not run: {why}")
             return self.graph.restart(name, self.settings, worker)
 
     def reload_model_file(self, name: str) -> bool:

@@ -57,6 +57,11 @@ def needed_models(settings: AgentSettings) -> list[str]:
     return sorted({p.model for p in settings.pipelines.values() if p.enabled})
 
 
+def pipelines_of(settings: AgentSettings, model: str) -> list[str]:
+    """The enabled pipelines that run `model`."""
+    return [n for n, p in settings.pipelines.items() if p.enabled and p.model == model]
+
+
 class ModelHost:
     def __init__(self, backend: Backend, store: ModelStore, status: StatusBoard) -> None:
         self.backend = backend
@@ -64,6 +69,9 @@ class ModelHost:
         self.status = status
         self._workers: dict[str, InferenceWorker] = {}
         self._shadows: dict[str, tuple[ShadowRun, InferenceWorker]] = {}
+        # Models some pipeline needs that did not load (an AOT model without its NPU or a
+        # CPU twin): their pipelines wait, the other models run, each reload tries again.
+        self._refused: dict[str, str] = {}
         # Held while the set of running models or what they run changes: a reload, an
         # update's swap and a model file edit take turns.
         self.lock = threading.RLock()
@@ -78,6 +86,10 @@ class ModelHost:
 
     def workers(self) -> dict[str, InferenceWorker]:
         return dict(self._workers)
+
+    def refused(self) -> dict[str, str]:
+        """The needed models that did not load, with why."""
+        return dict(self._refused)
 
     def plan(self, name: str, settings: AgentSettings) -> LoadPlan:
         model = settings.models[name]
@@ -120,7 +132,21 @@ class ModelHost:
         worker = InferenceWorker(name, replicas, batch)
         self._workers[name] = worker
         worker.start()
+        if self._refused.pop(name, None) is not None:
+            self.status.resolve(f"model {name}")
         return worker
+
+    def refuse(self, name: str, reason: str, pipelines: list[str]) -> None:
+        """The model did not load: its pipelines wait for it, named in a status problem
+        until it loads or no pipeline needs it."""
+        self._refused[name] = reason
+        waiting = f"; pipeline {', '.join(pipelines)} not started" if pipelines else ""
+        self.status.raise_problem(f"model {name}", f"model {name} not loaded: {reason}{waiting}")
+
+    def forget(self, name: str) -> None:
+        """No pipeline needs the refused model any more."""
+        if self._refused.pop(name, None) is not None:
+            self.status.resolve(f"model {name}")
 
     def swap(self, name: str, replicas: list[LoadedModel]) -> None:
         """The running worker takes `replicas` between two batches; SwapTimeout when it did

@@ -14,7 +14,7 @@ from edge_agent.config.section import applies_of
 from edge_agent.config.settings import AgentSettings, ModelSettings
 from edge_agent.errors import UserError
 from edge_agent.graph import PipelineGraph
-from edge_agent.host import ModelHost, SwapTimeout, needed_models
+from edge_agent.host import ModelHost, SwapTimeout, needed_models, pipelines_of
 from edge_agent.logs import setup_logging
 from edge_agent.runtime.model import LoadedModel
 
@@ -58,6 +58,9 @@ class Reload:
         # applied where it is used.
         self.changed = changed_keys(old, new)
         self.applied = Applied(restart_required=restart_required(self.changed))
+        # Models refused before this reload that still do not load: carried forward with
+        # their pipelines waiting, not a reason to refuse the change.
+        self.still_refused: dict[str, str] = {}
 
     def apply(self) -> Applied:
         host, graph, old, new = self.host, self.graph, self.old, self.new
@@ -65,6 +68,9 @@ class Reload:
         loaded = self._load_all(needed)  # raises ReloadRefused before anything changes
         self._swap_all(loaded)  # raises ReloadRefused with every swap undone
         done = self.applied.done
+        for name, why in self.still_refused.items():
+            host.refuse(name, why, pipelines_of(new, name))
+            done.append(f"model {name} still not loaded")
         # 1. Models: new ones start; another number of replicas gets a new worker.
         for name, replicas in loaded.items():
             running = host.worker(name)
@@ -106,7 +112,8 @@ class Reload:
                     done.append(f"pipeline {name} settings applied")
                 continue
             model_worker = host.worker(p_new.model)
-            assert model_worker is not None  # loaded in step 1
+            if model_worker is None:
+                continue  # its model was refused: named on the status, tried again next time
             if graph.add(name, new, model_worker):
                 started.append(p_new.source)
             done.append(f"pipeline {name} started")
@@ -116,6 +123,9 @@ class Reload:
             if name not in needed:
                 host.stop(name)
                 done.append(f"model {name} unloaded")
+        for name in host.refused():
+            if name not in needed:
+                host.forget(name)
         for name in needed:
             model_worker = host.worker(name)
             if model_worker is not None:
@@ -125,8 +135,10 @@ class Reload:
         return self.applied
 
     def _load_all(self, needed: list[str]) -> dict[str, list[LoadedModel]]:
-        """Every model that is new or changed, loaded; or ReloadRefused naming each failure."""
+        """Every model that is new, changed or refused before, loaded; or ReloadRefused
+        naming each failure of a model that was not already refused."""
         runtime_changed = self.new.runtime != self.old.runtime
+        refused_before = self.host.refused()
         loaded, failed = {}, []
         for name in needed:
             changed = _model_changed(self.old.models.get(name), self.new.models[name])
@@ -135,7 +147,10 @@ class Reload:
             try:
                 loaded[name] = self.host.load(name, self.new)
             except UserError as exc:
-                failed.append(f"model {name}: {exc}")
+                if name in refused_before:
+                    self.still_refused[name] = str(exc)
+                else:
+                    failed.append(f"model {name}: {exc}")
         if failed:
             raise ReloadRefused("; ".join(failed))
         return loaded

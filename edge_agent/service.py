@@ -110,6 +110,8 @@ class Service:
             for name in sorted({d for k, d in pending if k == "model"}):
                 if name in self.agent.workers:
                     self.agent.reload_model_file(name)
+                elif name in self.agent.host.refused():
+                    self.reload(f"model {name}'s file changed")  # tried again, with the rest
             self._ping()
 
     def _status_every(self) -> float:

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_agent.config.load import load_settings
 from edge_agent.errors import UserError
 from edge_agent.runtime.backend import Backend
 from edge_agent.runtime.delegates import CpuConfig
@@ -24,6 +26,14 @@ from edge_agent.runtime.delegates.litert_gpu import LiteRtGpuConfig
 from edge_agent.runtime.delegates.litert_npu import LiteRtNpuConfig
 from edge_agent.runtime.loader import load_model
 from edge_agent.runtime.predictor import Predictor
+from tests.agent_helpers import (
+    SHIPPED_MODELS,
+    ListSink,
+    config_text,
+    pattern_pipeline,
+    start_agent,
+    wait_until,
+)
 from tests.conftest import MODELS, ROOT
 
 pytestmark = pytest.mark.runtime
@@ -220,3 +230,107 @@ def test_aot_npu_model_without_a_twin_is_refused_in_one_line(
         assert 'no litert_npu entry with vendor = "qualcomm"' in message
     elif backend.name == "litert":
         assert "litert_npu: ai-edge-litert-sdk-qualcomm is not installed" in message
+
+
+def _with_npu_model(aot: Path) -> str:
+    """Config text: the shipped models and the AOT one; the detector and the AOT model
+    each read the same synthetic source."""
+    return SHIPPED_MODELS + f'\n[models.npu]\npath = "{aot}"\nthreads = 1\n'
+
+
+NPU_PIPELINES = """
+[pipelines.npu_digits]
+source = "pattern"
+model = "npu"
+"""
+
+
+def _give_twin(aot: Path) -> None:
+    """What an operator does to mend it: the CPU twin beside it, named in its manifest."""
+    shutil.copy(DIGITS, aot.parent)
+    shutil.copy(DIGITS.with_suffix(".json"), aot.parent)
+    manifest_path = aot.with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["cpu_twin"] = DIGITS.name
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest))
+    tmp.replace(manifest_path)
+
+
+def test_a_refused_aot_model_waits_while_the_other_models_run(tmp_path: Path) -> None:
+    _npu_unusable()
+    folder = tmp_path / "models"
+    folder.mkdir()
+    aot = _aot_model(folder, twin=False)
+    sink = ListSink()
+    body = pattern_pipeline("boxes", "detector") + NPU_PIPELINES
+    agent = start_agent(tmp_path, body, sink=sink, models=_with_npu_model(aot))
+    config = tmp_path / "agent.toml"
+    try:
+        wait_until(lambda: len(sink.of("boxes")) >= 3, 15, "the detector's results")
+        assert sorted(agent.pipelines) == ["boxes"] and sorted(agent.workers) == ["detector"]
+        problem = agent.status.get("model npu")
+        assert problem is not None
+        assert "\n" not in problem.text
+        assert problem.text.startswith(
+            f"model npu not loaded: {aot}: compiled ahead of time for the qualcomm NPU (SM8650)"
+        )
+        assert problem.text.endswith("; pipeline npu_digits not started")
+        assert agent.online_status()["last_error"] == problem.text
+        # A reload with another change is not refused for it: the model stays refused.
+        applied = agent.reload(load_settings(config))
+        assert "model npu still not loaded" in applied.done
+        assert agent.status.get("model npu") is not None
+        # Mended, the next reload runs it and its pipeline.
+        _give_twin(aot)
+        applied = agent.reload(load_settings(config))
+        assert "pipeline npu_digits started" in applied.done, applied.done
+        wait_until(lambda: sink.of("npu_digits"), 15, "the twin's results")
+        assert agent.status.get("model npu") is None
+        assert agent.workers["npu"].model.info.file_run == folder / DIGITS.name
+    finally:
+        agent.stop()
+
+
+def test_edge_agent_run_starts_without_the_refused_model_and_takes_it_once_mended(
+    tmp_path: Path,
+) -> None:
+    """The real process: one error line at start, the detector's results, then the twin
+    dropped in beside the AOT model starts its pipeline without a restart."""
+    _npu_unusable()
+    folder = tmp_path / "models"
+    folder.mkdir()
+    aot = _aot_model(folder, twin=False)
+    results = tmp_path / "results.jsonl"
+    body = pattern_pipeline("boxes", "detector", fps=10) + NPU_PIPELINES
+    body += f'\n[output]\njsonl = "{results}"\n'
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(tmp_path / "state", body, models=_with_npu_model(aot)))
+    log = tmp_path / "stderr.log"
+
+    def pipelines_seen() -> set[str]:
+        if not results.exists():
+            return set()
+        lines = results.read_text().splitlines()
+        return {json.loads(line)["pipeline"] for line in lines if line.endswith("}")}
+
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+            stderr=err,
+            cwd=ROOT,
+        )
+        try:
+            wait_until(lambda: "boxes" in pipelines_seen(), 30, "the detector's results")
+            errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
+            assert len(errors) == 1, errors
+            assert "model npu not loaded:" in errors[0]
+            assert errors[0].endswith(
+                "and its manifest names no cpu_twin; pipeline npu_digits not started"
+            )
+            _give_twin(aot)
+            wait_until(lambda: "npu_digits" in pipelines_seen(), 30, "the twin's results")
+            assert "resolved: model npu not loaded" in log.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
