@@ -334,3 +334,108 @@ def test_edge_agent_run_starts_without_the_refused_model_and_takes_it_once_mende
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0
+
+
+@pytest.fixture
+def fake_npu(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> Any:
+    """Installs a FakeNpu of the given kind as LiteRT's compiled_model; the entry that
+    reaches it (a dispatch folder with a library in it, as a vendor package lays out)."""
+    if backend.name != "litert":
+        pytest.skip("CompiledModel is LiteRT 2's; tflite-runtime has none")
+    import ai_edge_litert
+
+    from tests.fake_npu import FakeNpu
+
+    def install(folder: Path, **kind: bool) -> tuple[FakeNpu, LiteRtNpuConfig]:
+        npu = FakeNpu(**kind)
+        monkeypatch.setattr(ai_edge_litert, "compiled_model", npu, raising=False)
+        monkeypatch.setitem(sys.modules, "ai_edge_litert.compiled_model", npu)
+        (folder / "libLiteRtDispatch_Fake.so").write_bytes(b"")
+        return npu, LiteRtNpuConfig(vendor="qualcomm", dispatch_library_path=str(folder))
+
+    return install
+
+
+def _cpu_outputs(path: Path, batch: np.ndarray, backend: Backend) -> list[np.ndarray]:
+    return load_model(path, backend, [CpuConfig()], threads=1).run(batch)
+
+
+def test_an_npu_that_takes_part_of_a_model_runs_the_rest_on_the_cpu(
+    backend: Backend, tmp_path: Path, fake_npu: Any
+) -> None:
+    npu, entry = fake_npu(tmp_path, takes_every_op=False, fixed_shape=False)
+    model = load_model(DIGITS, backend, [entry, CpuConfig()], threads=1)
+    assert (model.delegate, model.api) == ("litert_npu", "CompiledModel")
+    [attempt] = model.attempts
+    assert attempt.used and attempt.reason == "ops the NPU cannot take run on the CPU"
+    NPU, CPU = npu.HardwareAccelerator.NPU, npu.HardwareAccelerator.CPU
+    assert npu.compiled_with == [NPU | CPU]  # the NPU alone was tried first, and refused
+    assert not model.interpreter.fully_accelerated
+    sample = np.random.default_rng(1).integers(-128, 127, (1, 8, 8, 1), dtype=np.int8)
+    for ours, cpus in zip(model.run(sample), _cpu_outputs(DIGITS, sample, backend), strict=True):
+        np.testing.assert_array_equal(ours, cpus)
+
+
+def test_an_npu_that_must_take_the_whole_model_is_skipped_with_why(
+    backend: Backend, tmp_path: Path, fake_npu: Any
+) -> None:
+    npu, entry = fake_npu(tmp_path, takes_every_op=False, fixed_shape=False)
+    strict = entry.model_copy(update={"cpu_for_other_ops": False})
+    model = load_model(DIGITS, backend, [strict, CpuConfig()], threads=1)
+    assert (model.delegate, model.api) == ("cpu", "Interpreter")
+    npu_attempt = model.attempts[0]
+    assert not npu_attempt.used
+    assert npu_attempt.reason.startswith(
+        "cannot compile for the NPU: Some ops are not accelerated. Add kLiteRtHwAcceleratorCpu"
+    )
+    assert npu.compiled_with == []
+
+
+def test_a_batch_the_npu_cannot_take_runs_one_by_one_with_one_warning(
+    backend: Backend, tmp_path: Path, fake_npu: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MobileNetV2's batch is dynamic; the NPU holds the shape it compiled."""
+    _, entry = fake_npu(tmp_path, takes_every_op=True, fixed_shape=True)
+    model = load_model(MOBILENET, backend, [entry, CpuConfig()], threads=2)
+    assert (model.delegate, model.api) == ("litert_npu", "CompiledModel")
+    assert model.interpreter.fully_accelerated
+    assert model.input.dynamic_batch
+    batch = np.random.default_rng(2).integers(-128, 127, (3, 224, 224, 3), dtype=np.int8)
+    with caplog.at_level(logging.WARNING, logger="edge_agent.runtime.model"):
+        first = model.run(batch)
+        again = model.run(batch)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "a batch of 3 refused" in line and "the NPU holds one compiled shape" in line
+    assert line.endswith("running one by one")
+    expected = [
+        np.concatenate(parts)
+        for parts in zip(
+            *(_cpu_outputs(MOBILENET, batch[i : i + 1], backend) for i in range(3)), strict=True
+        )
+    ]
+    for result in (first, again):
+        assert [o.shape[0] for o in result] == [3]
+        for ours, cpus in zip(result, expected, strict=True):
+            np.testing.assert_array_equal(ours, cpus)
+
+
+def test_litert_s_own_teardown_lines_stay_off_stderr(backend: Backend) -> None:
+    """LiteRT prints 'INFO: ... DestroyAccelerator' for each accelerator of every
+    environment it tears down, up to the process's end; a user sees the one skip line."""
+    if backend.name != "litert":
+        pytest.skip("CompiledModel is LiteRT 2's")
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "edge_agent", "infer"),
+            *("--delegate", "litert_gpu", "--delegate", "litert_cpu"),
+            *(str(DIGITS), str(MODELS / "samples" / "digit_7.png")),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "on litert_cpu" in out.stdout
+    [line] = out.stderr.splitlines()
+    assert "delegate litert_gpu skipped: no GPU here" in line

@@ -5,8 +5,12 @@ only when a chain entry asks for it."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -105,6 +109,22 @@ class CompiledEngine:
     def allocate_tensors(self) -> None:
         """Buffers are made on resize; nothing left to allocate."""
 
+    def close(self) -> None:
+        """Lets go of the model and its buffers, which hold LiteRT's environment: its
+        teardown prints a line per accelerator, kept to the debug log here."""
+        if self._compiled is None:
+            return
+        try:
+            with native_stderr_to_debug_log(log):
+                self.input_buffers = self.output_buffers = []
+                self._compiled = None
+        except Exception:  # at interpreter exit the capture may not work
+            self.input_buffers = self.output_buffers = []
+            self._compiled = None
+
+    def __del__(self) -> None:
+        self.close()
+
 
 def open_compiled(
     entry: LiteRtAcceleratorConfig, content: bytes, threads: int, graph: Any
@@ -117,6 +137,7 @@ def open_compiled(
         raise CompiledUnavailable(
             "needs ai-edge-litert 2 (ai_edge_litert.compiled_model), not installed"
         ) from None
+    _quiet_teardown()
     accelerator = cm.HardwareAccelerator[entry.accelerator]
     note = ""
     try:
@@ -146,6 +167,22 @@ def open_compiled(
     return engine, note, time.perf_counter() - started
 
 
+@functools.cache
+def _quiet_teardown() -> None:
+    """LiteRT keeps environments of its own that it destroys only as the process ends,
+    printing an INFO line for each accelerator ("DestroyAccelerator: ptr=...") on stderr,
+    where journald files it beside the agent's own lines. Registered before the agent's
+    exit handlers, this runs after them: once they are done, stderr is let go."""
+
+    def let_go() -> None:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+    atexit.register(let_go)
+
+
 def _compile(
     cm: Any, entry: LiteRtAcceleratorConfig, content: bytes, accelerator: Any, threads: int
 ) -> Any:
@@ -156,7 +193,16 @@ def _compile(
     try:
         with native_stderr_to_debug_log(log) as lines:
             environment = cm.Environment.create(**paths) if paths else None
-            return cm.CompiledModel.from_buffer(content, environment=environment, options=options)
+            try:
+                return cm.CompiledModel.from_buffer(
+                    content, environment=environment, options=options
+                )
+            except (RuntimeError, ValueError) as exc:
+                # Let go inside the capture: the failed call's frames hold LiteRT's
+                # environment, whose teardown prints a line per accelerator.
+                exc.__traceback__ = None
+                environment = None
+                raise
     except (RuntimeError, ValueError) as exc:
         absent = [
             line for line in lines if any(m in line for m in _ABSENT_MARKS[entry.accelerator])
@@ -164,7 +210,9 @@ def _compile(
         if absent:
             cause = _LOCATION.sub("", absent[0].strip())
             raise CompiledUnavailable(f"no {entry.accelerator} here: {cause}") from None
-        partial = entry.accelerator != "CPU" and _PARTIAL_MARK in str(exc)
+        # LiteRT says so in the exception or, with a bare location there, in its log.
+        said = [str(exc), *lines]
+        partial = entry.accelerator != "CPU" and any(_PARTIAL_MARK in text for text in said)
         reason = f"cannot compile for the {entry.accelerator}: {_reason(exc, lines)}"
         raise CompiledUnavailable(reason, partial) from None
 
