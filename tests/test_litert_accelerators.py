@@ -439,3 +439,42 @@ def test_litert_s_own_teardown_lines_stay_off_stderr(backend: Backend) -> None:
     assert "on litert_cpu" in out.stdout
     [line] = out.stderr.splitlines()
     assert "delegate litert_gpu skipped: no GPU here" in line
+
+
+def test_the_agent_batches_and_swaps_a_model_run_through_compiled_model(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Two pipelines on one source share MobileNetV2 on litert_cpu: frames are batched,
+    a reload swaps the model between batches, and the health check sees nothing wrong."""
+    if backend.name != "litert":
+        pytest.skip("CompiledModel is LiteRT 2's")
+    models = f"""
+[models.cls]
+path = "{MOBILENET}"
+threads = 1
+delegates = [{{ name = "litert_cpu" }}]
+batch = {{ max_batch = 4, max_wait_ms = 30 }}
+"""
+    body = (
+        pattern_pipeline("a", "cls", fps=15)
+        + '\n[pipelines.b]\nsource = "pattern"\nmodel = "cls"\n'
+    )
+    sink = ListSink()
+    agent = start_agent(tmp_path, body, sink=sink, models=models)
+    try:
+        worker = agent.workers["cls"]
+        assert (worker.model.delegate, worker.model.api) == ("litert_cpu", "CompiledModel")
+        wait_until(lambda: len(sink.of("a")) >= 10 and len(sink.of("b")) >= 10, 30, "results")
+        results = len(sink.of("a")) + len(sink.of("b"))
+        assert worker.invokes < results  # both pipelines' frames went in one invoke
+        config = tmp_path / "agent.toml"
+        config.write_text(config.read_text().replace("threads = 1", "threads = 2"))
+        applied = agent.reload(load_settings(config))
+        assert "model cls swapped, on litert_cpu" in applied.done, applied.done
+        assert agent.workers["cls"] is worker and worker.model.threads == 2
+        assert worker.model.api == "CompiledModel"
+        before = len(sink.of("a"))
+        wait_until(lambda: len(sink.of("a")) >= before + 5, 30, "results after the swap")
+        assert agent.health(stuck_after_s=5) == []
+    finally:
+        agent.stop()
