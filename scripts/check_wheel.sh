@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The wheel on its own, as a user gets it: built from this tree with no warnings from the
-# build backend, installed in fresh virtual environments outside the checkout.
+# build backend, its metadata checked, installed in fresh virtual environments outside the
+# checkout.
+#   metadata: License-Expression, the project URLs, and NumPy < 2 (with an OpenCV that
+#     supports it) wherever an extra installs tflite-runtime, on every machine; the `tflite`
+#     extra is the `agent` one with the other runtime.
 #   agent venv (edge-agent[agent]): `config init`, then `run` on the written config until it
 #     has results, stopped by SIGTERM and again by SIGINT, each exiting 0; `results stats`.
 #   fleet venv (edge-agent alone): `edge-fleet devices --help`, with no LiteRT, no
@@ -58,6 +62,7 @@ for folder, dirs, files in os.walk(os.path.join(sys.argv[2], "edge_agent"), foll
 PY
 )
 [ -z "$missing" ] || fail "left out of the wheel (package-data in pyproject.toml): $missing"
+"$python" scripts/check_wheel_metadata.py "$wheel" || fail "the wheel's metadata (above)"
 
 # Nothing here may reach the checkout: run from the temporary folder, with its own homes.
 cd "$tmp"

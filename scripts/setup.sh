@@ -59,8 +59,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   elif [ "$kind" = quantize ]; then
     "$venv/bin/python" -m pip install -q -e '.[quantize]'
   else
+    # This checkout with its `tflite` extra, and the test tools.
     "$venv/bin/python" -m pip install -q -r requirements-legacy.txt
-    "$venv/bin/python" -m pip install -q --no-deps -e .
   fi
   echo "$want" > "$stamp"
 fi
