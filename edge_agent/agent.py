@@ -1,7 +1,7 @@
 """The running agent: where the parts are built from settings and wired together. The
 models run on a ModelHost, the pipelines and their sources form a PipelineGraph, problems
-go on a StatusBoard; reload, updates, commands and the service each get the parts they
-need, not the Agent."""
+go on a StatusBoard, and a Report says what runs; reload, updates, commands and the service
+each get the parts they need, not the Agent."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent import __version__
 from edge_agent.config.settings import AgentSettings
 from edge_agent.errors import UserError
 from edge_agent.graph import PipelineGraph, SourceHub
@@ -26,6 +25,7 @@ from edge_agent.payloads import Envelope
 from edge_agent.pipeline.pipeline import Pipeline
 from edge_agent.pipeline.worker import InferenceWorker
 from edge_agent.reload import Applied, Reload
+from edge_agent.report import Report
 from edge_agent.runtime.backend import Backend, select_backend
 from edge_agent.sinks import JsonlCopy, ResultSink
 from edge_agent.status_board import StatusBoard
@@ -105,6 +105,16 @@ class Agent:
                     self.envelope,
                 )
         self.graph = PipelineGraph(self.sink, self.envelope, state_dir, self.escalation)
+        self.report = Report(
+            self.envelope,
+            self.current_settings,
+            self.host,
+            self.graph,
+            self.outbox,
+            self.status,
+            self.link,
+            self.escalation,
+        )
         self.updater = Updater(
             self.host,
             self.current_settings,
@@ -341,63 +351,19 @@ class Agent:
             self.sender.wake()
         return self.outbox.stats()
 
-    # Status --------------------------------------------------------------------------------
+    # Status (what the agent says of itself: report.py) --------------------------------------
 
     def online_status(self) -> dict[str, Any]:
-        """The retained status published on every connect and when a problem comes or goes."""
-        problems = self.status.problems()
-        return {
-            "boot_id": self.envelope.boot_id,
-            "version": __version__,
-            "started": self.envelope.started,
-            "models": {
-                name: {
-                    "name": w.model.info.name,
-                    "version": w.model.info.version,
-                    "sha256": w.model.info.sha256,
-                    "delegate": w.model.delegate,
-                }
-                for name, w in self.host.workers().items()
-            },
-            "pipelines": sorted(self.graph.pipelines()),
-            "groups": list(self.current_settings().device.groups),  # for `edge-fleet --group`
-            "problems": [p.as_dict() for p in problems],
-            "last_error": problems[-1].text if problems else "",
-        }
+        return self.report.online()
 
     def command_status(self) -> dict[str, Any]:
-        """The `status` command's answer: the retained status with live counters."""
-        return {
-            **self.online_status(),
-            "pipelines": {
-                name: {**p.stats.snapshot(), "paused": p.paused.is_set()}
-                for name, p in self.graph.pipelines().items()
-            },
-            "outbox": self.outbox.stats(),
-            "link": self.link.snapshot() if self.link is not None else None,
-            **({"escalation": self.escalation.snapshot()} if self.escalation is not None else {}),
-        }
+        return self.report.command()
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            **self.graph.snapshot(),
-            "models": {
-                name: {
-                    "name": w.model.info.name,
-                    "version": w.model.info.version,
-                    "delegate": w.model.delegate,
-                    "invokes": w.invokes,
-                }
-                for name, w in self.host.workers().items()
-            },
-            "shadows": self.host.shadows(),
-            # The escalation client's counts (offered, sent, answered, ...): absent when off.
-            **({"escalation": self.escalation.snapshot()} if self.escalation is not None else {}),
-            "outbox": self.outbox.stats(),
-            "link": self.link.snapshot() if self.link else {"state": "disabled"},
-            "problems": [p.as_dict() for p in self.status.problems()],
-            "last_error": self.status.last_error,
-        }
+        return self.report.snapshot()
+
+    def status_line(self) -> str:
+        return self.report.line()
 
     def health(self, stuck_after_s: float) -> list[str]:
         """What is wrong enough that systemd should restart the agent: an inference that
@@ -418,40 +384,6 @@ class Agent:
         if self.http is not None and self.http.dead:
             problems.append("http thread died")
         return problems
-
-    def status_line(self) -> str:
-        parts = []
-        hubs = self.graph.hubs()
-        for name, pipeline in self.graph.pipelines().items():
-            s = pipeline.stats.snapshot()
-            total = s["latency_ms"]["total"].get("p50", 0.0)
-            hub = hubs.get(pipeline.settings.source)
-            state = hub.runner.state.value if hub else "?"
-            parts.append(
-                f"{name}: {s['fps']:.1f} fps, p50 {total:.1f} ms, {s['results']} results, "
-                f"{s['dropped']} dropped, {s['skipped']} skipped, {s['cache_hits']} cached"
-                + ("" if state == "running" else f", source {state}")
-            )
-        if self.link is not None:
-            link = self.link.snapshot()
-            offline = link["state"] != "online" and link["last_error"]
-            problem = f" ({link['last_error']})" if offline else ""
-            parts.append(f"mqtt {link['state']}{problem}")
-        outbox = self.outbox.stats()
-        full_in = outbox["full_in_s"]
-        filling = "" if full_in is None else f", full in {_duration(full_in)}"
-        parts.append(f"outbox {outbox['pending']} pending{filling}")
-        return " | ".join(parts) or "no pipeline running"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 def outbox_path(settings: AgentSettings) -> Path:
