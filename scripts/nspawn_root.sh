@@ -5,6 +5,8 @@
 #
 #   scripts/nspawn_root.sh          print the tarball's path, building it first if missing
 #   scripts/nspawn_root.sh --deps   only install systemd-container and debootstrap if missing
+#   scripts/nspawn_root.sh --cached print the tarball's path if it is built, else exit 1;
+#                                   installs and builds nothing (the tests' cheap check)
 #
 # Needs root. The Debian mirror is the one apt uses here (deb822 or one-line sources);
 # EDGE_AGENT_DEBIAN_MIRROR overrides it. The cache folder is $XDG_CACHE_HOME/edge-agent
@@ -17,6 +19,15 @@ INCLUDE=systemd,systemd-sysv,dbus,python3,python3-venv
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/edge-agent
 
 die() { echo "nspawn_root.sh: $*" >&2; exit 1; }
+
+key=$(printf '%s\n' "$SUITE" "$INCLUDE" minbase | sha256sum | cut -c1-12)
+tarball=$cache/nspawn-root-$key.tar
+if [ "${1:-}" = --cached ]; then
+  [ -f "$tarball" ] || exit 1
+  echo "$tarball"
+  exit 0
+fi
+
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, systemd-nspawn)"
 
 deps() {
@@ -54,8 +65,6 @@ mirror() {
 deps
 [ "${1:-}" != --deps ] || exit 0
 
-key=$(printf '%s\n' "$SUITE" "$INCLUDE" minbase | sha256sum | cut -c1-12)
-tarball=$cache/nspawn-root-$key.tar
 if [ ! -f "$tarball" ]; then
   mkdir -p "$cache"
   work=$(mktemp -d "$cache/.nspawn-root.XXXXXX")

@@ -88,3 +88,15 @@ def fake_delegate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = ROOT / "tests" / "fixtures" / "fake_delegate.c"
     subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-o", str(out), str(source)], check=True)
     return out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A module skipped whole (pytest.skip at import, as the real-systemd tests are without
+    root or nspawn) says why in one line, even in a plain `pytest -q` run; with -rs pytest's
+    own summary says it instead."""
+    if terminalreporter.hasopt("s"):
+        return
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report, pytest.CollectReport) and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            terminalreporter.write_line(f"SKIPPED {report.nodeid}: {reason}")

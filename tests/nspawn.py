@@ -9,12 +9,21 @@ with edge-agent installed in it by scripts/install.sh, offline, from a wheelhous
 - The container has no network of its own (`--private-network`): nothing in it can reach the
   machine's services, and nothing needs to.
 - Commands run in it through nsenter into its PID 1's namespaces; `poweroff` ends it, and a
-  container that does not go within a time limit is killed."""
+  container that does not go within a time limit is killed.
+- Nothing is fetched unasked: outside CI, a machine without the two tools or the cached root
+  is skipped (`needs_fetching`) unless EDGE_AGENT_TEST_NSPAWN=1 lets the tests fetch them.
+- A killed test session leaves no container running, and its folder only until the next
+  session: nspawn gets SIGTERM (an orderly poweroff) when the session's process dies, each
+  container has a record in the cache folder (its folder, its nspawn's pid, the session's
+  pid) while it exists, and `clean_stale` powers off and removes whatever a dead session's
+  records still name."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -22,14 +31,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from edge_agent.config.load import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-agent"
 ROOT_SCRIPT = REPO / "scripts" / "nspawn_root.sh"
+# One record (JSON) per container that exists, named after it: see clean_stale.
+RECORDS = CACHE / "containers"
+# Set to 1, it lets the tests apt-get install the tools and debootstrap the root outside CI.
+OPT_IN = "EDGE_AGENT_TEST_NSPAWN"
 # Where the container sees the checkout and the wheelhouse (read-only bind mounts).
 SOURCE = "/src/edge-agent"
 WHEELS = "/wheelhouse"
@@ -37,6 +53,7 @@ WHEELS = "/wheelhouse"
 _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 _BOOT_S = 60.0
 _POWEROFF_S = 30.0
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class Unavailable(Exception):
@@ -57,6 +74,21 @@ def unavailable() -> str | None:
         return "systemd-nspawn or debootstrap is missing and there is no apt-get to install them"
     if shutil.which("nsenter") is None:
         return "nsenter (util-linux) is missing"
+    return None
+
+
+def needs_fetching() -> str | None:
+    """What booting a container would first fetch over the network (the two tools from apt,
+    the root by debootstrap), in a few words, or None when both are here. Cheap: no network,
+    nothing built. The wheelhouse is not counted: it comes from pip's sources, like the venv."""
+    missing = [name for name in ("systemd-nspawn", "debootstrap") if shutil.which(name) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed"
+    done = subprocess.run(
+        [str(ROOT_SCRIPT), "--cached"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if done.returncode != 0:
+        return f"no Debian root built in {CACHE}"
     return None
 
 
@@ -100,27 +132,35 @@ def wheelhouse() -> Path:
 
 
 class Container:
-    """One booted container. Use as a context manager: it is powered off (or killed) at the
-    end, however the block ends."""
+    """One container in `folder` (its root in folder/root, nspawn's output beside it). Use as
+    a context manager to boot it: it is powered off (or killed) at the end, however the block
+    ends; `remove` deletes its folder and record."""
 
-    def __init__(self, root: Path, name: str, binds: Sequence[tuple[Path, str]] = ()) -> None:
-        self.root = root
+    def __init__(self, folder: Path, name: str, binds: Sequence[tuple[Path, str]] = ()) -> None:
+        self.folder = folder
+        self.root = folder / "root"
         self.name = name
         self.binds = list(binds)
-        self.log = root.parent / f"{name}.nspawn.log"
+        self.log = folder / f"{name}.nspawn.log"
+        self.record = RECORDS / f"{name}.json"
         self._nspawn: subprocess.Popen[bytes] | None = None
         self.pid1 = 0
 
-    @classmethod
-    def unpack(cls, tarball: Path, folder: Path, name: str, **kwargs: object) -> Container:
-        root = folder / "root"
-        root.mkdir(parents=True)
+    def unpack(self, tarball: Path) -> None:
+        """A fresh root from the tarball. From here until `remove`, the record names it."""
+        self._write_record(nspawn=0)
+        self.root.mkdir(parents=True)
         subprocess.run(
-            ["tar", "-C", str(root), "--numeric-owner", "-xf", str(tarball)],
+            ["tar", "-C", str(self.root), "--numeric-owner", "-xf", str(tarball)],
             check=True,
             timeout=300,
         )
-        return cls(root, name, **kwargs)  # type: ignore[arg-type]
+
+    def remove(self) -> None:
+        """Powered off, then its folder and its record deleted."""
+        self.poweroff()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.record.unlink(missing_ok=True)
 
     def __enter__(self) -> Container:
         try:
@@ -150,8 +190,14 @@ class Container:
         with self.log.open("wb") as log:
             # Its own session (setsid) and no stdin, or nspawn takes the terminal over.
             self._nspawn = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_terminated_with(os.getpid()),
             )
+        self._write_record(nspawn=self._nspawn.pid)
         deadline = time.monotonic() + _BOOT_S
         while not self.pid1:
             self._check_alive()
@@ -227,6 +273,20 @@ class Container:
             proc.wait(10)
         self._nspawn = None
 
+    def _write_record(self, nspawn: int) -> None:
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        found = {
+            "name": self.name,
+            "folder": str(self.folder),
+            "root": str(self.root),
+            "nspawn": nspawn,
+            "session": os.getpid(),
+            "session_started": _started(os.getpid()),
+        }
+        new = self.record.with_name(f".{self.record.name}.new")
+        new.write_text(json.dumps(found))
+        new.replace(self.record)
+
     def _check_alive(self) -> None:
         assert self._nspawn is not None
         if self._nspawn.poll() is not None:
@@ -237,6 +297,113 @@ class Container:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def clean_stale() -> list[str]:
+    """Power off and remove the containers of test sessions that are gone (killed before their
+    teardown ran); the names of those removed. A record whose session still runs is left
+    alone, and a process is signalled only while its command line is that container's
+    systemd-nspawn (pids are reused)."""
+    removed = []
+    for path in sorted(RECORDS.glob("*.json")):
+        try:
+            found: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if found["session_started"] is not None and (
+            _started(found["session"]) == found["session_started"]
+        ):
+            continue
+        nspawn = int(found["nspawn"])
+        if nspawn and not _stop(nspawn, found["root"], found["name"]):
+            raise RuntimeError(
+                f"container {found['name']} (systemd-nspawn pid {nspawn}), left by an earlier "
+                f"test session, did not stop; its root is {found['root']}"
+            )
+        shutil.rmtree(found["folder"], ignore_errors=True)
+        path.unlink(missing_ok=True)
+        removed.append(found["name"])
+    return removed
+
+
+@contextlib.contextmanager
+def ended_by_signals() -> Iterator[None]:
+    """Within the block, SIGTERM or SIGHUP ends the test session as Ctrl-C does (pytest.exit:
+    the fixtures are torn down, a container powered off); a second one acts as before."""
+    signals = (signal.SIGTERM, signal.SIGHUP)
+
+    def end(signum: int, frame: object) -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        pytest.exit(f"ended by {signal.Signals(signum).name}", returncode=128 + signum)
+
+    previous = {number: signal.signal(number, end) for number in signals}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _stop(pid: int, root: str, name: str) -> bool:
+    """Stop the systemd-nspawn running `root` as `name`, if `pid` is still it: SIGTERM first
+    (nspawn asks the container to power off), then SIGKILL to its session. False if it
+    stays."""
+    if not _is_nspawn(pid, root, name):
+        return True
+    with _ignore_gone():
+        os.kill(pid, signal.SIGTERM)
+    if _gone(pid, root, name, _POWEROFF_S):
+        return True
+    with _ignore_gone():
+        if os.getpgid(pid) == pid:  # its own session, as boot starts it
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    return _gone(pid, root, name, 10)
+
+
+def _gone(pid: int, root: str, name: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _is_nspawn(pid, root, name):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _is_nspawn(pid: int, root: str, name: str) -> bool:
+    """Whether `pid` is a live `systemd-nspawn -D root ... -M name` (a zombie has no command
+    line: it is not)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    pairs = set(itertools.pairwise(argv))
+    return Path(argv[0]).name == "systemd-nspawn" and {("-D", root), ("-M", name)} <= pairs
+
+
+def _started(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), or None if there is no such process: with
+    the pid, it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def _terminated_with(parent: int) -> Callable[[], None]:
+    """For Popen's preexec_fn: the child gets SIGTERM when its parent dies, however it dies
+    (kill -9 too). For systemd-nspawn that is an orderly poweroff of its container."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_up() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
+
+    return set_up
 
 
 def _container_init(nspawn_pid: int) -> int:

@@ -3,16 +3,22 @@ container (tests/nspawn.py), edge-agent installed in it by scripts/install.sh fr
 wheelhouse, offline. One container for the module; each test leaves the service running the
 base config with no drop-ins.
 
-Needs root, systemd-nspawn and debootstrap (installed with apt-get when missing); elsewhere
-the module is skipped with one line saying why. With CI=true it must run: a machine that
-cannot run it fails instead. The first run builds the root (debootstrap) and the wheelhouse
-and caches both in ~/.cache/edge-agent (docs/deploy.md has the times)."""
+Needs root, systemd-nspawn, debootstrap and a Debian root built by scripts/nspawn_root.sh;
+elsewhere the module is skipped whole, with one line saying why. Outside CI nothing is
+fetched unasked: where only the tools or the root are missing, the line says so, and
+EDGE_AGENT_TEST_NSPAWN=1 lets the tests apt-get install the tools and debootstrap the root
+(or run scripts/nspawn_root.sh once). With CI=true it must run: the tools and the root are
+fetched as needed, and a machine that cannot run it fails instead. The wheelhouse is built on
+the first run; both are cached in ~/.cache/edge-agent (docs/deploy.md has the times)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +28,28 @@ import pytest
 
 from tests import nspawn
 from tests.waiting import WaitTimedOut
+
+CI = os.environ.get("CI") == "true"
+
+
+def _not_tried() -> str | None:
+    """Why the module is skipped outside CI, in one line, or None to run it. Decided at import,
+    cheaply: no network, nothing installed or built."""
+    why = nspawn.unavailable()
+    if why:
+        return f"real systemd (systemd-nspawn) not available: {why}"
+    missing = nspawn.needs_fetching()
+    if missing and os.environ.get(nspawn.OPT_IN) != "1":
+        return (
+            f"real systemd (systemd-nspawn) not tried: {missing}; {nspawn.OPT_IN}=1 lets the "
+            "tests apt-get install the tools and debootstrap a Debian root (network, ~1.5 min), "
+            "or run scripts/nspawn_root.sh as root once"
+        )
+    return None
+
+
+if not CI and (_WHY := _not_tried()):
+    pytest.skip(_WHY, allow_module_level=True)
 
 UNIT = "edge-agent.service"
 CONFIG = "/etc/edge-agent/agent.toml"
@@ -159,7 +187,7 @@ class Box:
 
 
 def _cannot_run(why: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
+    if CI:
         pytest.fail(f"CI=true, but the real-systemd tests cannot run here: {why}")
     pytest.skip(f"real systemd (systemd-nspawn) not available: {why}")
 
@@ -169,37 +197,40 @@ def box(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     why = nspawn.unavailable()
     if why:
         _cannot_run(why)
+    # Containers of sessions killed before their teardown (SIGKILL): powered off, removed.
+    nspawn.clean_stale()
     fake_delegate: Path = request.getfixturevalue("fake_delegate")
     try:
         tarball = nspawn.root_tarball()
         wheels = nspawn.wheelhouse()
     except nspawn.Unavailable as exc:
         _cannot_run(str(exc))
-    folder = tmp_path_factory.mktemp("nspawn")
-    container = nspawn.Container.unpack(
-        tarball,
-        folder,
+    container = nspawn.Container(
+        tmp_path_factory.mktemp("nspawn"),
         f"edge-agent-test-{os.getpid()}",
         binds=[(nspawn.REPO, nspawn.SOURCE), (wheels, nspawn.WHEELS)],
     )
-    # Built on this machine for the same Debian 12 (glibc, architecture) as the container.
-    shutil.copy(fake_delegate, container.root / DELEGATE.lstrip("/"))
-    try:
-        with container:
-            install = container.run(
-                f"{nspawn.SOURCE}/scripts/install.sh",
-                "--source",
-                nspawn.SOURCE,
-                env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": nspawn.WHEELS},
-                timeout=600,
-            )
-            found = Box(container, install.stdout)
-            # The installed default config ran; the tests' own config from here on.
-            assert found.props("ActiveState")["ActiveState"] == "active", install.stdout
-            found.known_state()
-            yield found
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    # SIGTERM or SIGHUP to pytest: the session ends as with Ctrl-C, through the blocks below.
+    with nspawn.ended_by_signals():
+        try:
+            container.unpack(tarball)
+            # Built on this machine for the same Debian 12 (glibc, architecture) as the container.
+            shutil.copy(fake_delegate, container.root / DELEGATE.lstrip("/"))
+            with container:
+                install = container.run(
+                    f"{nspawn.SOURCE}/scripts/install.sh",
+                    "--source",
+                    nspawn.SOURCE,
+                    env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": nspawn.WHEELS},
+                    timeout=600,
+                )
+                found = Box(container, install.stdout)
+                # The installed default config ran; the tests' own config from here on.
+                assert found.props("ActiveState")["ActiveState"] == "active", install.stdout
+                found.known_state()
+                yield found
+        finally:
+            container.remove()
 
 
 @pytest.fixture
@@ -372,3 +403,121 @@ def test_a_hung_inference_is_killed_by_the_watchdog_and_restarted(agent: Box) ->
     # One error line per hang, though the check runs every 4 s with the hang's age growing.
     assert all(unhealthy.get(invocation) == 1 for invocation in killed), (killed, unhealthy)
     assert all(count == 1 for count in unhealthy.values()), unhealthy
+
+
+# The harness itself: what a killed session leaves behind is cleaned up by the next one.
+
+
+def _fake_nspawn(root: Path, name: str) -> subprocess.Popen[bytes]:
+    """A process whose command line is `systemd-nspawn ... -D root ... -M name` (Python,
+    sleeping), standing in for a container's nspawn."""
+    argv = ["systemd-nspawn", "-c", "import time; time.sleep(60)", "-D", str(root), "-M", name]
+    return subprocess.Popen(argv, executable=sys.executable)
+
+
+def _record(folder: Path, name: str, nspawn_pid: int, session: int) -> Path:
+    """A container's folder and its record, as Container.unpack and boot leave them."""
+    (folder / "root").mkdir(parents=True)
+    nspawn.RECORDS.mkdir(exist_ok=True)
+    record = nspawn.RECORDS / f"{name}.json"
+    started = nspawn._started(session)
+    found: dict[str, object] = {"name": name, "folder": str(folder), "root": str(folder / "root")}
+    found |= {"nspawn": nspawn_pid, "session": session, "session_started": started}
+    record.write_text(json.dumps(found))
+    return record
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+@pytest.fixture
+def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(nspawn, "RECORDS", tmp_path / "containers")
+    return tmp_path
+
+
+def test_a_dead_sessions_container_is_stopped_and_removed(records: Path) -> None:
+    folder = records / "nspawn0"
+    fake = _fake_nspawn(folder / "root", "edge-agent-test-1")
+    try:
+        record = _record(folder, "edge-agent-test-1", fake.pid, session=_dead_pid())
+        assert nspawn.clean_stale() == ["edge-agent-test-1"]
+        assert fake.wait(5) == -signal.SIGTERM  # nspawn's cue for an orderly poweroff
+        assert not folder.exists() and not record.exists()
+    finally:
+        fake.kill()
+
+
+@pytest.mark.parametrize("other", ["a dead pid", "another program", "another container"])
+def test_a_stale_record_never_signals_a_process_that_is_not_its_nspawn(
+    records: Path, other: str
+) -> None:
+    folder = records / "nspawn0"
+    if other == "another program":
+        bystander = subprocess.Popen(["sleep", "60"])
+    else:
+        bystander = _fake_nspawn(records / "elsewhere" / "root", "edge-agent-test-2")
+    try:
+        pid = _dead_pid() if other == "a dead pid" else bystander.pid
+        record = _record(folder, "edge-agent-test-1", pid, session=_dead_pid())
+        assert nspawn.clean_stale() == ["edge-agent-test-1"]
+        assert bystander.poll() is None  # still running
+        assert not folder.exists() and not record.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_running_sessions_container_is_left_alone(records: Path) -> None:
+    folder = records / "nspawn0"
+    fake = _fake_nspawn(folder / "root", "edge-agent-test-1")
+    try:
+        record = _record(folder, "edge-agent-test-1", fake.pid, session=os.getpid())
+        assert nspawn.clean_stale() == []
+        assert fake.poll() is None
+        assert folder.exists() and record.exists()
+    finally:
+        fake.kill()
+        fake.wait()
+
+
+def test_nspawn_gets_sigterm_when_the_session_is_killed() -> None:
+    # A stand-in session starts a stand-in nspawn as Container.boot does, and is killed -9.
+    session = subprocess.Popen(
+        [sys.executable, "-c", SESSION, str(nspawn.REPO)], stdout=subprocess.PIPE, text=True
+    )
+    assert session.stdout is not None
+    child = int(session.stdout.readline())
+    root = f"/nonexistent/{session.pid}"
+    assert nspawn._is_nspawn(child, root, "edge-agent-test-1")
+    session.kill()
+    session.wait()
+    deadline = time.monotonic() + 10
+    while nspawn._is_nspawn(child, root, "edge-agent-test-1"):
+        assert time.monotonic() < deadline, "the session's nspawn outlived it"
+        time.sleep(0.05)
+
+
+SESSION = """
+import os, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from tests import nspawn
+argv = ["systemd-nspawn", "-c", "import time; time.sleep(60)",
+        "-D", f"/nonexistent/{os.getpid()}", "-M", "edge-agent-test-1"]
+child = subprocess.Popen(argv, executable=sys.executable, start_new_session=True,
+                         preexec_fn=nspawn._terminated_with(os.getpid()))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigterm_ends_the_session_through_its_teardown() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    ended = pytest.raises(pytest.exit.Exception, match="ended by SIGTERM")
+    with ended, nspawn.ended_by_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert signal.getsignal(signal.SIGTERM) == before
