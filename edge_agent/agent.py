@@ -121,6 +121,7 @@ class Agent:
             self.link,
             self._emit_event,
             self._publish_now,
+            self.retry_refused,
         )
         self.commands: CommandDispatcher | None = None
         if self.link is not None and settings.commands.enabled:
@@ -257,6 +258,11 @@ class Agent:
         if applied.done:
             self.status.touch()  # models and pipelines in the status may have changed
         return applied
+
+    def retry_refused(self) -> None:
+        """The models that did not load are tried again, with the settings that run now."""
+        with self.host.lock:
+            self.reload(self.settings)
 
     def restart_pipeline(self, name: str) -> list[str]:
         """Takes the pipeline out and builds it again (its source too when no other

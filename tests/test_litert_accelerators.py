@@ -34,6 +34,7 @@ from tests.agent_helpers import (
     start_agent,
     wait_until,
 )
+from tests.aot_model import aot_model
 from tests.conftest import MODELS, ROOT
 
 pytestmark = pytest.mark.runtime
@@ -140,26 +141,6 @@ def test_compiled_model_is_imported_only_when_an_entry_asks_for_it() -> None:
     assert out.stdout.strip() == "False"
 
 
-def _aot_model(folder: Path, twin: bool) -> Path:
-    """No vendor compiler is available here to compile a model ahead of time for an NPU: the
-    'AOT model' is digits' own file under a manifest that declares it compiled for a
-    Qualcomm NPU. Its bytes would run on the CPU, so a load that ran them there would show."""
-    aot = folder / "digits_int8_qnn_sm8650.tflite"
-    shutil.copy(DIGITS, aot)
-    manifest = json.loads(DIGITS.with_suffix(".json").read_text())
-    manifest.update(
-        name="digits_npu",
-        file=aot.name,
-        compiled_for={"vendor": "qualcomm", "soc": "SM8650"},
-        cpu_twin=DIGITS.name if twin else None,
-    )
-    if twin:
-        shutil.copy(DIGITS, folder)
-        shutil.copy(DIGITS.with_suffix(".json"), folder)
-    aot.with_suffix(".json").write_text(json.dumps(manifest))
-    return aot
-
-
 def _npu_unusable() -> None:
     try:
         importlib.metadata.distribution("ai-edge-litert-sdk-qualcomm")
@@ -190,7 +171,7 @@ def test_aot_npu_model_without_its_npu_runs_its_cpu_twin(
     why: str,
 ) -> None:
     _npu_unusable()
-    aot = _aot_model(tmp_path, twin=True)
+    aot = aot_model(tmp_path, twin=True)
     with caplog.at_level(logging.WARNING, logger="edge_agent.runtime.loader"):
         model = load_model(aot, backend, chain, threads=1)
     assert model.delegate == "cpu" and model.api == "Interpreter"
@@ -219,7 +200,7 @@ def test_aot_npu_model_without_a_twin_is_refused_in_one_line(
     backend: Backend, tmp_path: Path, chain: list[Any]
 ) -> None:
     _npu_unusable()
-    aot = _aot_model(tmp_path, twin=False)
+    aot = aot_model(tmp_path, twin=False)
     with pytest.raises(UserError) as err:
         load_model(aot, backend, chain, threads=1)
     message = str(err.value)
@@ -261,7 +242,7 @@ def test_a_refused_aot_model_waits_while_the_other_models_run(tmp_path: Path) ->
     _npu_unusable()
     folder = tmp_path / "models"
     folder.mkdir()
-    aot = _aot_model(folder, twin=False)
+    aot = aot_model(folder, twin=False)
     sink = ListSink()
     body = pattern_pipeline("boxes", "detector") + NPU_PIPELINES
     agent = start_agent(tmp_path, body, sink=sink, models=_with_npu_model(aot))
@@ -300,7 +281,7 @@ def test_edge_agent_run_starts_without_the_refused_model_and_takes_it_once_mende
     _npu_unusable()
     folder = tmp_path / "models"
     folder.mkdir()
-    aot = _aot_model(folder, twin=False)
+    aot = aot_model(folder, twin=False)
     results = tmp_path / "results.jsonl"
     body = pattern_pipeline("boxes", "detector", fps=10) + NPU_PIPELINES
     body += f'\n[output]\njsonl = "{results}"\n'

@@ -19,6 +19,7 @@ from edge_agent.agent import Agent
 from edge_agent.fleet.serve import ChunkServer, RangeHTTPServer
 from edge_agent.updates.manifest import UpdateManifest
 from tests.agent_helpers import mqtt_table, pattern_pipeline, start_agent
+from tests.aot_model import aot_model
 from tests.mqtt_fixtures import Broker, TcpProxy
 from tests.operator import Operator
 from tests.update_helpers import MODELS, Keys, digits_update
@@ -358,3 +359,44 @@ def test_a_replayed_older_update_is_refused(
     # The explicit way back still works.
     back = operator.call("rollback_model", name="digits", timeout=30)
     assert back["status"] == "ok" and running_version(agent) == "1.1.0"
+
+
+def test_an_update_of_a_model_that_did_not_load_starts_it_and_its_pipeline(
+    tmp_path: Path, broker: Broker, operator: Operator, keys: Keys
+) -> None:
+    """The device's digits model was compiled for an NPU it does not have, with no CPU twin:
+    refused at start while the detector runs. A version that loads is pushed: it is staged,
+    activated and committed, and the digits pipeline starts without a restart."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    aot = aot_model(folder, twin=False)
+    models = f'[models.digits]\npath = "{aot}"\nthreads = 1\n\n[models.detector]\n'
+    models += f'path = "{MODELS / "detector_int8.tflite"}"\nthreads = 1\n'
+    body = pattern_pipeline("digits", "digits") + '\n[pipelines.boxes]\nsource = "pattern"\n'
+    body += 'model = "detector"\n' + mqtt_table(broker.port)
+    body += BODY.format(keys=keys.config(), window=0.5, slack=0.2)
+    agent = start_agent(tmp_path, body, models=models, online=True)
+    try:
+        assert sorted(agent.pipelines) == ["boxes"]
+        assert agent.status.get("model digits") is not None
+        manifest, files = digits_update(tmp_path, keys)
+        with RangeHTTPServer(files) as server:
+            reply = operator.call(
+                "update_model",
+                manifest=with_source(manifest, {"kind": "http", "url": server.url}),
+                timeout=60,
+            )
+        assert reply["status"] == "ok", reply
+        assert reply["result"]["state"] == "committed"
+        assert sorted(agent.pipelines) == ["boxes", "digits"]
+        assert running_version(agent) == "1.1.0"
+        assert agent.status.get("model digits") is None
+        wait_until(
+            lambda: (
+                (r := agent.pipelines["digits"].last_result) is not None
+                and r.model.version == "1.1.0"
+            ),
+            what="a result from 1.1.0",
+        )
+    finally:
+        agent.stop()

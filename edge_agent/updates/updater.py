@@ -63,8 +63,12 @@ class Updater:
         link: MqttLink | None,
         emit: Callable[[dict[str, Any]], None],
         publish: Callable[[str, bytes], bool],
+        retry_refused: Callable[[], None],
     ) -> None:
         self.host = host
+        # Tries the models that did not load again, with their pipelines: a new version of
+        # one is activated that way.
+        self.retry_refused = retry_refused
         self.store: ModelStore = host.store
         self.agent_settings = settings  # read at each use: [updates] applies live
         self.emit = emit  # an update event, through the outbox
@@ -380,7 +384,13 @@ class Updater:
         with the old model still running, when it does not load, swap, or turns out to be
         another file than the one installed."""
         if self.host.worker(name) is None:
-            return  # no pipeline uses it now: it loads when one does
+            if name not in self.host.refused():
+                return  # no pipeline uses it now: it loads when one does
+            self.retry_refused()
+            if self.host.worker(name) is None:
+                why = self.host.refused().get(name, "not loaded")
+                raise UserError(f"model {name}: this version does not load either: {why}")
+            return
         settings = self.agent_settings()
         running = self.host.load_current(name, settings)
         wanted = self.host.model_path(name, settings)
