@@ -55,6 +55,16 @@ def with_source(manifest: UpdateManifest, source: dict[str, Any]) -> dict[str, A
     return {**manifest.as_dict(), "source": source}
 
 
+def push_over_http(operator: Operator, manifest: UpdateManifest, folder: Path) -> dict[str, Any]:
+    """`update_model` with the files served over HTTP from `folder`: the reply."""
+    with RangeHTTPServer(folder) as server:
+        return operator.call(
+            "update_model",
+            manifest=with_source(manifest, {"kind": "http", "url": server.url}),
+            timeout=60,
+        )
+
+
 def operator_client(broker: Broker) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
     client.connect(broker.host, broker.port)
@@ -66,12 +76,7 @@ def test_an_update_over_http_is_verified_staged_swapped_and_committed(
     tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
 ) -> None:
     manifest, folder = digits_update(tmp_path, keys)
-    with RangeHTTPServer(folder) as server:
-        reply = operator.call(
-            "update_model",
-            manifest=with_source(manifest, {"kind": "http", "url": server.url}),
-            timeout=60,
-        )
+    reply = push_over_http(operator, manifest, folder)
     assert reply["status"] == "ok", reply
     assert reply["result"]["state"] == "committed"
     assert reply["result"]["stage"]["golden_agreement"] >= 0.9
@@ -140,12 +145,7 @@ def test_a_model_that_fails_its_golden_set_is_refused(
     tmp_path: Path, agent: Agent, operator: Operator, keys: Keys
 ) -> None:
     manifest, folder = digits_update(tmp_path, keys, wrong_golden=True)
-    with RangeHTTPServer(folder) as server:
-        reply = operator.call(
-            "update_model",
-            manifest=with_source(manifest, {"kind": "http", "url": server.url}),
-            timeout=60,
-        )
+    reply = push_over_http(operator, manifest, folder)
     assert reply["status"] == "error" and "golden set agreement" in reply["reason"], reply
     assert running_version(agent) == "1.0.0"
     assert agent.store.active("digits") is None
@@ -162,12 +162,7 @@ def test_a_slower_model_is_rolled_back_by_the_health_watch(
         # The running model's p95 is the baseline: let it gather enough inferences.
         wait_until(lambda: agent.workers["digits"].infer_times.count >= 30, what="a baseline")
         manifest, folder = digits_update(tmp_path, keys, "2.0.0", model=SLOW)
-        with RangeHTTPServer(folder) as server:
-            reply = operator.call(
-                "update_model",
-                manifest=with_source(manifest, {"kind": "http", "url": server.url}),
-                timeout=60,
-            )
+        reply = push_over_http(operator, manifest, folder)
         assert reply["status"] == "error", reply
         assert "rolled back after activation: p95 infer" in reply["reason"], reply
         assert running_version(agent) == "1.0.0"
@@ -312,12 +307,8 @@ def test_activate_and_rollback_commands_switch_versions_without_a_restart(
 ) -> None:
     for version in ("1.1.0", "1.2.0"):
         manifest, folder = digits_update(tmp_path, keys, version)
-        with RangeHTTPServer(folder) as server:
-            source = {"kind": "http", "url": server.url}
-            reply = operator.call(
-                "update_model", manifest=with_source(manifest, source), timeout=60
-            )
-            assert reply["status"] == "ok", reply
+        reply = push_over_http(operator, manifest, folder)
+        assert reply["status"] == "ok", reply
     assert running_version(agent) == "1.2.0"
     back = operator.call("rollback_model", name="digits", timeout=30)
     assert back["status"] == "ok" and back["result"]["to"] == "1.1.0", back
@@ -340,19 +331,10 @@ def test_a_replayed_older_update_is_refused(
     for version in ("1.1.0", "1.2.0"):
         manifest, folder = digits_update(tmp_path, keys, version)
         pushed[version] = (manifest, folder)
-        with RangeHTTPServer(folder) as server:
-            source = {"kind": "http", "url": server.url}
-            reply = operator.call(
-                "update_model", manifest=with_source(manifest, source), timeout=60
-            )
-            assert reply["status"] == "ok" and reply["result"]["state"] == "committed", reply
+        reply = push_over_http(operator, manifest, folder)
+        assert reply["status"] == "ok" and reply["result"]["state"] == "committed", reply
     old, folder = pushed["1.1.0"]
-    with RangeHTTPServer(folder) as server:
-        replay = operator.call(
-            "update_model",
-            manifest=with_source(old, {"kind": "http", "url": server.url}),
-            timeout=60,
-        )
+    replay = push_over_http(operator, old, folder)
     assert replay["status"] == "error", replay
     assert "older than the installed 1.2.0" in replay["reason"]
     assert running_version(agent) == "1.2.0"
@@ -380,12 +362,7 @@ def test_an_update_of_a_model_that_did_not_load_starts_it_and_its_pipeline(
         assert sorted(agent.pipelines) == ["boxes"]
         assert agent.status.get("model digits") is not None
         manifest, files = digits_update(tmp_path, keys)
-        with RangeHTTPServer(files) as server:
-            reply = operator.call(
-                "update_model",
-                manifest=with_source(manifest, {"kind": "http", "url": server.url}),
-                timeout=60,
-            )
+        reply = push_over_http(operator, manifest, files)
         assert reply["status"] == "ok", reply
         assert reply["result"]["state"] == "committed"
         assert sorted(agent.pipelines) == ["boxes", "digits"]
