@@ -9,6 +9,7 @@ import http.client
 import json
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,12 +163,47 @@ def test_metrics_parse_with_prometheus_parser_and_match_the_running_agent(agent:
     link = metrics["edge_agent_link_state"]
     assert sample(link, **{"edge_agent_link_state": "disabled"}) == 1
     assert sample(link, **{"edge_agent_link_state": "online"}) == 0
-    # Not filling (no rate known) is no sample at all.
-    full_in = after["outbox"].get("full_in_s")
-    if full_in is None and before["outbox"].get("full_in_s") is None:
+    # Not filling, or no rate known yet, is no sample at all; else the status's figure.
+    check_full_in(metrics, before, after)
+
+
+def check_full_in(metrics: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
+    """/metrics' time until the outbox is full is the status's, read just before and just
+    after the scrape: the rate is recomputed once a second and the room shrinks as results
+    come, so it may move by about a second between the two."""
+    figures = [s["outbox"]["full_in_s"] for s in (before, after)]
+    if figures == [None, None]:
         assert "edge_agent_outbox_full_in_seconds" not in metrics
-    else:
-        assert sample(metrics["edge_agent_outbox_full_in_seconds"]) > 0
+        return
+    value = sample(metrics["edge_agent_outbox_full_in_seconds"])
+    known = [f for f in figures if f is not None]
+    assert min(known) - 1.5 <= value <= max(known) + 1.5, (value, figures)
+    assert value > 0
+
+
+def test_metrics_say_when_the_outbox_will_be_full_as_the_status_does(tmp_path: Path) -> None:
+    """No broker: every result stays pending, the backlog grows, and after the outbox has
+    seen it grow for a few seconds (outbox/growth.py MIN_SPAN_S) the time until it is full
+    is a number, the same on /metrics as on the status."""
+    agent = started(tmp_path)
+    try:
+        wait_until(
+            lambda: agent.command_status()["outbox"]["full_in_s"] is not None,
+            30,
+            "the status to say when the outbox will be full",
+        )
+        before = agent.command_status()
+        metrics = families(fetch(agent, "/metrics").body.decode())
+        after = agent.command_status()
+        assert after["outbox"]["full_in_s"] is not None
+        check_full_in(metrics, before, after)
+        # The room left over the rate the backlog grows at (the disk's bound also counts
+        # each row's overhead, so it can only be sooner than bytes alone say).
+        outbox = after["outbox"]
+        growth = outbox["pending_bytes"] / (time.time() - after["started"])
+        assert 0 < outbox["full_in_s"] <= 1.5 * outbox["room_bytes"] / growth, (outbox, growth)
+    finally:
+        agent.stop()
 
 
 def test_api_status_is_the_status_with_recent_events(agent: Agent) -> None:
@@ -193,6 +229,11 @@ def test_answers_are_reused_for_reuse_ms_and_say_when_they_were_made(tmp_path: P
     try:
         first, again = (fetch(agent, "/api/status").json() for _ in range(2))
         assert again["ts"] == first["ts"]
+        # X-Data-Age says how old the answer was as it left, by the agent's clock alone.
+        time.sleep(0.3)
+        late = fetch(agent, "/api/status")
+        assert late.json()["ts"] == first["ts"]
+        assert 0.3 <= float(late.headers["X-Data-Age"]) < 1.0, late.headers
         assert again["pipelines"]["boxes"]["results"] == first["pipelines"]["boxes"]["results"]
         assert fetch(agent, "/metrics").body == fetch(agent, "/metrics").body
         wait_until(lambda: fetch(agent, "/api/status").json()["ts"] > first["ts"], 3, "a new one")
@@ -223,6 +264,58 @@ def test_snapshot_is_the_latest_frame_as_jpeg(agent: Agent) -> None:
     assert fetch(agent, "/api/snapshot.jpg?source=pattern").status == 200
     missing = fetch(agent, "/api/snapshot.jpg?source=nope")
     assert missing.status == 404 and b"nope" in missing.body
+
+
+def test_snapshot_has_the_detections_drawn_on_the_frame(tmp_path: Path) -> None:
+    """The snapshot is the source's latest frame with the pipeline's last detections drawn
+    on it: green box outlines where the raw frame has none, the same picture elsewhere."""
+    agent = start_agent(tmp_path, pattern_pipeline("boxes", "detector", fps=4) + http_table())
+    try:
+        pipeline, hub = agent.pipelines["boxes"], agent.hubs["pattern"]
+
+        def consistent() -> tuple[Any, Any, Reply] | None:
+            """A snapshot whose frame and detections stayed the latest while it was made."""
+            frame, last = hub.last_frame, pipeline.last_result
+            if frame is None or last is None or not last.result.get("detections"):
+                return None
+            reply = fetch(agent, "/api/snapshot.jpg")
+            if hub.last_frame is not frame or pipeline.last_result is not last:
+                return None
+            assert float(reply.headers["X-Frame-Time"]) == pytest.approx(frame.wall_time, abs=1e-3)
+            return frame, last, reply
+
+        found: list[tuple[Any, Any, Reply]] = []
+
+        def taken() -> bool:
+            got = consistent()
+            if got is not None:
+                found.append(got)
+            return got is not None
+
+        wait_until(taken, 20, "a snapshot of a frame with detections")
+        frame, last, reply = found[0]
+        raw = frame.full_image().astype(int)
+        shot = cv2.imdecode(np.frombuffer(reply.body, np.uint8), cv2.IMREAD_COLOR).astype(int)
+        assert shot.shape == raw.shape
+        height, width = raw.shape[:2]
+        around = np.zeros((height, width), bool)
+        for det in last.result["detections"]:
+            x1, y1, x2, y2 = (int(v) for v in det["box"])
+            x1, x2 = max(0, min(x1, width - 1)), max(0, min(x2, width - 1))
+            y1, y2 = max(0, min(y1, height - 1)), max(0, min(y2, height - 1))
+            # The outline's top and bottom rows: green (BGR 0, 255, 0) in the snapshot,
+            # not in the frame.
+            for row in (y1, y2):
+                drawn, under = shot[row, x1 : x2 + 1], raw[row, x1 : x2 + 1]
+                green = (drawn[:, 1] > 180) & (drawn[:, 0] < 90) & (drawn[:, 2] < 90)
+                was_green = (under[:, 1] > 180) & (under[:, 0] < 90) & (under[:, 2] < 90)
+                assert green.mean() > 0.8 and was_green.mean() < 0.2, (det, green.mean())
+            # The outline, its label above it, and the JPEG's ringing beside them.
+            around[max(0, y1 - 24) : y2 + 8, max(0, x1 - 8) : x2 + 8] = True
+        difference = np.abs(shot - raw).max(axis=2)
+        assert np.percentile(difference[~around], 99) < 40, "the rest is the same picture"
+    finally:
+        agent.stop()
 
 
 def test_page_and_unknown_paths(agent: Agent) -> None:

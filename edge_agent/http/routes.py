@@ -4,6 +4,7 @@ a Response out. The handler (handler.py) only carries bytes to and from here."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -83,7 +84,10 @@ class Routes:
             **self._view.status(),
             "events": self._view.events(),
         }
-        return Response(200, JSON, json.dumps(body).encode())
+        # How old the answer is as it leaves, by the agent's clock alone: a reused answer
+        # was made before this request came, and a client adds its own wait to this.
+        age = max(0.0, time.time() - body["ts"])
+        return Response(200, JSON, json.dumps(body).encode(), {"X-Data-Age": f"{age:.3f}"})
 
     def snapshot(self, query: dict[str, list[str]]) -> Response:
         source = query.get("source", [None])[0]
