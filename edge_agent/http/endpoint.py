@@ -42,6 +42,7 @@ class HttpEndpoint:
         self.settings = settings
         self._board = board
         registry = registry_of(AgentCollector(status, pipelines))
+        self._snapshots = Snapshots(graph, settings.snapshot_quality)
         reuse_s = settings.reuse_ms / 1000
         self._view = AgentView(
             device=device,
@@ -49,7 +50,7 @@ class HttpEndpoint:
             status=Reused(lambda: {"ts": time.time(), **status()}, reuse_s),
             events=lambda: list(events),
             metrics=Reused(lambda: render(registry), reuse_s),
-            snapshot=Snapshots(graph, settings.snapshot_quality).latest,
+            snapshot=self._snapshots.latest,
         )
         self._server: EndpointServer | None = None
         self._thread: threading.Thread | None = None
@@ -91,6 +92,7 @@ class HttpEndpoint:
 
     def stop(self, timeout: float = 1.0) -> None:
         self._stopping = True
+        self._snapshots.close()
         if self._server is None or self._thread is None:
             return
         if self._thread.is_alive():  # shutdown() would wait forever for a loop that ended
