@@ -7,6 +7,7 @@ and removing a model version; each bad input refused in one line."""
 from __future__ import annotations
 
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -299,6 +300,111 @@ def test_a_push_refused_at_staging_names_the_step_and_the_reason(
         rf"^{DEVICE}: failed at staging: golden set agreement 0\.\d+ is under 0\.900$", out, re.M
     ), out
     assert "0%" not in err.splitlines()[-1], err
+
+
+def signed_update(tmp_path: Path, keys: Keys, wrong_golden: bool = False) -> Path:
+    """digits 1.1.0 signed by `edge-fleet sign` into a folder push serves."""
+    golden = golden_set(tmp_path / "golden", wrong=wrong_golden)
+    pem = tmp_path / "keys" / f"{keys.key_id}.pem"
+    update = tmp_path / "update"
+    sign = ["sign", str(DIGITS), "--name", "digits", "--version", "1.1.0", "--key", str(pem)]
+    assert (
+        main([*sign, "--golden", str(golden), "--min-agreement", "0.9", "--out", str(update)]) == 0
+    )
+    return update
+
+
+def test_push_json_gives_each_progress_event_and_the_outcome_as_json_lines(
+    tmp_path: Path, broker: Broker, agent: Agent, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    update = signed_update(tmp_path, keys)
+    capsys.readouterr()
+    assert fleet(broker, "push", str(update), "--device", DEVICE, "--json") == 0
+    out, err = capsys.readouterr()
+    assert err == "", err  # no progress drawn for people
+    lines = json_lines(out)
+    first, *progress, outcome = lines
+    assert first["type"] == "push" and first["via"] == "mqtt", first
+    assert (first["name"], first["version"]) == ("digits", "1.1.0")
+    assert isinstance(first["bytes"], int) and first["bytes"] > 0
+    assert {line["type"] for line in progress} == {"progress"}, progress
+    assert all(line["device"] == DEVICE for line in progress)
+    # The device's own events, as it sent them, in the order of its steps (its last ones
+    # may come after its reply, which ends the push: they go through its outbox).
+    stages = [line["stage"] for line in progress]
+    assert stages[0] == "downloading", stages
+    later = [stage for stage in stages if stage != "downloading"]
+    assert later[:3] == ["installed", "staged", "activated"], stages
+    staged = next(line for line in progress if line["stage"] == "staged")
+    assert 0.9 <= staged["detail"]["golden_agreement"] <= 1.0, staged
+    activated = next(line for line in progress if line["stage"] == "activated")
+    assert activated["detail"]["health_window_s"] == 0.5, activated
+    assert all(line["request_id"] == first["request_id"] for line in progress)
+    assert outcome["type"] == "outcome" and outcome["device"] == DEVICE, outcome
+    assert outcome["status"] == "ok" and outcome["state"] == "committed", outcome
+    assert (outcome["name"], outcome["version"]) == ("digits", "1.1.0"), outcome
+    assert outcome["stage"]["delegate"] == "cpu", outcome
+
+
+def test_push_json_names_the_failed_step_and_the_reason(
+    tmp_path: Path, broker: Broker, agent: Agent, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    update = signed_update(tmp_path, keys, wrong_golden=True)
+    capsys.readouterr()
+    code = fleet(broker, "push", str(update), "--device", DEVICE, "--json", "--timeout", "30")
+    assert code == 1
+    outcome = json_lines(capsys.readouterr().out)[-1]
+    assert outcome["type"] == "outcome" and outcome["status"] == "failed", outcome
+    assert outcome["step"] == "staging", outcome
+    assert re.fullmatch(r"golden set agreement 0\.\d+ is under 0\.900", outcome["reason"])
+
+
+def test_push_counts_the_health_watch_down_on_a_terminal(
+    tmp_path: Path, broker: Broker, keys: Keys
+) -> None:
+    """On a terminal, the device's line is redrawn through its health watch (4 s here):
+    `activated; health watch, N s left`, N going down to 0 as the device watches."""
+    body = device_body(broker.port, keys.config()).replace(
+        "health_window_s = 0.5", "health_window_s = 4"
+    )
+    agent = start_agent(tmp_path, body, groups=("lab",), online=True)
+    try:
+        update = signed_update(tmp_path, keys)
+        leader, follower = pty.openpty()
+        script = "import sys\nfrom edge_agent.fleet.cli import main\nsys.exit(main(sys.argv[1:]))"
+        push = subprocess.Popen(
+            [sys.executable, "-c", script, "push", str(update), "--device", DEVICE],
+            env={
+                **os.environ,
+                "EDGE_FLEET_BROKER": f"{broker.host}:{broker.port}",
+                "EDGE_FLEET_PROFILES": str(tmp_path / "none.toml"),
+            },
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+        )
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the push ended
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        out, _ = push.communicate(timeout=60)
+        os.close(leader)
+    finally:
+        agent.stop()
+    assert push.returncode == 0, (out, drawn)
+    assert f"{DEVICE}: ok committed digits 1.1.0" in out, out
+    left = [int(n) for n in re.findall(rb"activated; health watch, (\d+) s left", drawn)]
+    assert left, drawn.decode(errors="replace")
+    assert left[0] in (3, 4), left  # the window's length, as the device announced it
+    assert left == sorted(left, reverse=True), left  # counting down
+    assert min(left) <= 1 and len(set(left)) >= 3, left
+    assert b"\x1b[" in drawn  # redrawn in place, not a line per redraw
 
 
 # Removing a model version -------------------------------------------------------------------

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the files + update.json")
     p.set_defaults(handler=local.sign)
 
-    p = commands.add_parser("push", parents=[broker], help="send a signed update to devices")
+    p = commands.add_parser(
+        "push", parents=[broker, as_json], help="send a signed update to devices"
+    )
     p.add_argument("dir", type=Path, help="folder made by sign (update.json and the files)")
     _target_options(p)
     p.add_argument("--via", choices=("mqtt", "http"), default="mqtt", help="transport (mqtt)")

@@ -1,5 +1,6 @@
 """`edge-fleet push`: serve an update's files (MQTT chunks or HTTP), send `update_model` to
-the targets, follow their progress events, and report each device's outcome."""
+the targets, follow their progress events, and report each device's outcome: for people on
+stderr and stdout, or with `--json` as JSON lines on stdout for scripts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from edge_agent.errors import UserError
+from edge_agent.fleet import output
 from edge_agent.fleet.args import check_positive, client_from, signer_from, target_from
 from edge_agent.fleet.client import Request, Target, command_body
 from edge_agent.link import topics
@@ -66,19 +68,33 @@ def run(args: argparse.Namespace) -> int:
             body = command_body({"manifest": update}, signer)
             request = Request(fleet, target, "update_model", body)
             size = sum(ref.size for ref in manifest.files.values())
-            progress = Progress(sys.stderr, size, every_shadow_event=follow_shadow)
-            print(
-                f"pushing {manifest.name} {manifest.version} over {args.via} "
-                f"(request {request.request_id})",
-                file=sys.stderr,
+            progress = Progress(
+                sys.stderr, size, every_shadow_event=follow_shadow, as_json=args.json
             )
+            if args.json:
+                output.json_line(
+                    {
+                        "type": "push",
+                        "name": manifest.name,
+                        "version": manifest.version,
+                        "via": args.via,
+                        "request_id": request.request_id,
+                        "bytes": size,
+                    }
+                )
+            else:
+                print(
+                    f"pushing {manifest.name} {manifest.version} over {args.via} "
+                    f"(request {request.request_id})",
+                    file=sys.stderr,
+                )
             request.send(topics.Event(fleet.options.prefix, topics.ANY, "update").topic)
             replies = request.wait(
                 args.timeout, args.wait_for, progress.event, progress.reply, on_tick=progress.tick
             )
         finally:
             stop()
-    return _push_outcome(replies, target, args.timeout, progress)
+    return _push_outcome(replies, target, args.timeout, progress, args.json)
 
 
 def _read_update(folder: Path) -> UpdateManifest:
@@ -124,30 +140,43 @@ _REASON_STEPS = {
 
 
 def _push_outcome(
-    replies: dict[str, dict[str, Any]], target: Target, timeout: float, progress: Progress
+    replies: dict[str, dict[str, Any]],
+    target: Target,
+    timeout: float,
+    progress: Progress,
+    as_json: bool = False,
 ) -> int:
     ok = bool(replies)
     for device in sorted(replies.keys() | (target.expected or set())):
         reply = replies.get(device)
+        outcome: dict[str, Any] = {"type": "outcome", "device": device}
         if reply is None:
-            print(f"{device}: no reply within {timeout:g} s ({progress.where(device)})")
+            stage = progress.stage.get(device)
+            outcome |= {"status": "no reply", "timeout_s": timeout, "last_stage": stage}
+            lines = [f"{device}: no reply within {timeout:g} s ({progress.where(device)})"]
             ok = False
         elif reply.get("status") == "ok":
             result = reply.get("result") or {}
             state = result.get("state", "?")
+            outcome |= {**result, "status": "ok"}
             was = f" (was {result['previous']})" if result.get("previous") else ""
-            print(f"{device}: ok {state} {result.get('name')} {result.get('version')}{was}")
+            lines = [f"{device}: ok {state} {result.get('name')} {result.get('version')}{was}"]
             staged = staging_line(result.get("stage"))
             if staged:
-                print(f"  {staged}")
+                lines.append(f"  {staged}")
             shadowed = shadow_line(result.get("shadow"))
             if shadowed:
-                print(f"  {shadowed}")
+                lines.append(f"  {shadowed}")
             ok = ok and state in ("committed", "already_active")
         else:
             step, reason = progress.failure(device, str(reply.get("reason")))
-            print(f"{device}: failed at {step}: {reason}")
+            outcome |= {"status": "failed", "step": step, "reason": reason}
+            lines = [f"{device}: failed at {step}: {reason}"]
             ok = False
+        if as_json:
+            output.json_line(outcome)
+        else:
+            print("\n".join(lines))
     if not replies:
         print(f"edge-fleet: no device answered within {timeout:g} s", file=sys.stderr)
     return 0 if ok else 1
@@ -197,12 +226,21 @@ def _ms(value: float) -> str:
 class Progress:
     """A line per device on stderr: redrawn in place on a terminal (a bar while the files
     download, the staging figures, then the health watch counting down); elsewhere (a
-    log, CI) one line each time a device passes another 10 % or reaches another stage."""
+    log, CI) one line each time a device passes another 10 % or reaches another stage.
+    `as_json`: instead, each progress event as the device sent it, a JSON line on stdout
+    with `"type": "progress"` (the health watch's length is in its `activated` event)."""
 
     BAR = 20
 
-    def __init__(self, stream: IO[str], total: int, every_shadow_event: bool = False) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        total: int,
+        every_shadow_event: bool = False,
+        as_json: bool = False,
+    ) -> None:
         self.stream = stream
+        self.as_json = as_json
         # --shadow: a log gets every shadow progress line, not one for the stage.
         self.every_shadow_event = every_shadow_event
         self.total = max(total, 1)
@@ -215,6 +253,8 @@ class Progress:
         self._drawn = 0
 
     def event(self, device: str, event: dict[str, Any]) -> None:
+        if self.as_json:
+            output.json_line({"type": "progress", **event, "device": device})
         stage = str(event.get("stage", "?"))
         detail = event.get("detail") or {}
         self.stage[device] = stage
@@ -289,6 +329,8 @@ class Progress:
 
     def _set(self, device: str, text: str, key: str | None = None) -> None:
         self.rows[device] = text
+        if self.as_json:
+            return  # the events themselves went to stdout
         if self.tty:
             if self._drawn:  # back to the first line, then draw them all again
                 self.stream.write(f"\x1b[{self._drawn}F")
