@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
+import json
 import os
 import secrets
 import selectors
@@ -157,6 +158,59 @@ def device_acl(
         )
     blocks.extend(f"user {operator}\ntopic readwrite #\n" for operator in operators)
     return "\n".join(blocks)
+
+
+def find_dynamic_security() -> Path | None:
+    """Mosquitto's dynamic security plugin, where the distribution ships it."""
+    found = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
+    found += sorted(Path("/usr/lib").glob("mosquitto_dynamic_security.so"))
+    return found[0] if found else None
+
+
+def dynamic_security(
+    directory: Path, clients: Mapping[str, tuple[str, Sequence[tuple[str, str]]]]
+) -> list[str]:
+    """Broker config lines loading Mosquitto's dynamic security plugin with `clients`: user
+    -> (password, [(acltype, topic), ...]) allowed, everything else denied. Unlike an
+    acl_file, whose read rules Mosquitto 2.0 applies at delivery and grants every
+    SUBSCRIBE, its subscribePattern rules refuse the subscription in the SUBACK (0x87 on
+    MQTT 5, 0x80 on 3.1.1)."""
+    plugin = find_dynamic_security()
+    if plugin is None:
+        raise FileNotFoundError("mosquitto_dynamic_security.so is not installed")
+    entries, roles = [], []
+    for user, (password, acls) in clients.items():
+        salt = secrets.token_bytes(12)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
+        entries.append(
+            {
+                "username": user,
+                "password": base64.b64encode(digest).decode(),
+                "salt": base64.b64encode(salt).decode(),
+                "iterations": 101,
+                "roles": [{"rolename": f"role-{user}"}],
+            }
+        )
+        roles.append(
+            {
+                "rolename": f"role-{user}",
+                "acls": [{"acltype": kind, "topic": topic, "allow": True} for kind, topic in acls],
+            }
+        )
+    config = {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": entries,
+        "groups": [],
+        "roles": roles,
+    }
+    path = directory / "dynamic-security.json"
+    path.write_text(json.dumps(config))
+    return [f"plugin {plugin}", f"plugin_opt_config_file {path}"]
 
 
 @dataclass(frozen=True)
@@ -835,11 +889,17 @@ class Probe:
         keepalive: int = 60,
         protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
         reconnect_delay: tuple[int, int] = (1, 2),
+        clean_session: bool | None = None,
     ) -> None:
         self.target = target
         self.keepalive = keepalive
+        # clean_session (MQTT 3.1.1 only): False keeps the session, and what is published
+        # for it while it is away, across its reconnects (a durable subscriber).
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=clean_session,
         )
         if username is not None:
             self.client.username_pw_set(username, password)

@@ -19,7 +19,15 @@ from edge_agent.link.mqtt import LinkOffline, Message, MqttLink
 from edge_agent.link.sender import Sender
 from edge_agent.outbox.store import Message as Row
 from edge_agent.outbox.store import Outbox
-from tests.mqtt_fixtures import DEVICE, PREFIX, Broker, Probe, Subscriber, wait_until
+from tests.mqtt_fixtures import (
+    DEVICE,
+    PREFIX,
+    Broker,
+    BrokerFactory,
+    Probe,
+    Subscriber,
+    wait_until,
+)
 from tests.mqtt_wire import WireProxy
 
 RESULTS = topics.Result(PREFIX, DEVICE, topics.ANY).topic
@@ -30,7 +38,10 @@ MAX_PACKET_ID = 65_535
 
 
 @pytest.fixture
-def wire(broker: Broker) -> Iterator[WireProxy]:
+def wire(broker_factory: BrokerFactory) -> Iterator[WireProxy]:
+    # A broker that sets no Receive Maximum (Mosquitto's 20 by default): the withheld rows,
+    # never acknowledged, would otherwise fill the whole window and stop every publish.
+    broker = broker_factory(extra_config=["max_inflight_messages 0"])
     proxy = WireProxy(broker).start()
     yield proxy
     proxy.stop()
@@ -64,7 +75,7 @@ def delivered(db: Path) -> set[str]:
 
 
 def test_no_row_is_marked_delivered_by_another_message_s_puback_once_ids_wrap(
-    tmp_path: Path, broker: Broker, wire: WireProxy
+    tmp_path: Path, wire: WireProxy
 ) -> None:
     """Status publishes (QoS 1, not from the outbox) interleaved with outbox rows drive
     paho's message id past 65,535. After the wrap the proxy keeps the rows from the broker,
@@ -76,7 +87,7 @@ def test_no_row_is_marked_delivered_by_another_message_s_puback_once_ids_wrap(
     sender = Sender(box, link, link.settings)
     wire.withhold(RESULTS)
     ids: list[str] = []
-    with Subscriber(broker, RESULTS) as sub:
+    with Subscriber(wire.target, RESULTS) as sub:
         sender.start()
         link.start()
         try:

@@ -7,8 +7,9 @@ hands each PUBACK to whoever published that message and to no one else, and inco
 messages go, with their parsed topic, to the handlers subscribed to a matching filter.
 
 It adapts to what the broker lacks, saying so in one log line each (docs/brokers.md): a
-broker that refuses MQTT 5 is spoken to in MQTT 3.1.1 (`mqtt.protocol = "auto"`), and the
-CONNACK's Maximum Packet Size, Maximum QoS and Retain Available bound what is published."""
+broker that refuses MQTT 5 is spoken to in MQTT 3.1.1 (`mqtt.protocol = "auto"`), and what
+the CONNACK says bounds what is published (capabilities.py). Subscriptions and what the
+broker granted of them are subscriptions.py's."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -34,18 +34,20 @@ from edge_agent.backoff import Backoff
 from edge_agent.config.secrets import secret_path
 from edge_agent.errors import SettingError
 from edge_agent.link import topics
+from edge_agent.link.capabilities import BrokerCapabilities
+from edge_agent.link.subscriptions import Handler, Message, Subscriptions
 
 if TYPE_CHECKING:  # settings import the runtime (numpy, OpenCV); edge-fleet uses no_nagle
     from edge_agent.config.settings import MqttSettings, TlsSettings
+    from edge_agent.status_board import StatusBoard
+
+__all__ = ["Handler", "LinkOffline", "Message", "MqttLink", "OnAck", "PublishError"]
 
 log = logging.getLogger(__name__)
 
 # CONNACK reason codes that mean "not this protocol version": 0x84 in MQTT 5, and 1 from a
 # broker that answers an MQTT 5 CONNECT in 3.1.1 (NATS), which paho reads as 0x84 too.
 _UNSUPPORTED_PROTOCOL = 0x84
-# CONNACK reason codes of an MQTT 5 broker refusing our Will as it was: retained, or QoS 1.
-_RETAIN_NOT_SUPPORTED = 0x9A
-_QOS_NOT_SUPPORTED = 0x9B
 
 # QoS 1 messages of the parts other than the sender (status, replies, transfer requests)
 # that may wait for their PUBACK beside the sender's full window.
@@ -63,31 +65,21 @@ class LinkOffline(PublishError):
     """Not connected, or the connection changed while the message was being handed over."""
 
 
-@dataclass(frozen=True)
-class Message:
-    """An incoming message, its topic already parsed."""
-
-    topic: topics.Topic
-    payload: bytes
-    properties: Properties | None
-
-
-Handler = Callable[[Message], None]
-
-
 def _unclaimed(reason: int) -> None:
     """Marks a message id no publisher has claimed yet (see _on_publish)."""
 
 
 class MqttLink:
     """Owns the paho client and one thread, `mqtt-link`, that connects, runs the network
-    loop, and reconnects after a random wait when the connection is gone."""
+    loop, and reconnects after a random wait when the connection is gone. `status`, when
+    given, is told of what the broker refused that an operator must see (a subscription)."""
 
     def __init__(
         self,
         settings: MqttSettings,
         device: str,
         online_status: Callable[[], dict[str, Any]],
+        status: StatusBoard | None = None,
     ) -> None:
         self.settings = settings
         self.device = device
@@ -98,16 +90,14 @@ class MqttLink:
         self.reconnects = 0
         self.offline_since: float | None = time.monotonic()
         self.offline_total_s = 0.0
-        self.max_packet_size = settings.max_packet_size or 0
         # The protocol spoken now: "5" or "3.1.1". With protocol "auto" it starts at "5" and
         # becomes "3.1.1" for good once the broker has shown it does not take MQTT 5.
         self.protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
         self._settled = settings.protocol != "auto"  # no more trying the other version
         self._fell_back = ""  # why MQTT 5 was given up, for the line logged at the connect
         # What the broker's CONNACK allows (MQTT 5; a 3.1.1 broker says nothing).
-        self.max_qos = 2
-        self.retain_available = True
-        self._said: set[str] = set()  # each lack of the broker is logged once per link
+        self.capabilities = BrokerCapabilities(settings)
+        self.subscriptions = Subscriptions(self.capabilities.where, status)
         self._up_since = 0.0  # when the current connection got its CONNACK
         # The client is made again before the next try (its protocol or Will changed), and
         # that try is made at once when the broker refused the Will itself.
@@ -115,8 +105,6 @@ class MqttLink:
         self._refused_will = False
         # Told of every connect (True) and loss (False), on paho's network thread.
         self._listeners: tuple[Callable[[bool], None], ...] = ()
-        # Filters subscribed on every connect, and who gets their messages.
-        self._handlers: tuple[tuple[str, Handler], ...] = ()  # replaced whole: no lock
         # Who published each message still waiting for its PUBACK (None: nobody listens),
         # and the PUBACKs that came before publish() could say whose they are. Both are
         # emptied at every connection change, with _epoch counting the changes.
@@ -131,8 +119,23 @@ class MqttLink:
         # before any CONNACK (a TLS client certificate refused, a half-open link) has no
         # refusal of its own to report.
         self._answered = False
+        self._client_window = 0  # paho's own in-flight bound in the current client (0: none)
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+
+    @property
+    def max_packet_size(self) -> int:
+        """The largest message the broker takes, in bytes; 0: no limit known."""
+        return self.capabilities.max_packet_size
+
+    def window(self, inflight: int) -> int:
+        """QoS 1 messages a publisher may keep unacknowledged: `inflight`, or the broker's
+        Receive Maximum when that is lower."""
+        return self.capabilities.window(inflight)
+
+    def limit_packet_size(self, size: int, why: str) -> None:
+        """See BrokerCapabilities.limit_packet_size."""
+        self.capabilities.limit_packet_size(size, why)
 
     @property
     def status_topic(self) -> str:
@@ -158,19 +161,24 @@ class MqttLink:
         if s.tls is not None:
             _use_tls(client, s.tls)
         offline = json.dumps({"state": "offline", "device": self.device}).encode()
+        caps = self.capabilities
         client.will_set(
-            self.status_topic, offline, qos=min(1, self.max_qos), retain=self.retain_available
+            self.status_topic, offline, qos=min(1, caps.max_qos), retain=caps.retain_available
         )
         # Our sender bounds what is in flight, so paho's own window is off (0): with one
         # set, paho walks every unacknowledged message at each PUBACK, which at a window
-        # of 500 cost a fifth of a drain's throughput. Its queue bound stays, as a guard,
-        # with room beside a full window for the other parts' publishes (the status).
-        client.max_inflight_messages_set(0)
+        # of 500 cost a fifth of a drain's throughput. A broker's Receive Maximum, once
+        # known, bounds it (small windows, little to walk), the other parts' publishes with
+        # the sender's. Its queue bound stays, as a guard, with room beside a full window
+        # for the other parts' publishes (the status).
+        self._client_window = caps.receive_maximum
+        client.max_inflight_messages_set(self._client_window)
         client.max_queued_messages_set(s.inflight + _OTHERS_IN_FLIGHT)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     # Publishing, subscribing, listening ------------------------------------------------
@@ -198,8 +206,8 @@ class MqttLink:
         epoch = self._epoch
         if not self._up:
             raise LinkOffline(f"{topic}: not connected")
-        qos = min(qos, self.max_qos)
-        retain = retain and self.retain_available
+        qos = min(qos, self.capabilities.max_qos)
+        retain = retain and self.capabilities.retain_available
         if self.protocol != "5":
             properties = None  # MQTT 3.1.1 has no properties
         # Not under our lock: paho calls on_publish holding its own lock, and publish()
@@ -243,9 +251,9 @@ class MqttLink:
         """Messages on topics matching `topic_filter` go to `handler` (paho's network
         thread: it must return quickly). Subscribed now when connected, and on every
         connect."""
-        self._handlers = (*self._handlers, (topic_filter, handler))
+        self.subscriptions.add(topic_filter, handler)
         if self._up:
-            self._client.subscribe(topic_filter, qos=1)
+            self.subscriptions.subscribe(self._client, [topic_filter])
 
     def add_connection_listener(self, listener: Callable[[bool], None]) -> None:
         """`listener(True)` after every connect, `listener(False)` when it is lost."""
@@ -356,14 +364,9 @@ class MqttLink:
         s = self.settings
         if reason.is_failure:
             unsupported = self.protocol == "5" and reason.value == _UNSUPPORTED_PROTOCOL
-            if reason.value == _RETAIN_NOT_SUPPORTED and self.retain_available:
-                self.retain_available = False  # the Will goes not retained, at once
+            if self.capabilities.refused_will(reason.value):
+                # The Will goes not retained, or at QoS 0, at once.
                 self._remake = self._refused_will = True
-                self._say_no_retain()
-            elif reason.value == _QOS_NOT_SUPPORTED and self.max_qos > 0:
-                self.max_qos = 0  # the Will at QoS 0, at once
-                self._remake = self._refused_will = True
-                self._say_qos0()
             elif unsupported and not self._settled:
                 self._fell_back = str(reason)  # said once, at the 3.1.1 connect
             elif unsupported:
@@ -378,7 +381,12 @@ class MqttLink:
                     self._settled = True
             client.disconnect()
             return
-        self._learn(properties)
+        if self.capabilities.learn(properties if self.protocol == "5" else None):
+            self._remake = True  # the Will as the broker takes it, from the next connect
+        if self.capabilities.receive_maximum != self._client_window:
+            # paho's window cannot change on an open connection: the next connect's client
+            # has it. Until then the sender leaves room below the limit for the others.
+            self._remake = True
         # paho would resend what was unacknowledged at the drop right after this callback;
         # the sender resends those rows from the outbox, so each would go twice.
         client.drop_out_messages()
@@ -402,76 +410,11 @@ class MqttLink:
                 )
         log.info("mqtt: connected to %s:%s (MQTT %s)", s.host, s.port, self.protocol)
         no_nagle(client)
-        filters = list(dict.fromkeys(topic_filter for topic_filter, _ in self._handlers))
-        if filters:
-            client.subscribe([(topic_filter, 1) for topic_filter in filters])
+        self.subscriptions.subscribe(client, self.subscriptions.filters())
         self.publish_status()
         self.connected.set()
         for listener in self._listeners:
             listener(True)
-
-    def _learn(self, properties: Properties | None) -> None:
-        """What an MQTT 5 CONNACK says the broker cannot take; each lack logged once."""
-        s = self.settings
-        props = properties if self.protocol == "5" else None
-        if not s.max_packet_size:
-            self.max_packet_size = getattr(props, "MaximumPacketSize", 0) or 0
-            if self.max_packet_size:
-                self._say(
-                    "max_packet_size",
-                    f"takes messages of {self.max_packet_size} bytes at most: larger ones are "
-                    "set aside (reason too_large)",
-                )
-        # A refusal of our Will taught these already; a CONNACK only lowers them further.
-        max_qos = getattr(props, "MaximumQoS", None)
-        if max_qos is not None and int(max_qos) < 1 <= self.max_qos:
-            self.max_qos = int(max_qos)
-            self._remake = True  # the Will at QoS 0 from the next connect
-        if self.max_qos < 1:
-            self._say_qos0()
-        retain = getattr(props, "RetainAvailable", None)
-        if retain is not None and not retain and self.retain_available:
-            self.retain_available = False
-            self._remake = True  # the Will not retained from the next connect
-        if not self.retain_available:
-            self._say_no_retain()
-
-    def _say_qos0(self) -> None:
-        self._say(
-            "max_qos",
-            "takes QoS 0 only: messages go at QoS 0, counted delivered once written, with no "
-            "acknowledgement from the broker",
-        )
-
-    def _say_no_retain(self) -> None:
-        self._say(
-            "retain",
-            "keeps no retained messages: the status and the Will are published not retained, "
-            "so an operator sees them only when subscribed at the time",
-        )
-
-    def _say(self, what: str, line: str) -> None:
-        if what not in self._said:
-            self._said.add(what)
-            s = self.settings
-            log.warning("mqtt: broker %s:%s %s", s.host, s.port, line)
-
-    def limit_packet_size(self, size: int, why: str) -> None:
-        """Messages of `size` bytes or more are taken as too large for this broker from now
-        on: what the sender learnt on a broker that says no limit (MQTT 3.1.1) but drops the
-        connection at a message this large."""
-        if self.max_packet_size and self.max_packet_size < size:
-            return
-        self.max_packet_size = size - 1
-        s = self.settings
-        log.warning(
-            "mqtt: broker %s:%s %s: messages of %d bytes or more are set aside from now on "
-            "(reason too_large); mqtt.max_packet_size sets the limit",
-            s.host,
-            s.port,
-            why,
-            size,
-        )
 
     def publish_status(self) -> None:
         """The retained online status, again: on connect, and when something changed that
@@ -489,6 +432,7 @@ class MqttLink:
             self._up = up
             self._awaiting.clear()
             self._early.clear()
+        self.subscriptions.forget()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -522,23 +466,24 @@ class MqttLink:
                 self._early[mid] = code  # publish() has not returned yet: it claims this
                 return
             last = not self._awaiting
-        if last:
+        if last or self.capabilities.receive_maximum:
             # The broker's next packet may be a command: ack at once. While more are in
-            # flight our own publishes carry the ACKs, and a drain saves the system call.
+            # flight our own publishes carry the ACKs, and a drain saves the system call;
+            # but not in a window a broker's Receive Maximum keeps small, which fills
+            # before the next PUBACKs come: they would wait out the delayed ACK (a drain
+            # at a window of 18 on Mosquitto fell from 15,000 to 800 messages/s).
             quick_ack(client)
         if on_ack is not None:
             on_ack(code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         quick_ack(client)
-        topic = topics.parse(message.topic)
-        if topic is None:
-            log.debug("mqtt: a message on %s, not a topic of ours: dropped", message.topic)
-            return
-        incoming = Message(topic, bytes(message.payload), getattr(message, "properties", None))
-        for topic_filter, handler in self._handlers:
-            if mqtt.topic_matches_sub(topic_filter, message.topic):
-                handler(incoming)
+        self.subscriptions.route(message)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        self.subscriptions.on_suback(mid, list(reason_codes))
 
     def snapshot(self) -> dict[str, Any]:
         offline = self.offline_total_s
@@ -549,6 +494,8 @@ class MqttLink:
             "reconnects": self.reconnects,
             "seconds_offline": round(offline, 1),
             "last_error": self.last_error,
+            # Filters the broker refused: no message on them arrives (subscriptions.py).
+            "refused_subscriptions": sorted(self.subscriptions.refused),
         }
 
 

@@ -1,5 +1,6 @@
 """Drains the outbox through the link: oldest rows first (events, results, telemetry),
-QoS 1, inside a bounded in-flight window. A row is marked delivered only on its own PUBACK,
+QoS 1, inside a bounded in-flight window (`mqtt.inflight`, or the broker's Receive Maximum when
+that is lower). A row is marked delivered only on its own PUBACK,
 which the link hands to the sender for the publish that row went out in;
 rows in flight when the connection drops stay pending and go again after the reconnect,
 so delivery is at least once and duplicates stay within the window.
@@ -50,8 +51,7 @@ class Sender:
     def __init__(self, outbox: Outbox, link: MqttLink, settings: MqttSettings) -> None:
         self.outbox = outbox
         self.link = link
-        self.window = settings.inflight
-        self._refill = max(1, self.window // 4)  # the window is refilled a page at a time
+        self.window = settings.inflight  # the broker's Receive Maximum may lower it
         self.rate = settings.drain_rate
         # Rows published and rows acknowledged this run: added to by the sender thread,
         # read from others.
@@ -227,12 +227,12 @@ class Sender:
         """Rows that may be published now. While a row is suspected of a drop, one at a
         time: a broker that closes the connection at a publish may not have flushed the
         PUBACKs of the rows before it, which would then be suspected in its place."""
-        window = 1 if self._suspects else self.window
+        window = 1 if self._suspects else self.link.window(self.window)
         return window - len(self._inflight)
 
     def _page(self) -> int:
         """The window is refilled a page at a time: one query per many messages."""
-        return 1 if self._suspects else self._refill
+        return 1 if self._suspects else max(1, self.link.window(self.window) // 4)
 
     def _wait(self, seconds: float) -> bool:
         with self._changed:
