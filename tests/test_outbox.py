@@ -35,6 +35,33 @@ def message(cls: str = "result", size: int = 100, created: float | None = None) 
     )
 
 
+def test_rows_acknowledged_since_a_time_are_put_back_in_their_order(tmp_path: Path) -> None:
+    """After a drop the agent did not ask for, the sender's rows acknowledged in the last
+    seconds go again: pending once more, first in line, counted, and no others."""
+    box = Outbox(tmp_path / "outbox.db", OutboxSettings())
+    early = [message("result") for _ in range(3)]
+    late = [message("result"), message("telemetry"), message("escalation")]
+    box.append(early + late)
+    seqs = {m.id: m.seq for m in box.pending(10)}
+    box.mark_delivered([seqs[m.id] for m in early])
+    time.sleep(0.05)
+    since = time.time()
+    escalation = box.pending(1, cls="escalation")[0].seq  # the escalation client's own
+    box.mark_delivered([seqs[late[0].id], seqs[late[1].id], escalation])
+    assert box.stats()["pending"] == 0 and box.stats()["delivered_kept"] == 6
+
+    assert box.put_back(since) == 2
+    assert [m.id for m in box.pending(10)] == [late[0].id, late[1].id]
+    stats = box.stats()
+    assert stats["pending"] == 2 and stats["delivered_kept"] == 4
+    assert stats["by_class"] == {
+        "result": {"pending": 1, "bytes": 100 + len("edge/d/result")},
+        "telemetry": {"pending": 1, "bytes": 100 + len("edge/d/telemetry")},
+    }
+    assert box.put_back(since) == 0  # pending already
+    box.close()
+
+
 def test_pending_comes_events_first_then_results_then_telemetry_oldest_first(
     tmp_path: Path,
 ) -> None:

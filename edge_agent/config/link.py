@@ -65,6 +65,16 @@ class MqttSettings(Section):
     drain_rate: float = Field(
         0.0, ge=0, description="Messages per second while catching up; 0: no cap."
     )
+    resend_acked_within_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="When the connection drops without the agent closing it, messages the "
+        "broker acknowledged this many seconds before the drop go again after the reconnect: "
+        "a broker that "
+        "is going down may acknowledge what it never stores (NATS 2.9 under SIGTERM did). "
+        "Costs duplicates, which consumers drop by id; 0: off.",
+    )
     max_packet_size: int = Field(
         0,
         ge=0,

@@ -3,7 +3,10 @@ QoS 1, inside a bounded in-flight window (`mqtt.inflight`, or the broker's Recei
 that is lower). A row is marked delivered only on its own PUBACK,
 which the link hands to the sender for the publish that row went out in;
 rows in flight when the connection drops stay pending and go again after the reconnect,
-so delivery is at least once and duplicates stay within the window.
+so delivery is at least once and duplicates stay within the window. When the connection
+drops without the agent closing it, the rows acknowledged in the last
+`mqtt.resend_acked_within_s` before the drop go again too (a broker that is going down may
+acknowledge what it never stores): turning a possible loss into a duplicate.
 
 Two threads: `mqtt-sender` reads pages of rows and publishes them, `outbox-marks` writes
 the acknowledgements to the outbox in batches, so publishing never waits on a write.
@@ -22,7 +25,7 @@ from edge_agent.config.settings import MqttSettings
 from edge_agent.counters import Counters
 from edge_agent.link.mqtt import MqttLink, PublishError
 from edge_agent.outbox.database import OutboxWriteError
-from edge_agent.outbox.store import Outbox, Stored
+from edge_agent.outbox.store import SENDER_CLASSES, Outbox, Stored
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,10 @@ class Sender:
         self.link = link
         self.window = settings.inflight  # the broker's Receive Maximum may lower it
         self.rate = settings.drain_rate
-        # Rows published and rows acknowledged this run: added to by the sender thread,
-        # read from others.
-        self.counts = Counters("sent", "acked")
+        self.resend_within_s = settings.resend_acked_within_s
+        # Rows published, rows acknowledged, and acknowledged rows sent again after a drop,
+        # this run: added to by the sender and marks threads, read from others.
+        self.counts = Counters("sent", "acked", "put_back")
         # Outbox seqs published, their PUBACK not yet in, in the order they were sent, with
         # each one's size on the wire.
         self._inflight: dict[int, int] = {}
@@ -72,6 +76,9 @@ class Sender:
         self._stop = False
         self._started = False
         self._idle = False  # the outbox had nothing pending at the last look
+        # Set at a drop the agent did not ask for: rows marked delivered from this Unix
+        # time on go again. Nothing is sent until the marks thread has put them back.
+        self._put_back_since: float | None = None
         # Acknowledged or refused, not yet written to the outbox: never sent again
         # (guarded by _changed; the sender thread reads it, the marks thread empties it).
         self._not_marked: set[int] = set()
@@ -156,6 +163,7 @@ class Sender:
         self._suspects.pop(seq, None)
 
     def _on_connection(self, up: bool) -> None:
+        """Told by the link of a connect, and of a drop it did not cause (never at stop)."""
         with self._changed:
             if not up and self._inflight:
                 oldest = next(iter(self._inflight))
@@ -164,6 +172,11 @@ class Sender:
                 # from the start.
                 self._inflight.clear()
                 self._cursor.clear()
+            if not up and self.resend_within_s > 0:
+                # Every PUBACK of the lost connection came before this call (the same
+                # thread): the marks thread writes them, then puts the newest back.
+                self._put_back_since = time.time() - self.resend_within_s
+                self._to_mark.notify()
             self._epoch += 1
             self._changed.notify_all()
 
@@ -180,6 +193,7 @@ class Sender:
                             self.link.connected.is_set()
                             and self._room() >= self._page()
                             and not self._idle
+                            and self._put_back_since is None
                         )
                     ),
                     timeout=_IDLE_S,
@@ -190,8 +204,9 @@ class Sender:
                 epoch = self._epoch
                 room = self._room()
                 page = self._page()
+                putting_back = self._put_back_since is not None
                 self._idle = False
-            if room < page or not self.link.connected.is_set():
+            if room < page or putting_back or not self.link.connected.is_set():
                 continue
             rows = self.outbox.pending_after(room, after)
             with self._changed:
@@ -313,12 +328,49 @@ class Sender:
                 # A write that failed (a full disk) is tried again when due.
                 retry = self._unmarked or self._unrefused
                 due = max(0.0, self._retry_at - time.monotonic()) if retry else None
-                self._to_mark.wait_for(lambda: self._stop or self._acked or self._refused, due)
+                self._to_mark.wait_for(
+                    lambda: (
+                        self._stop
+                        or self._acked
+                        or self._refused
+                        or self._put_back_since is not None
+                    ),
+                    due,
+                )
                 # On _to_mark, not _changed: the sender's wake-ups at every page of PUBACKs
                 # would wake this thread too, for nothing.
                 if self._stop or self._to_mark.wait_for(lambda: self._stop, timeout=_SETTLE_S):
                     return
             self._settle()
+            self._put_back()
+
+    def _put_back(self) -> None:
+        """After a drop: the rows acknowledged in its last resend_within_s pending again,
+        so they go after the reconnect (the sender waits for this)."""
+        with self._changed:
+            since = self._put_back_since
+        if since is None:
+            return
+        self._settle()  # every acknowledgement of the lost connection written first
+        try:
+            count = self.outbox.put_back(since, SENDER_CLASSES)
+        except OutboxWriteError as exc:
+            count = 0
+            log.warning("outbox: acknowledged rows not put back after the drop: %s", exc)
+        with self._changed:
+            self._put_back_since = None
+            self._idle = False
+            self._cursor.clear()  # read from the start: the rows put back are older
+            self._changed.notify_all()
+        if count:
+            self.counts.add("put_back", count)
+            log.info(
+                "mqtt: %d message(s) acknowledged in the %g s before the connection was lost "
+                "go again (mqtt.resend_acked_within_s): a broker going down may not have "
+                "stored them; consumers drop the duplicates by id",
+                count,
+                self.resend_within_s,
+            )
 
     def _settle(self, final: bool = False) -> None:
         """Writes what the broker acknowledged or refused to the outbox. When that fails

@@ -415,6 +415,41 @@ class Outbox:
                 self._delivered += len(marked)
                 self._note_growth_locked()
 
+    def put_back(self, since: float, classes: tuple[str, ...] = SENDER_CLASSES) -> int:
+        """Rows of `classes` marked delivered at Unix time `since` or later made pending
+        again, a write's worth per transaction; returns how many. For acknowledgements a
+        broker may not have kept (it dropped the connection just after): they go again, and
+        consumers drop the duplicates by id. Raises OutboxWriteError (a full disk): the rows
+        put back before it stay pending."""
+        with self._lock:
+            self._sync_locked()
+            seqs = [
+                seq
+                for (seq,) in self._db.execute(
+                    "SELECT seq FROM messages WHERE state=1 AND delivered >= ?"
+                    f" AND class IN ({_marks(list(classes))}) ORDER BY seq",
+                    [since, *classes],
+                )
+            ]
+        count = 0
+        step = self.rows_per_write
+        for start in range(0, len(seqs), step):
+            chunk = seqs[start : start + step]
+            with self._lock:
+                with self._transaction():
+                    back = self._db.execute(
+                        "UPDATE messages SET state=0, delivered=NULL WHERE state=1"
+                        f" AND seq IN ({_marks(chunk)}) RETURNING class, size",
+                        chunk,
+                    ).fetchall()
+                for cls, size in back:
+                    self._tally(cls, 1, size)
+                    self._delivered_bytes -= size
+                self._delivered -= len(back)
+                count += len(back)
+                self._note_growth_locked()
+        return count
+
     def set_aside(self, seq: int, reason: str) -> None:
         """A message that can never be delivered (too large for the broker): kept, counted,
         and out of the way of the rest. Raises OutboxWriteError (a full disk)."""
