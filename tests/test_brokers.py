@@ -331,6 +331,38 @@ def test_a_model_update_by_mqtt_chunks_completes(tmp_path: Path, any_broker: Any
 # --- bad input ---------------------------------------------------------------------------------
 
 
+def test_chunks_larger_than_the_broker_s_packet_limit_are_refused_in_one_line_up_front(
+    tmp_path: Path, broker_factory: BrokerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mosquitto's CONNACK says its max_packet_size: the device refuses an update whose
+    chunks would not fit before asking for any, and the running model stays. (NATS 2.9's
+    max_payload does not bound MQTT: 64 KiB chunks went through one set to 20,000.)"""
+    caplog.set_level(logging.INFO, logger="edge_agent")
+    broker = broker_factory(max_packet_size=20_000)
+    keys = Keys(tmp_path / "keys")
+    body = pattern_pipeline("digits", "digits") + mqtt_table(broker.port) + keys.config()
+    agent = start_agent(tmp_path, body, online=True)
+    try:
+        manifest, _ = digits_update(tmp_path, keys)
+        source = {"kind": "mqtt", "transfer": "t-big", "chunk_size": 65536}
+        with BrokerOperator(broker) as operator, Subscriber(broker, "edge/+/transfer/#") as asks:
+            reply = operator.call(
+                "update_model", manifest={**manifest.as_dict(), "source": source}, timeout=20
+            )
+            time.sleep(0.2)  # a chunk request, had one been sent, would be in by now
+        assert reply["status"] == "error", reply
+        assert reply["reason"] == (
+            "source.chunk_size 65536 does not fit the broker's maximum packet size of 20000 "
+            "bytes: push with smaller chunks"
+        ), reply
+        assert not asks.messages  # refused before any chunk was asked for
+        assert agent.workers["digits"].model.info.version == "1.0.0"
+    finally:
+        agent.stop()
+    said = [r.getMessage() for r in caplog.records if "push with smaller chunks" in r.getMessage()]
+    assert len(said) == 1, said
+
+
 def test_a_broker_without_retain_with_qos_0_only_and_a_packet_limit_is_met_halfway(
     tmp_path: Path, broker_factory: BrokerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
