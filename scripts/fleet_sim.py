@@ -75,6 +75,7 @@ class Options:
     keep: bool = False
     timeout_s: float = 120.0  # the longest any one wait may take
     ping_timeout_s: float = 60.0
+    nats_stop: str = "term"  # how NATS is stopped for the restart: SIGTERM, or lame duck
 
 
 # --- workers -------------------------------------------------------------------------------
@@ -343,6 +344,7 @@ def check_delivery(collector: Collector, reports: dict[str, dict[str, Any]]) -> 
         "lost": len(lost),
         "lost_examples": sorted(lost)[:10],
         "duplicated": sum(n - 1 for n in counts.values()),
+        "put_back": sum(report.get("put_back", 0) for report in reports.values()),
         "deliveries": sum(counts.values()),
     }
 
@@ -390,7 +392,7 @@ def _run(options: Options, root: Path, fd_limits: tuple[int, int], say: Any) -> 
     keys = root / "keys"
     keys.mkdir()
     (keys / "ops.pem").write_bytes(private_pem)
-    broker = make_broker(options.broker, root / "broker")
+    broker = make_broker(options.broker, root / "broker", lame_duck=options.nats_stop == "ldm")
     broker.start()
     collector = Collector(broker.port).start()
     count = math.ceil(options.devices / options.per_process)
@@ -567,6 +569,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phases", default="ping,restart,push", help="any of ping,restart,push (all)"
     )
+    parser.add_argument(
+        "--nats-stop",
+        choices=("term", "ldm"),
+        default="term",
+        help="stop NATS by SIGTERM (term) or in lame-duck mode (ldm: clients closed over 30 s)",
+    )
     parser.add_argument("--quick", action="store_true", help="50 devices, 25 a process")
     parser.add_argument("--state-dir", type=Path, help="keep the devices' state here")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
@@ -590,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         phases=tuple(p for p in args.phases.split(",") if p),
         state_dir=args.state_dir,
         keep=args.state_dir is not None,
+        nats_stop=args.nats_stop,
     )
     if args.quick:
         options = replace(options, devices=50, per_process=25, push_devices=10, steady_s=3.0)

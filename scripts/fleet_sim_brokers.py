@@ -84,9 +84,12 @@ class Nats:
     name = "nats"
     protocol = "3.1.1"
 
-    def __init__(self, folder: Path, binary: str | None = None) -> None:
+    def __init__(self, folder: Path, binary: str | None = None, lame_duck: bool = False) -> None:
         found = binary or shutil.which("nats-server") or "/usr/sbin/nats-server"
         self.binary = found
+        # Stopped in lame-duck mode: no new clients, the connected ones closed over
+        # lame_duck_duration (30 s, NATS's least), then the exit.
+        self.lame_duck = lame_duck
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._port = 0
@@ -115,6 +118,8 @@ jetstream {{
 mqtt {{
   listen: {HOST}:{self._port}
 }}
+lame_duck_duration: "30s"
+lame_duck_grace_period: "1s"
 """
         )
         return path
@@ -144,9 +149,14 @@ mqtt {{
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            if self.lame_duck:
+                subprocess.run(
+                    [self.binary, "--signal", f"ldm={proc.pid}"], check=True, capture_output=True
+                )
+            else:
+                proc.terminate()
             try:
-                proc.wait(30)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
@@ -155,11 +165,11 @@ mqtt {{
             self._log = None
 
 
-def make_broker(name: str, folder: Path) -> SimBroker:
+def make_broker(name: str, folder: Path, lame_duck: bool = False) -> SimBroker:
     if name == "mosquitto":
         return Mosquitto(folder)
     if name == "nats":
-        return Nats(folder)
+        return Nats(folder, lame_duck=lame_duck)
     raise ValueError(f"broker {name!r}: mosquitto or nats")
 
 

@@ -285,6 +285,12 @@ def _status(devices: list[SimDevice]) -> dict[str, Any]:
 
 def _report(devices: list[SimDevice]) -> dict[str, Any]:
     return {
-        device_id(d.number): {"ups": d.ups, "downs": d.downs, "produced": d.produced}
+        device_id(d.number): {
+            "ups": d.ups,
+            "downs": d.downs,
+            "produced": d.produced,
+            # Acknowledged rows sent again after a drop (mqtt.resend_acked_within_s).
+            "put_back": d.agent.sender.counts["put_back"] if d.agent.sender else 0,
+        }
         for d in devices
     }

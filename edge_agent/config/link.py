@@ -70,10 +70,10 @@ class MqttSettings(Section):
         ge=0,
         le=60,
         description="When the connection drops without the agent closing it, messages the "
-        "broker acknowledged this many seconds before the drop go again after the reconnect: "
-        "a broker that "
-        "is going down may acknowledge what it never stores (NATS 2.9 under SIGTERM did). "
-        "Costs duplicates, which consumers drop by id; 0: off.",
+        "broker acknowledged in this many seconds up to its last acknowledgement go again "
+        "after the reconnect: a broker that is going down may acknowledge what it never "
+        "stores (NATS 2.9 under SIGTERM did). Costs duplicates, which consumers drop by id; "
+        "0: off.",
     )
     max_packet_size: int = Field(
         0,

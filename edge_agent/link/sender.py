@@ -5,8 +5,8 @@ which the link hands to the sender for the publish that row went out in;
 rows in flight when the connection drops stay pending and go again after the reconnect,
 so delivery is at least once and duplicates stay within the window. When the connection
 drops without the agent closing it, the rows acknowledged in the last
-`mqtt.resend_acked_within_s` before the drop go again too (a broker that is going down may
-acknowledge what it never stores): turning a possible loss into a duplicate.
+`mqtt.resend_acked_within_s` before its last PUBACK go again too (a broker that is going
+down may acknowledge what it never stores): turning a possible loss into a duplicate.
 
 Two threads: `mqtt-sender` reads pages of rows and publishes them, `outbox-marks` writes
 the acknowledgements to the outbox in batches, so publishing never waits on a write.
@@ -79,6 +79,10 @@ class Sender:
         # Set at a drop the agent did not ask for: rows marked delivered from this Unix
         # time on go again. Nothing is sent until the marks thread has put them back.
         self._put_back_since: float | None = None
+        # Unix time of the last PUBACK of the current connection (None: none yet). A broker
+        # going down stops acknowledging before it closes the connection, a second or more
+        # later under load: the put-back counts back from here, not from the drop.
+        self._last_ack_at: float | None = None
         # Acknowledged or refused, not yet written to the outbox: never sent again
         # (guarded by _changed; the sender thread reads it, the marks thread empties it).
         self._not_marked: set[int] = set()
@@ -148,6 +152,7 @@ class Sender:
             if reason < 0x80 and size > self._largest_acked:
                 self._largest_acked = size
             self._not_marked.add(seq)
+            self._last_ack_at = time.time()
             self._ack(seq, reason)
             # Wake the sender only when this ack gives it a page of room: waking it at every
             # PUBACK costs more than the publishing itself.
@@ -172,11 +177,12 @@ class Sender:
                 # from the start.
                 self._inflight.clear()
                 self._cursor.clear()
-            if not up and self.resend_within_s > 0:
+            if not up and self.resend_within_s > 0 and self._last_ack_at is not None:
                 # Every PUBACK of the lost connection came before this call (the same
-                # thread): the marks thread writes them, then puts the newest back.
-                self._put_back_since = time.time() - self.resend_within_s
+                # thread): the marks thread writes them, then puts the last ones back.
+                self._put_back_since = self._last_ack_at - self.resend_within_s
                 self._to_mark.notify()
+            self._last_ack_at = None
             self._epoch += 1
             self._changed.notify_all()
 
@@ -365,8 +371,8 @@ class Sender:
         if count:
             self.counts.add("put_back", count)
             log.info(
-                "mqtt: %d message(s) acknowledged in the %g s before the connection was lost "
-                "go again (mqtt.resend_acked_within_s): a broker going down may not have "
+                "mqtt: %d message(s) acknowledged in the last %g s before the connection was "
+                "lost go again (mqtt.resend_acked_within_s): a broker going down may not have "
                 "stored them; consumers drop the duplicates by id",
                 count,
                 self.resend_within_s,
