@@ -2,7 +2,8 @@
 shipped models: the broker from a profile or the environment, tables with round trips,
 the known devices that stayed silent, a snapshot as a JPEG file, watch's topic and device,
 golden sets made by `golden make` and accepted by the device, a failed push naming its step,
-and removing a model version; each bad input refused in one line."""
+push as JSON lines and its health watch counted down on a terminal, and removing a model
+version; each bad input refused in one line."""
 
 from __future__ import annotations
 
