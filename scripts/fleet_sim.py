@@ -69,6 +69,7 @@ class Options:
     reconnect_max_s: float = 120.0
     inflight: int = 500
     drain_rate: float = 0.0
+    resend_acked_within_s: float = 2.0
     marks_every_s: float | None = None  # None: the agent's own 50 ms
     phases: tuple[str, ...] = ("ping", "restart", "push")
     state_dir: Path | None = None  # default: a new folder under /dev/shm (else the tmp dir)
@@ -384,6 +385,8 @@ def _run(options: Options, root: Path, fd_limits: tuple[int, int], say: Any) -> 
         "per_process": options.per_process,
         "rate_per_device": options.rate,
         "marks_every_s": options.marks_every_s,
+        "resend_acked_within_s": options.resend_acked_within_s,
+        "nats_stop": options.nats_stop,
         "cpus": os.cpu_count(),
         "fd_limits": list(fd_limits),
         "state_dir": str(root),
@@ -412,6 +415,7 @@ def _run(options: Options, root: Path, fd_limits: tuple[int, int], say: Any) -> 
         reconnect_max_s=options.reconnect_max_s,
         inflight=options.inflight,
         drain_rate=options.drain_rate,
+        resend_acked_within_s=options.resend_acked_within_s,
         marks_every_s=options.marks_every_s,
     )
     workers = []
@@ -562,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=500, help="mqtt.inflight (500)")
     parser.add_argument("--drain-rate", type=float, default=0.0, help="mqtt.drain_rate (0)")
     parser.add_argument(
+        "--resend-acked-within",
+        type=float,
+        default=2.0,
+        help="mqtt.resend_acked_within_s (2; 0: no put-back after a drop)",
+    )
+    parser.add_argument(
         "--marks-every",
         type=float,
         help="seconds between the sender's acknowledgement writes (default: the agent's 0.05)",
@@ -594,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         reconnect_max_s=args.reconnect_max,
         inflight=args.inflight,
         drain_rate=args.drain_rate,
+        resend_acked_within_s=args.resend_acked_within,
         marks_every_s=args.marks_every,
         phases=tuple(p for p in args.phases.split(",") if p),
         state_dir=args.state_dir,

@@ -60,6 +60,7 @@ class WorkerSpec:
     reconnect_max_s: float = 120.0
     inflight: int = 500
     drain_rate: float = 0.0
+    resend_acked_within_s: float = 2.0  # mqtt.resend_acked_within_s
     # How long the sender gathers acknowledgements before writing them to the outbox;
     # None: the agent's own (link/sender.py's _SETTLE_S, 50 ms). Longer: fewer writes per
     # busy device, so more of them share two cores.
@@ -116,6 +117,7 @@ class SimDevice:
                     "reconnect_max_s": spec.reconnect_max_s,
                     "inflight": spec.inflight,
                     "drain_rate": spec.drain_rate,
+                    "resend_acked_within_s": spec.resend_acked_within_s,
                 },
                 "updates": {
                     "trusted_keys": {"ops": spec.trusted_key},
