@@ -79,7 +79,9 @@ class Agent:
             from edge_agent.link.mqtt import MqttLink
             from edge_agent.link.sender import Sender
 
-            self.link = MqttLink(settings.mqtt, settings.device.id, self.online_status)
+            self.link = MqttLink(
+                settings.mqtt, settings.device.id, self.online_status, status=self.status
+            )
             self.sender = Sender(self.outbox, self.link, settings.mqtt)
             self.writer.on_commit = self.sender.wake
             self.status.add_listener(self._publish_status)

@@ -353,13 +353,13 @@ def test_chunks_larger_than_the_broker_s_packet_limit_are_refused_in_one_line_up
         assert reply["status"] == "error", reply
         assert reply["reason"] == (
             "source.chunk_size 65536 does not fit the broker's maximum packet size of 20000 "
-            "bytes: push with smaller chunks"
+            "bytes: push with --chunk-size 19488 or less"
         ), reply
         assert not asks.messages  # refused before any chunk was asked for
         assert agent.workers["digits"].model.info.version == "1.0.0"
     finally:
         agent.stop()
-    said = [r.getMessage() for r in caplog.records if "push with smaller chunks" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "push with --chunk-size" in r.getMessage()]
     assert len(said) == 1, said
 
 

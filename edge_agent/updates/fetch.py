@@ -96,7 +96,8 @@ class Fetcher:
         if limit and source.chunk_size + _CHUNK_HEADERS > limit:
             raise UpdateRefused(
                 f"source.chunk_size {source.chunk_size} does not fit the broker's maximum "
-                f"packet size of {limit} bytes: push with smaller chunks"
+                f"packet size of {limit} bytes: push with --chunk-size "
+                f"{limit - _CHUNK_HEADERS} or less"
             )
         settings = self.settings()
         pull = ChunkPull(
