@@ -67,5 +67,5 @@ def _check_numpy_for_tflite_runtime(version: str) -> None:
         raise UserError(
             f"runtime.backend: tflite-runtime {version} needs numpy<2, "
             f"but numpy {numpy.__version__} is installed; "
-            "use ai-edge-litert or install requirements-legacy.txt"
+            "use ai-edge-litert, or install the tflite extra (pip install 'edge-agent[tflite]')"
         )
