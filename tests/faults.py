@@ -147,11 +147,15 @@ class Report:
     copy_extra: int | None = None  # results in the JSON-lines copy the outbox lacks
     notes: list[str] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)  # the agent's RSS, sampled
+    # Acknowledged rows the agent sent again after a drop (mqtt.resend_acked_within_s),
+    # as its log says: each one arrives twice from a broker that lost nothing.
+    put_back: int = 0
 
     def lines(self) -> list[str]:
         out = [
             f"stored {self.stored}, delivered {self.delivered}, lost {self.lost}, "
-            f"duplicates {self.duplicates}, {self.seconds:.1f} s"
+            f"duplicates {self.duplicates} ({self.put_back} put back after a drop), "
+            f"{self.seconds:.1f} s"
         ]
         if self.copy_extra is not None:
             out.append(f"results in the JSON-lines copy but not in the outbox: {self.copy_extra}")
@@ -329,7 +333,8 @@ def drain_through_faults(work: Path, count: int) -> Report:
     subscriber = DurableSubscriber(broker.port).start()
     report = Report(stored=len(backlog))
     started = time.monotonic()
-    proc = agent_process(config)
+    log = work / "agent.log"
+    proc = agent_process(config, log)
     agent = psutil.Process(proc.pid)
     faults = [(count // 3, "broker restarted"), (2 * count // 3, "connection cut")]
     try:
@@ -356,6 +361,8 @@ def drain_through_faults(work: Path, count: int) -> Report:
         subscriber.stop()
         proxy.stop()
         broker.stop()
+    said = re.findall(r"mqtt: (\d+) message\(s\) acknowledged in the last", log.read_text())
+    report.put_back = sum(int(n) for n in said)
     got = subscriber.received()
     report.delivered = len(backlog & got)
     report.lost = len(backlog - got)

@@ -26,7 +26,7 @@ from tests.faults import (
 )
 from tests.waiting import wait_until
 
-INFLIGHT = 500  # the default in-flight window: duplicates are bounded by it at each fault
+INFLIGHT = 500  # the default in-flight window: what may be in flight at each fault
 
 
 def test_sigkill_while_offline_loses_no_stored_result_and_the_copy_is_never_ahead(
@@ -53,7 +53,10 @@ def test_broker_restart_and_cut_mid_drain_lose_nothing(tmp_path: Path) -> None:
     report = drain_through_faults(tmp_path, count=20_000)
     assert len(report.notes) == 2, report.lines()  # both faults happened mid-drain
     assert report.lost == 0, report.lines()
-    assert report.duplicates <= 2 * INFLIGHT, report.lines()
+    # A duplicate is a row in flight at a fault, or one acknowledged just before the drop
+    # and sent again on purpose (a broker going down may have lost it).
+    assert report.put_back > 0, report.lines()
+    assert report.duplicates <= 2 * INFLIGHT + report.put_back, report.lines()
 
 
 def test_image_files_read_before_a_crash_are_processed_again(tmp_path: Path) -> None:
