@@ -3,6 +3,7 @@ environment), the shipped models, and the CLI run as a real process."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,24 @@ pytest_plugins = ["tests.mqtt_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 BACKEND = os.environ.get("EDGE_AGENT_TEST_BACKEND", "litert")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A CLI run in this process (`run`, a reload that changes the log format) puts its own
+    handler on the root logger, on the stderr of that moment: pytest's capture, closed
+    after the test. Left there, every later log line in the process ends in a 'Logging
+    error' on the next test's stderr."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
