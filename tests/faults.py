@@ -361,8 +361,7 @@ def drain_through_faults(work: Path, count: int) -> Report:
         subscriber.stop()
         proxy.stop()
         broker.stop()
-    said = re.findall(r"mqtt: (\d+) message\(s\) acknowledged in the last", log.read_text())
-    report.put_back = sum(int(n) for n in said)
+    report.put_back = _put_back(log)
     got = subscriber.received()
     report.delivered = len(backlog & got)
     report.lost = len(backlog - got)
@@ -422,6 +421,7 @@ def chaos_under_load(
         subscriber.stop()
         proxy.stop()
         broker.stop()
+    report.put_back = _put_back(log)
     got = subscriber.received()
     report.delivered = len(committed & got)
     report.lost = len(committed - got)
@@ -433,6 +433,12 @@ def chaos_under_load(
     )
     report.notes.append(f"exit status at SIGTERM: {statuses}; {_tracebacks(log)} traceback(s)")
     return report
+
+
+def _put_back(log: Path) -> int:
+    """The acknowledged rows the agent sent again after drops, as its log says."""
+    said = re.findall(r"mqtt: (\d+) message\(s\) acknowledged in the last", log.read_text())
+    return sum(int(n) for n in said)
 
 
 def _making_results(state: Path, more: int = 20) -> None:
