@@ -56,24 +56,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / ".venv" / "bin" / "edge-agent"
+sys.path.insert(0, str(ROOT))
+
+from tests.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 CONFIG = ROOT / "configs" / "agent.toml"
 SCRAPES_PER_S = 10.0
 PAGE_POLL_S = 0.5  # the page's own poll period (edge_agent/http/page.html POLL_MS)
 WARMUP_S = 5.0
 TICKS = os.sysconf("SC_CLK_TCK")
-CHROMIUM = "/usr/bin/chromium"
-# As tests/test_http_browser.py: without these, Chromium on a closed network waits on
-# services it cannot reach.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PAGE_SAMPLE_MS = 73  # not a divisor of the page's 100 ms age tick nor of its 500 ms poll
 # In the page: the age of the data on screen by the wall clock, and the age its header shows.
 PAGE_SAMPLER = f"""() => {{

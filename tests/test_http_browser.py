@@ -16,20 +16,8 @@ import pytest
 
 from edge_agent.agent import Agent
 from tests.agent_helpers import pattern_pipeline, start_agent, wait_until
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_http import TOKEN, fetch
-
-CHROMIUM = "/usr/bin/chromium"
-# Without these, Chromium on a closed network waits on services it cannot reach.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = [
     pytest.mark.skipif(

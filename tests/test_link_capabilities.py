@@ -5,10 +5,8 @@ the MQTT packets sees what the broker got."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +36,7 @@ from tests.mqtt_fixtures import (
     find_dynamic_security,
     wait_until,
 )
-from tests.mqtt_wire import WireProxy, _packets, _remaining_length
+from tests.mqtt_wire import WireProxy, _remaining_length
 
 CONNACK = 2
 SESSION_EXPIRY_INTERVAL = 0x11  # the MQTT 5 property id
@@ -92,25 +90,6 @@ class ExpiryProxy(WireProxy):
         props += bytes([SESSION_EXPIRY_INTERVAL]) + self.granted.to_bytes(4, "big")
         new_body = body[:2] + _varint(len(props)) + props
         return bytes([packet[0]]) + _varint(len(new_body)) + new_body
-
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        buf = bytearray()
-        try:
-            while data := src.recv(65_536):
-                buf += data
-                out = [
-                    p if upstream else self._rewrite(p)
-                    for p in _packets(buf)
-                    if self._forward(p, upstream)
-                ]
-                if out:
-                    dst.sendall(b"".join(out))
-        except OSError:
-            pass  # cut
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def link_settings(port: int, **options: Any) -> MqttSettings:
