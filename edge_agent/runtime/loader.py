@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,6 +55,19 @@ class _Skip(Exception):
     """This chain entry cannot run the model; the message says why."""
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One model to load: its file, what describes it, and how it is to run."""
+
+    path: Path
+    content: bytes
+    sidecar: tuple[ModelManifest, list[str]] | None
+    overrides: Mapping[str, Any] | None
+    sha256: str
+    backend: Backend
+    threads: int
+
+
 def load_model(
     path: Path,
     backend: Backend,
@@ -67,31 +81,23 @@ def load_model(
     content = read_model_file(path)
     sha256 = verify_sha256(content, manifest, path)
     threads = threads or os.cpu_count() or 1
+    request = _Request(path, content, sidecar, overrides, sha256, backend, threads)
     chain = _with_cpu_last(delegates)
     if manifest.compiled_for is not None:
-        assert sidecar is not None  # only a manifest says so
-        return _load_aot(path, content, sidecar, overrides, sha256, backend, chain, threads)
+        return _load_aot(request, chain)
     attempts: list[DelegateAttempt] = []
-
     for entry in chain:
-        label = _label(entry)
         try:
-            with native_stderr_to_debug_log(log):
-                opened = _open(backend, entry, content, threads)
+            opened = _try(request, entry, attempts)
         except _Skip as skip:
             reason = str(skip)
             if isinstance(entry, CpuConfig) and _CUSTOM_OP_MARK in reason and manifest.cpu_twin:
                 _log_skipped(path, attempts)
-                return _load_twin(
-                    path, sidecar, overrides, sha256, backend, threads, attempts, reason
-                )
-            attempts.append(DelegateAttempt(label, used=False, reason=reason))
+                return _load_twin(request, attempts, reason)
+            attempts.append(DelegateAttempt(_label(entry), used=False, reason=reason))
             continue
         _log_skipped(path, attempts)
-        attempts.append(DelegateAttempt(label, used=True, reason=opened.note))
-        return _loaded(
-            path, content, opened, sidecar, overrides, sha256, backend, label, attempts, threads
-        )
+        return _loaded(request, opened, attempts)
     *others, cpu = attempts
     tried = (
         f" (also tried {'; '.join(f'{a.delegate}: {a.reason}' for a in others)})" if others else ""
@@ -99,77 +105,72 @@ def load_model(
     raise UserError(f"{path}: cannot run on the CPU: {cpu.reason}{tried}")
 
 
+def _try(request: _Request, entry: DelegateConfig, attempts: list[DelegateAttempt]) -> _Opened:
+    """The model opened by `entry`, recorded as the attempt used; _Skip when it cannot."""
+    with native_stderr_to_debug_log(log):
+        opened = _open(request.backend, entry, request.content, request.threads)
+    attempts.append(DelegateAttempt(_label(entry), used=True, reason=opened.note))
+    return opened
+
+
 def _loaded(
-    path: Path,
-    content: bytes,
+    request: _Request,
     opened: _Opened,
-    sidecar: tuple[ModelManifest, list[str]] | None,
-    overrides: Mapping[str, Any] | None,
-    sha256: str,
-    backend: Backend,
-    label: str,
     attempts: list[DelegateAttempt],
-    threads: int,
+    twin: tuple[Path, bytes] | None = None,
 ) -> LoadedModel:
-    description = _describe(path, content, opened.readable, sidecar, overrides)
+    """What runs: the model as opened (the last attempt's entry), or its CPU `twin`
+    (file and bytes) under the model's own name."""
+    run_path, content = twin or (request.path, request.content)
+    description = _describe(
+        request.path, content, opened.readable, request.sidecar, request.overrides
+    )
     manifest = description.manifest
     return LoadedModel(
         opened.interpreter,
         first_invoke_s=opened.first_invoke_s,
-        info=ModelInfo(manifest.name, manifest.version, sha256, path, path),
+        info=ModelInfo(manifest.name, manifest.version, request.sha256, request.path, run_path),
         manifest=manifest,
         labels=description.labels,
         rules=description.rules,
-        backend=backend.name,
-        delegate=label,
+        backend=request.backend.name,
+        delegate=attempts[-1].delegate,
         attempts=attempts,
-        threads=threads,
+        threads=request.threads,
     )
 
 
-def _load_aot(
-    path: Path,
-    content: bytes,
-    sidecar: tuple[ModelManifest, list[str]],
-    overrides: Mapping[str, Any] | None,
-    sha256: str,
-    backend: Backend,
-    chain: Sequence[DelegateConfig],
-    threads: int,
-) -> LoadedModel:
+def _load_aot(request: _Request, chain: Sequence[DelegateConfig]) -> LoadedModel:
     """A model compiled ahead of time for an NPU: only a `litert_npu` entry of its vendor can
     run it (no other entry nor the CPU reads its dispatch op), else its CPU twin runs, else
     it is refused."""
-    manifest = sidecar[0]
+    assert request.sidecar is not None  # only a manifest says it was compiled ahead of time
+    manifest = request.sidecar[0]
     target = manifest.compiled_for
     assert target is not None
     attempts: list[DelegateAttempt] = []
     for entry in chain:
         if not (isinstance(entry, LiteRtNpuConfig) and entry.vendor == target.vendor):
             continue
-        label = _label(entry)
         try:
-            with native_stderr_to_debug_log(log):
-                opened = _open(backend, entry, content, threads)
+            opened = _try(request, entry, attempts)
         except _Skip as skip:
-            attempts.append(DelegateAttempt(label, used=False, reason=str(skip)))
+            attempts.append(DelegateAttempt(_label(entry), used=False, reason=str(skip)))
             continue
-        attempts.append(DelegateAttempt(label, used=True, reason=opened.note))
-        return _loaded(
-            path, content, opened, sidecar, overrides, sha256, backend, label, attempts, threads
-        )
+        return _loaded(request, opened, attempts)
     why = "; ".join(f"{a.delegate}: {a.reason}" for a in attempts) or (
         f'no litert_npu entry with vendor = "{target.vendor}" in runtime.delegates'
     )
     reason = f"compiled ahead of time for {target}, not usable here: {why}"
     if manifest.cpu_twin:
-        return _load_twin(path, sidecar, overrides, sha256, backend, threads, attempts, reason)
-    raise UserError(f"{path}: {reason}, and its manifest names no cpu_twin")
+        return _load_twin(request, attempts, reason)
+    raise UserError(f"{request.path}: {reason}, and its manifest names no cpu_twin")
 
 
 def _log_skipped(path: Path, attempts: list[DelegateAttempt]) -> None:
     for attempt in attempts:
-        log.warning("%s: delegate %s skipped: %s", path.name, attempt.delegate, attempt.reason)
+        if not attempt.used:
+            log.warning("%s: delegate %s skipped: %s", path.name, attempt.delegate, attempt.reason)
 
 
 def describe_interpreter(
@@ -198,29 +199,18 @@ def _describe(
     return description
 
 
-def _load_twin(
-    path: Path,
-    sidecar: tuple[ModelManifest, list[str]] | None,
-    overrides: Mapping[str, Any] | None,
-    sha256: str,
-    backend: Backend,
-    threads: int,
-    attempts: list[DelegateAttempt],
-    reason: str,
-) -> LoadedModel:
+def _load_twin(request: _Request, attempts: list[DelegateAttempt], reason: str) -> LoadedModel:
     """A model compiled for an accelerator (an Edge TPU custom op, an NPU ahead of time)
     runs as its CPU twin."""
+    path, sidecar = request.path, request.sidecar
     assert sidecar is not None and sidecar[0].cpu_twin is not None
-    manifest = sidecar[0]
-    twin_name = sidecar[0].cpu_twin
-    twin_path = path.parent / twin_name
+    twin_path = path.parent / sidecar[0].cpu_twin
     twin_content = read_model_file(twin_path)
     if manifest_path(twin_path).exists():
         verify_sha256(twin_content, load_manifest(twin_path)[0], twin_path)
-    cpu = CpuConfig()
     try:
         with native_stderr_to_debug_log(log):
-            opened = _open(backend, cpu, twin_content, threads)
+            opened = _open(request.backend, CpuConfig(), twin_content, request.threads)
     except _Skip as skip:
         raise UserError(f"{twin_path}: CPU twin of {path.name} cannot run: {skip}") from None
     log.warning("%s: %s; running its CPU twin %s", path.name, reason, twin_path.name)
@@ -232,19 +222,7 @@ def _load_twin(
             + (f"; {opened.note}" if opened.note else ""),
         )
     )
-    description = _describe(path, twin_content, opened.interpreter, sidecar, overrides)
-    return LoadedModel(
-        opened.interpreter,
-        first_invoke_s=opened.first_invoke_s,
-        info=ModelInfo(manifest.name, manifest.version, sha256, path, twin_path),
-        manifest=description.manifest,
-        labels=description.labels,
-        rules=description.rules,
-        backend=backend.name,
-        delegate="cpu",
-        attempts=attempts,
-        threads=threads,
-    )
+    return _loaded(request, opened, attempts, twin=(twin_path, twin_content))
 
 
 def _with_cpu_last(delegates: Sequence[DelegateConfig]) -> list[DelegateConfig]:
