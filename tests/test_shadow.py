@@ -25,7 +25,13 @@ from tests.agent_helpers import start_agent
 from tests.mqtt_fixtures import Broker
 from tests.operator import Operator
 from tests.shadow_helpers import variant
-from tests.test_updates import SLOW, device_body, running_version, with_source
+from tests.test_updates import (
+    SLOW,
+    device_body,
+    push_over_http,
+    running_version,
+    with_source,
+)
 from tests.update_helpers import DIGITS, MODELS, Keys, digits_update
 from tests.waiting import wait_until
 
@@ -139,12 +145,7 @@ def shadow_update(
 
 
 def push(operator: Operator, manifest: UpdateManifest, folder: Path) -> dict[str, Any]:
-    with RangeHTTPServer(folder) as server:
-        return operator.call(
-            "update_model",
-            manifest=with_source(manifest, {"kind": "http", "url": server.url}),
-            timeout=90,
-        )
+    return push_over_http(operator, manifest, folder, timeout=90)  # a shadow run takes longer
 
 
 @pytest.fixture

@@ -55,13 +55,15 @@ def with_source(manifest: UpdateManifest, source: dict[str, Any]) -> dict[str, A
     return {**manifest.as_dict(), "source": source}
 
 
-def push_over_http(operator: Operator, manifest: UpdateManifest, folder: Path) -> dict[str, Any]:
+def push_over_http(
+    operator: Operator, manifest: UpdateManifest, folder: Path, timeout: float = 60
+) -> dict[str, Any]:
     """`update_model` with the files served over HTTP from `folder`: the reply."""
     with RangeHTTPServer(folder) as server:
         return operator.call(
             "update_model",
             manifest=with_source(manifest, {"kind": "http", "url": server.url}),
-            timeout=60,
+            timeout=timeout,
         )
 
 
